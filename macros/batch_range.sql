@@ -1,0 +1,21 @@
+{#- The batches this invocation builds: vars batch_start..batch_end (a single batch has both equal). -#}
+{% macro batch_start() -%}
+    {{ return(modelwatch.batch_date_literal(var('batch_start'))) }}
+{%- endmacro %}
+
+{% macro batch_end() -%}
+    {{ return(modelwatch.batch_date_literal(var('batch_end'))) }}
+{%- endmacro %}
+
+{% macro in_batch_range(column='batch_date') -%}
+    {{ column }} between {{ modelwatch.batch_start() }} and {{ modelwatch.batch_end() }}
+{%- endmacro %}
+
+{#- A var that is not an ISO date never reaches SQL. -#}
+{% macro batch_date_literal(value) -%}
+    {%- set text = value | string -%}
+    {%- if not modules.re.match('^[0-9]{4}-[0-9]{2}-[0-9]{2}$', text) -%}
+        {{ exceptions.raise_compiler_error("batch date var must be YYYY-MM-DD, got " ~ text) }}
+    {%- endif -%}
+    {{ return("cast('" ~ text ~ "' as date)") }}
+{%- endmacro %}

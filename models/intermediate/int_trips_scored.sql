@@ -1,0 +1,19 @@
+{#- The trips of the batches being built, each with its prediction. -#}
+with trips as (
+    select * from {{ ref('stg_trips') }}
+    where {{ modelwatch.in_batch_range('batch_date') }}
+),
+
+predictions as (
+    select * from {{ ref('stg_predictions') }}
+    where {{ modelwatch.in_batch_range('batch_date') }}
+)
+
+select
+    trips.*,
+    predictions.model_version,
+    predictions.predicted_duration_min
+from trips
+left join predictions
+    on predictions.batch_date = trips.batch_date
+    and predictions.trip_id = trips.trip_id

@@ -1,0 +1,129 @@
+{#-
+  The data contract, measured: one row per batch and check (and column where
+  the check is per column), with its bounds and verdict. dbt tests
+  (contract_check) assert on these rows for the batches being built.
+-#}
+{%- set monitoring = var('monitoring') -%}
+{%- set features = monitoring.numeric_features + monitoring.categorical_features -%}
+{%- set contract = var('contract') -%}
+{%- set duration = contract['duration_out_of_range_share'] -%}
+{%- set numeric_types = ['double precision', 'real', 'numeric', 'bigint', 'integer', 'smallint'] -%}
+
+with scored as (
+    select * from {{ ref('int_trips_scored') }}
+),
+
+batches as (
+    select batch_date, rows_loaded
+    from {{ ref('stg_batches') }}
+    where {{ modelwatch.in_batch_range('batch_date') }}
+),
+
+per_batch as (
+    select
+        batches.batch_date,
+        count(scored.trip_id) as row_count,
+        count(scored.trip_id) - count(distinct scored.trip_id) as duplicate_trip_ids,
+        {{ modelwatch.share_where('scored.fare_amount < 0') }} as negative_fare_share,
+        {{ modelwatch.share_where(
+            'scored.duration_min <= ' ~ duration['min_minutes'] ~ ' or scored.duration_min > ' ~ duration['max_minutes']
+        ) }} as duration_out_of_range_share,
+        {{ modelwatch.share_where('scored.trip_distance = 0') }} as zero_distance_share,
+        {{ modelwatch.share_where('cast(scored.pickup_datetime as date) <> scored.batch_date') }} as pickup_outside_day_share,
+        {% for column in features + [monitoring.timestamp] -%}
+        {{ modelwatch.share_where('scored.' ~ column ~ ' is null') }} as missing_share__{{ column }},
+        {% endfor -%}
+        {% for column in monitoring.zone_columns -%}
+        {{ modelwatch.share_where('scored.' ~ column ~ ' in (select location_id from ' ~ ref('taxi_zones') ~ " where borough <> 'Unknown')") }}
+            as known_zone_share__{{ column }}{{ ',' if not loop.last }}
+        {% endfor %}
+    from batches
+    left join scored on scored.batch_date = batches.batch_date
+    group by batches.batch_date
+),
+
+{#- Median rows of up to 7 earlier batches; null with no history (then only the floor applies). -#}
+volume as (
+    select
+        batches.batch_date,
+        batches.rows_loaded,
+        (
+            select percentile_cont(0.5) within group (order by earlier.rows_loaded)
+            from (
+                select history.rows_loaded
+                from {{ ref('stg_batches') }} as history
+                where history.batch_date < batches.batch_date
+                  and history.rows_loaded is not null
+                order by history.batch_date desc
+                limit 7
+            ) as earlier
+        ) as trailing_median_rows
+    from batches
+),
+
+{#- The monitored columns the raw tables must have, with a type that fits their kind. -#}
+schema_check as (
+    select
+        batches.batch_date,
+        (
+            select count(*)
+            from (
+                {% for column in monitoring.numeric_features %}
+                select '{{ column }}' as column_name, true as is_numeric union all
+                {% endfor %}
+                {% for column in monitoring.categorical_features %}
+                select '{{ column }}', false union all
+                {% endfor %}
+                select '{{ monitoring.timestamp }}', false
+            ) as expected
+            left join information_schema.columns as actual
+                on actual.table_schema = '{{ source('raw', 'trips').schema }}'
+                and actual.table_name = '{{ source('raw', 'trips').identifier }}'
+                and actual.column_name = expected.column_name
+            where actual.column_name is null
+               or (expected.is_numeric and actual.data_type not in ('{{ numeric_types | join("', '") }}'))
+        ) as schema_mismatches
+    from batches
+),
+
+checks as (
+    {{ modelwatch.contract_check('schema_mismatches', 'schema_mismatches', 'schema_check') }}
+    union all
+    {{ modelwatch.contract_check('row_count_min', 'row_count', 'per_batch') }}
+    union all
+    {{ modelwatch.contract_check('row_count_vs_trailing_median', 'rows_loaded / nullif(trailing_median_rows, 0)', 'volume') }}
+    union all
+    {{ modelwatch.contract_check('duplicate_trip_ids', 'duplicate_trip_ids', 'per_batch') }}
+    union all
+    {{ modelwatch.contract_check('negative_fare_share', 'negative_fare_share', 'per_batch') }}
+    union all
+    {{ modelwatch.contract_check('duration_out_of_range_share', 'duration_out_of_range_share', 'per_batch') }}
+    union all
+    {{ modelwatch.contract_check('zero_distance_share', 'zero_distance_share', 'per_batch') }}
+    union all
+    {{ modelwatch.contract_check('pickup_outside_day_share', 'pickup_outside_day_share', 'per_batch') }}
+    {% for column in features + [monitoring.timestamp] %}
+    union all
+    {{ modelwatch.contract_check('missing_share', 'missing_share__' ~ column, 'per_batch', column) }}
+    {% endfor %}
+    {% for column in monitoring.zone_columns %}
+    union all
+    {{ modelwatch.contract_check('known_zone_share', 'known_zone_share__' ~ column, 'per_batch', column) }}
+    {% endfor %}
+)
+
+select
+    batch_date,
+    check_name,
+    column_name,
+    measured_value,
+    lower_bound,
+    upper_bound,
+    severity,
+    -- a value that cannot be measured (no history for the band) passes
+    coalesce(
+        (lower_bound is null or measured_value >= lower_bound)
+        and (upper_bound is null or measured_value <= upper_bound),
+        true
+    ) as passed
+from checks

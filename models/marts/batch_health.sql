@@ -1,0 +1,49 @@
+{#- One row per batch: the verdict of its latest build and why. -#}
+{{ config(tags=['run_results']) }}
+
+with batches as (
+    select * from {{ ref('stg_batches') }}
+    where {{ modelwatch.in_batch_range('batch_date') }}
+),
+
+latest_tests as (
+    select *
+    from {{ ref('stg_dbt_test_runs') }} as runs
+    where {{ modelwatch.in_batch_range('runs.batch_date') }}
+      and runs.executed_at = (
+          select max(latest.executed_at) from {{ ref('stg_dbt_test_runs') }} as latest
+          where latest.batch_date = runs.batch_date
+      )
+),
+
+test_counts as (
+    select
+        batch_date,
+        count(*) filter (where test_status = 'pass') as tests_passed,
+        count(*) filter (where test_status = 'warn') as tests_warned,
+        count(*) filter (where test_status in ('fail', 'error')) as tests_failed,
+        string_agg(test_name, ', ' order by test_name) filter (where test_status in ('fail', 'error')) as failing_tests,
+        max(executed_at) as tested_at
+    from latest_tests
+    group by batch_date
+)
+
+select
+    batches.batch_date,
+    cast(
+        case
+            when coalesce(test_counts.tests_failed, 0) > 0 then 'failed'
+            when coalesce(test_counts.tests_warned, 0) > 0 then 'warned'
+            when test_counts.batch_date is null then 'untested'
+            else 'passed'
+        end as text
+    ) as status,
+    batches.rows_loaded,
+    coalesce(test_counts.tests_passed, 0) as tests_passed,
+    coalesce(test_counts.tests_warned, 0) as tests_warned,
+    coalesce(test_counts.tests_failed, 0) as tests_failed,
+    test_counts.failing_tests,
+    batches.model_version,
+    test_counts.tested_at
+from batches
+left join test_counts on test_counts.batch_date = batches.batch_date

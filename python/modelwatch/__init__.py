@@ -1,0 +1,3 @@
+"""modelwatch: batch model monitoring on PostgreSQL and dbt."""
+
+__version__ = "0.1.0"

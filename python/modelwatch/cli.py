@@ -1,0 +1,261 @@
+"""The `modelwatch` command: parses arguments, calls one library function, prints.
+
+Errors from the library (ModelwatchError) become `Error: ...` and its exit code.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import psycopg
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from . import db, embedded, pipeline, status
+from .config import Settings
+from .errors import ModelwatchError
+
+F = TypeVar("F", bound=Callable[..., Any])
+console = Console()
+err_console = Console(stderr=True)
+
+
+def handle_errors(func: F) -> F:
+    """Library errors -> one line on stderr and their exit code (--debug shows the traceback)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = click.get_current_context().find_root().params.get("debug", False)
+        try:
+            return func(*args, **kwargs)
+        except ModelwatchError as exc:
+            if debug:
+                raise
+            err_console.print(f"Error: {exc}", markup=False, highlight=False, soft_wrap=True)
+            sys.exit(exc.exit_code)
+        except psycopg.Error as exc:
+            if debug:
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            err_console.print(f"Error: database: {first}", markup=False, highlight=False, soft_wrap=True)
+            sys.exit(3)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class IsoDate(click.ParamType):
+    name = "YYYY-MM-DD"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> date:
+        if isinstance(value, date):
+            return value
+        try:
+            return datetime.strptime(str(value), "%Y-%m-%d").date()
+        except ValueError:
+            self.fail(f"{value!r} is not a date (YYYY-MM-DD)", param, ctx)
+
+
+ISO_DATE = IsoDate()
+
+
+def settings() -> Settings:
+    return Settings.from_env()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+def main(debug: bool) -> None:
+    """modelwatch: batch model monitoring on PostgreSQL and dbt."""
+
+
+@main.group(name="db")
+def db_group() -> None:
+    """The embedded PostgreSQL server (under MODELWATCH_HOME)."""
+
+
+@db_group.command(name="start")
+@handle_errors
+def db_start() -> None:
+    """Start the embedded server and print its URL."""
+    console.print(embedded.start(settings().pgdata), soft_wrap=True, highlight=False)
+
+
+@db_group.command(name="stop")
+@handle_errors
+def db_stop() -> None:
+    """Stop the embedded server."""
+    stopped = embedded.stop(settings().pgdata)
+    console.print("stopped" if stopped else "not running")
+
+
+@db_group.command(name="url")
+@handle_errors
+def db_url() -> None:
+    """Print the database URL in use (starts the embedded server if needed)."""
+    console.print(db.database_url(settings()), soft_wrap=True, highlight=False)
+
+
+@db_group.command(name="status")
+@handle_errors
+def db_status() -> None:
+    """Say which database is in use and whether it answers."""
+    current = settings()
+    if current.database_url:
+        db.check_database(current.database_url)
+        console.print(f"external server {db.describe(current.database_url)}: up")
+        return
+    url = embedded.running_url(current.pgdata)
+    console.print(f"embedded server in {current.pgdata}: " + ("running, " + url if url else "stopped"),
+                  soft_wrap=True, highlight=False)
+
+
+@main.command()
+@handle_errors
+def init() -> None:
+    """Create schemas, tables and roles and load the dbt seed (idempotent)."""
+    url = pipeline.init(settings())
+    console.print(f"initialised {db.describe(url)}")
+
+
+@main.command()
+@click.option("--reference", "reference", required=True, type=click.Path(path_type=Path),
+              help="TLC parquet file to train on; its rows become the drift reference.")
+@handle_errors
+def train(reference: Path) -> None:
+    """Train the baseline duration model and register it."""
+    trained = pipeline.train(settings(), reference)
+    console.print(
+        f"model {trained.version}: {trained.train_rows} training rows, train MAE {trained.train_mae:.3f}, "
+        f"validation MAE {trained.validation_mae:.3f} ({trained.validation_rows} rows)"
+    )
+
+
+@main.command()
+@click.option("--batch-date", required=True, type=ISO_DATE, help="The day to process.")
+@click.option("--file", "file", required=True, type=click.Path(path_type=Path), help="TLC parquet file.")
+@handle_errors
+def run(batch_date: date, file: Path) -> None:
+    """Load, score, build and test one daily batch."""
+    outcome = pipeline.run_batch(settings(), batch_date, file)
+    _print_batches([outcome])
+    if outcome.status == "failed":
+        raise_contract(outcome)
+
+
+def raise_contract(outcome: pipeline.BatchOutcome) -> None:
+    from .errors import ContractFailed
+
+    raise ContractFailed(f"batch {outcome.batch_date} failed its data contract: " + "; ".join(outcome.failing_checks))
+
+
+@main.command()
+@click.option("--file", "file", required=True, type=click.Path(path_type=Path), help="TLC parquet file.")
+@click.option("--start", type=ISO_DATE, default=None, help="First day (default: first day of the file's month).")
+@click.option("--end", type=ISO_DATE, default=None, help="Last day (default: last day of the file's month).")
+@handle_errors
+def backfill(file: Path, start: date | None, end: date | None) -> None:
+    """Run every day of a file, in order."""
+    outcome = _with_progress(lambda progress: pipeline.backfill(settings(), file, start, end, progress=progress))
+    _finish_range(outcome)
+
+
+@main.command(name="status")
+@click.option("--limit", default=30, show_default=True, help="How many recent batches.")
+@handle_errors
+def status_command(limit: int) -> None:
+    """The recent batches."""
+    with db.connect(db.database_url(settings())) as conn:
+        rows = status.recent_batches(conn, limit)
+    table = Table("batch", "status", "rows loaded", "rows in file", "file", "seconds", "error")
+    for row in rows:
+        table.add_row(str(row.batch_date), row.status, _n(row.rows_loaded), _n(row.rows_in_file), row.file_name,
+                      f"{row.seconds:.1f}" if row.seconds is not None else "", (row.error or "")[:80])
+    console.print(table)
+
+
+@main.command()
+@handle_errors
+def demo() -> None:
+    """Train on January 2023 and run February 2023 as 28 daily batches (embedded database)."""
+    from .demo import run_demo
+
+    current = settings()
+    outcome = _with_progress(
+        lambda progress: run_demo(current, on_step=lambda text: console.print(f"- {text}"), progress=progress)
+    )
+    _finish_range(outcome, exit_on_failure=False)
+    console.print(
+        "\nNext: `modelwatch status`; the marts are in schema `marts` of "
+        f"{db.describe(db.database_url(current))} (`modelwatch db url` prints the URL); "
+        "docker compose up -d gives Grafana on http://localhost:3000 (see README)."
+    )
+
+
+@main.command()
+@click.argument("month")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Folder to write to (default: MODELWATCH_HOME/data).")
+@click.option("--base-url", default=None, help="Where the monthly files live (default: the TLC's address).")
+@handle_errors
+def fetch(month: str, out_dir: Path | None, base_url: str | None) -> None:
+    """Download a month of green-taxi trips, e.g. `modelwatch fetch 2024-05`."""
+    from .fetch import TLC_BASE_URL, fetch_month
+
+    path = fetch_month(month, out_dir or settings().home / "data", base_url or TLC_BASE_URL)
+    console.print(str(path), soft_wrap=True, highlight=False)
+
+
+def _with_progress(work: Callable[[pipeline.Progress], pipeline.RangeOutcome]) -> pipeline.RangeOutcome:
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=False) as bar:
+        task = bar.add_task("loading batches", total=None)
+
+        def step(day: date) -> None:
+            bar.update(task, advance=1, description=f"loaded {day}")
+
+        outcome = work(step)
+        bar.update(task, description="built and tested")
+    return outcome
+
+
+def _finish_range(outcome: pipeline.RangeOutcome, exit_on_failure: bool = True) -> None:
+    _print_batches(list(outcome.batches))
+    console.print(
+        f"{len(outcome.batches)} batches from {outcome.file.name}: {outcome.rows_in_file} rows in the file, "
+        f"{outcome.rows_in_file - outcome.rows_in_no_batch} loaded, {outcome.rows_in_no_batch} in no batch "
+        "(pickups outside the days processed)."
+    )
+    if outcome.coercions:
+        console.print("coerced: " + "; ".join(outcome.coercions), soft_wrap=True)
+    if outcome.failed and exit_on_failure:
+        from .errors import ContractFailed
+
+        raise ContractFailed(
+            f"{len(outcome.failed)} batch(es) failed their data contract: "
+            + "; ".join(f"{b.batch_date}: {', '.join(b.failing_checks)}" for b in outcome.failed)
+        )
+
+
+def _print_batches(batches: list[pipeline.BatchOutcome]) -> None:
+    table = Table("batch", "rows loaded", "gate", "seconds", "failing checks")
+    colours = {"passed": "green", "warned": "yellow", "failed": "red"}
+    for batch in batches:
+        table.add_row(str(batch.batch_date), _n(batch.rows_loaded),
+                      f"[{colours.get(batch.status, 'white')}]{batch.status}[/]", f"{batch.seconds:.2f}",
+                      "; ".join(batch.failing_checks))
+    console.print(table)
+
+
+def _n(value: int | None) -> str:
+    return f"{value:,}" if value is not None else ""
+
+
+if __name__ == "__main__":
+    main()

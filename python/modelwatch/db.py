@@ -1,0 +1,205 @@
+"""Connections and the `raw` schema that Python owns (dbt owns staging and marts)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from . import embedded
+from .config import Settings
+from .errors import DatabaseError
+
+READER_ROLE = "modelwatch_reader"
+CONNECT_TIMEOUT_S = 5
+
+
+def database_url(settings: Settings) -> str:
+    """MODELWATCH_DATABASE_URL when set, otherwise the embedded server (started if needed)."""
+    if settings.database_url:
+        return settings.database_url
+    return embedded.start(settings.pgdata)
+
+
+def describe(url: str) -> str:
+    """host:port/dbname of a URL, without the password, for messages."""
+    try:
+        info = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "<unparseable MODELWATCH_DATABASE_URL>"
+    return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
+
+
+def connect(url: str, autocommit: bool = False) -> psycopg.Connection:
+    try:
+        return psycopg.connect(url, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT_S)
+    except psycopg.OperationalError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DatabaseError(
+            f"cannot connect to PostgreSQL at {describe(url)} ({first}); "
+            "set MODELWATCH_DATABASE_URL to a reachable server or unset it to use the embedded one"
+        ) from None
+
+
+@contextmanager
+def batch_lock(conn: psycopg.Connection, batch_date: date) -> Iterator[None]:
+    """Serialise work on one batch across processes (a session advisory lock)."""
+    key = batch_date.toordinal()
+    conn.execute("select pg_advisory_lock(%s, %s)", (LOCK_CLASS, key))
+    try:
+        yield
+    finally:
+        conn.execute("select pg_advisory_unlock(%s, %s)", (LOCK_CLASS, key))
+
+
+LOCK_CLASS = 7_356_001  # arbitrary namespace for modelwatch's advisory locks
+
+# The columns of raw.trips after coercion: (name, PostgreSQL type). The loader's
+# arrow schema (modelwatch.source) is declared from the same list.
+TRIP_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("vendor_id", "bigint"),
+    ("pickup_datetime", "timestamp"),
+    ("dropoff_datetime", "timestamp"),
+    ("store_and_fwd_flag", "text"),
+    ("ratecode_id", "double precision"),
+    ("pu_location_id", "bigint"),
+    ("do_location_id", "bigint"),
+    ("passenger_count", "double precision"),
+    ("trip_distance", "double precision"),
+    ("fare_amount", "double precision"),
+    ("extra", "double precision"),
+    ("mta_tax", "double precision"),
+    ("tip_amount", "double precision"),
+    ("tolls_amount", "double precision"),
+    ("ehail_fee", "double precision"),
+    ("improvement_surcharge", "double precision"),
+    ("total_amount", "double precision"),
+    ("payment_type", "double precision"),
+    ("trip_type", "double precision"),
+    ("congestion_surcharge", "double precision"),
+)
+
+_trip_columns_ddl = ",\n    ".join(f"{name} {pg_type}" for name, pg_type in TRIP_COLUMNS)
+
+RAW_DDL = f"""
+create schema if not exists raw;
+create schema if not exists staging;
+create schema if not exists marts;
+
+create table if not exists raw.batches (
+    batch_date date primary key,
+    file_name text not null,
+    file_sha256 text not null,
+    rows_in_file bigint not null,
+    rows_loaded bigint,
+    rows_outside_day bigint,
+    model_version text,
+    coercions text,
+    status text not null,
+    started_at timestamptz not null default now(),
+    finished_at timestamptz,
+    error text
+);
+
+-- No primary key on trip_id: its uniqueness is a check of the data contract.
+create table if not exists raw.trips (
+    batch_date date not null,
+    trip_id bigint not null,
+    {_trip_columns_ddl}
+);
+create index if not exists trips_batch_date on raw.trips (batch_date);
+
+create table if not exists raw.predictions (
+    batch_date date not null,
+    trip_id bigint not null,
+    model_version text not null,
+    predicted_duration_min double precision not null
+);
+create index if not exists predictions_batch_date on raw.predictions (batch_date);
+
+create table if not exists raw.models (
+    version text primary key,
+    trained_at timestamptz not null default now(),
+    algorithm text not null,
+    features jsonb not null,
+    target text not null,
+    reference_file text not null,
+    reference_sha256 text not null,
+    train_rows bigint not null,
+    validation_rows bigint not null,
+    train_mae double precision not null,
+    validation_mae double precision not null,
+    artifact bytea not null
+);
+
+create table if not exists raw.reference_trips (
+    model_version text not null,
+    trip_id bigint not null,
+    {_trip_columns_ddl},
+    predicted_duration_min double precision not null
+);
+create index if not exists reference_trips_version on raw.reference_trips (model_version);
+
+create table if not exists raw.dbt_test_runs (
+    invocation_id text not null,
+    executed_at timestamptz not null,
+    batch_date date not null,
+    test_name text not null,
+    column_name text,
+    status text not null,
+    failures bigint not null,
+    message text
+);
+create index if not exists dbt_test_runs_batch_date on raw.dbt_test_runs (batch_date);
+"""
+
+
+def init_schema(conn: psycopg.Connection, reader_password: str | None) -> None:
+    """Create schemas, raw tables and the read-only role; safe to run again."""
+    with conn.transaction():
+        # Serialise concurrent `init`s: CREATE ... IF NOT EXISTS is not race-free.
+        conn.execute("select pg_advisory_xact_lock(%s, 0)", (LOCK_CLASS,))
+        conn.execute(RAW_DDL)
+        ensure_reader_role(conn, reader_password)
+
+
+def ensure_reader_role(conn: psycopg.Connection, password: str | None) -> None:
+    """`modelwatch_reader`: SELECT on `marts` only (what Grafana logs in as)."""
+    role = sql.Identifier(READER_ROLE)
+    exists = conn.execute("select 1 from pg_roles where rolname = %s", (READER_ROLE,)).fetchone()
+    if not exists:
+        conn.execute(sql.SQL("create role {} login").format(role))
+    if password:
+        conn.execute(sql.SQL("alter role {} password {}").format(role, sql.Literal(password)))
+    conn.execute(sql.SQL("grant usage on schema marts to {}").format(role))
+    conn.execute(sql.SQL("grant select on all tables in schema marts to {}").format(role))
+    # Tables dbt creates later in marts are readable too.
+    conn.execute(sql.SQL("alter default privileges in schema marts grant select on tables to {}").format(role))
+    for schema in ("raw", "staging"):
+        conn.execute(sql.SQL("revoke all on schema {} from {}").format(sql.Identifier(schema), role))
+    conn.execute(sql.SQL("revoke create on schema public from {}").format(role))
+
+
+def dbt_env(url: str) -> dict[str, str]:
+    """The environment variables profiles/profiles.yml reads, from a libpq URL."""
+    info = conninfo_to_dict(url)
+    return {
+        "MODELWATCH_DB_HOST": str(info.get("host") or "localhost"),
+        "MODELWATCH_DB_PORT": str(info.get("port") or 5432),
+        "MODELWATCH_DB_USER": str(info.get("user") or "postgres"),
+        "MODELWATCH_DB_PASSWORD": str(info.get("password") or ""),
+        "MODELWATCH_DB_NAME": str(info.get("dbname") or "postgres"),
+    }
+
+
+def check_database(url: str) -> None:
+    """Raise DatabaseError unless the database answers."""
+    try:
+        with connect(url, autocommit=True) as conn:
+            conn.execute("select 1")
+    except psycopg.Error as exc:
+        raise DatabaseError(f"PostgreSQL at {describe(url)} failed: {exc}") from None

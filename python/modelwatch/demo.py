@@ -1,0 +1,33 @@
+"""The demo: train on January 2023, run February 2023 as 28 daily batches."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+from . import pipeline
+from .config import PACKAGE_DATA_DIR, Settings
+
+REFERENCE_FILE = PACKAGE_DATA_DIR / "green_tripdata_2023-01.parquet"
+BATCH_FILE = PACKAGE_DATA_DIR / "green_tripdata_2023-02.parquet"
+
+
+def run_demo(
+    settings: Settings,
+    on_step: Callable[[str], None] = lambda _: None,
+    progress: pipeline.Progress | None = None,
+    reference: Path = REFERENCE_FILE,
+    batches: Path = BATCH_FILE,
+) -> pipeline.RangeOutcome:
+    on_step("preparing the database (schemas, tables, roles, seed)")
+    pipeline.init(settings)
+    on_step(f"training the baseline model on {reference.name}")
+    trained = pipeline.train(settings, reference)
+    on_step(f"model {trained.version}: validation MAE {trained.validation_mae:.2f} min")
+    on_step(f"running the days of {batches.name} as daily batches")
+    return pipeline.backfill(settings, batches, progress=progress)
+
+
+def demo_days() -> tuple[date, date]:
+    return date(2023, 2, 1), date(2023, 2, 28)

@@ -1,0 +1,152 @@
+"""Writing a batch into `raw`: COPY fed from pyarrow's CSV writer, one transaction.
+
+The transaction first removes the batch, so a re-run replaces it exactly, and
+a crash midway leaves the previous version of the batch intact.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+
+import numpy as np
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+from psycopg import sql
+
+from .db import TRIP_COLUMNS
+from .model import TrainedModel, feature_frame
+from .source import TripFile
+
+COPY_CHUNK_ROWS = 100_000
+_TRIP_ID_EPOCH = date(2000, 1, 1)
+_TRIP_IDS_PER_DAY = 100_000_000
+
+
+@dataclass(frozen=True)
+class LoadedBatch:
+    batch_date: date
+    rows_loaded: int
+    rows_outside_day: int
+
+
+def rows_of_day(table: pa.Table, batch_date: date) -> pa.Table:
+    """The rows whose pickup falls on batch_date."""
+    start = datetime.combine(batch_date, time())
+    pickup = table["pickup_datetime"]
+    in_day = pc.and_(
+        pc.greater_equal(pickup, pa.scalar(start, pa.timestamp("us"))),
+        pc.less(pickup, pa.scalar(start + timedelta(days=1), pa.timestamp("us"))),
+    )
+    return table.filter(pc.fill_null(in_day, False))
+
+
+def pickup_days(table: pa.Table) -> list[date]:
+    """The distinct pickup days of a file, in order."""
+    days = pc.unique(pc.cast(table["pickup_datetime"], pa.date32())).to_pylist()
+    return sorted(day for day in days if day is not None)
+
+
+def trip_ids(batch_date: date, count: int) -> np.ndarray:
+    """Surrogate ids, stable across re-runs of the same file: day number, then row number."""
+    base = (batch_date - _TRIP_ID_EPOCH).days * _TRIP_IDS_PER_DAY
+    return base + np.arange(1, count + 1, dtype="int64")
+
+
+def copy_arrow(conn: psycopg.Connection, target: sql.Composable, table: pa.Table) -> None:
+    """COPY a table into `target` (same column names), in CSV chunks to bound memory."""
+    statement = sql.SQL("copy {} ({}) from stdin (format csv)").format(
+        target, sql.SQL(", ").join(sql.Identifier(name) for name in table.column_names)
+    )
+    options = pacsv.WriteOptions(include_header=False)
+    with conn.cursor().copy(statement) as copy:
+        for batch in table.to_batches(max_chunksize=COPY_CHUNK_ROWS):
+            buffer = io.BytesIO()
+            pacsv.write_csv(pa.Table.from_batches([batch]), buffer, options)
+            copy.write(buffer.getbuffer())
+
+
+def load_batch(
+    conn: psycopg.Connection,
+    trips: TripFile,
+    batch_date: date,
+    day_rows: pa.Table,
+    model: TrainedModel,
+) -> LoadedBatch:
+    """Replace the batch's trips and predictions and mark it loaded, atomically."""
+    ids = pa.array(trip_ids(batch_date, day_rows.num_rows))
+    batch_column = pa.array([batch_date] * day_rows.num_rows, pa.date32())
+    trips_table = pa.Table.from_arrays(
+        [batch_column, ids] + [day_rows[name] for name, _ in TRIP_COLUMNS],
+        names=["batch_date", "trip_id"] + [name for name, _ in TRIP_COLUMNS],
+    )
+    predictions = pa.table({
+        "batch_date": batch_column,
+        "trip_id": ids,
+        "model_version": pa.array([model.version] * day_rows.num_rows, pa.string()),
+        "predicted_duration_min": pa.array(model.predict(feature_frame(day_rows, model.features)), pa.float64()),
+    })
+    outside = trips.rows - day_rows.num_rows
+    with conn.transaction():
+        for table in ("predictions", "trips"):
+            conn.execute(sql.SQL("delete from raw.{} where batch_date = %s").format(sql.Identifier(table)), (batch_date,))
+        copy_arrow(conn, sql.SQL("raw.trips"), trips_table)
+        copy_arrow(conn, sql.SQL("raw.predictions"), predictions)
+        conn.execute(
+            """update raw.batches set status = 'loaded', rows_loaded = %s, rows_outside_day = %s,
+                      model_version = %s
+               where batch_date = %s""",
+            (day_rows.num_rows, outside, model.version, batch_date),
+        )
+    return LoadedBatch(batch_date=batch_date, rows_loaded=day_rows.num_rows, rows_outside_day=outside)
+
+
+def save_reference(conn: psycopg.Connection, model: TrainedModel, table: pa.Table) -> int:
+    """The reference set for drift: the reference file's rows with this model's predictions."""
+    reference = pa.Table.from_arrays(
+        [pa.array([model.version] * table.num_rows, pa.string()), pa.array(np.arange(1, table.num_rows + 1))]
+        + [table[name] for name, _ in TRIP_COLUMNS]
+        + [pa.array(model.predict(feature_frame(table, model.features)), pa.float64())],
+        names=["model_version", "trip_id"] + [name for name, _ in TRIP_COLUMNS] + ["predicted_duration_min"],
+    )
+    conn.execute("delete from raw.reference_trips where model_version = %s", (model.version,))
+    copy_arrow(conn, sql.SQL("raw.reference_trips"), reference)
+    return reference.num_rows
+
+
+def mark_batch(conn: psycopg.Connection, batch_date: date, status: str, error: str | None = None) -> None:
+    conn.execute(
+        "update raw.batches set status = %s, error = %s, finished_at = now() where batch_date = %s",
+        (status, error, batch_date),
+    )
+
+
+def start_batch(conn: psycopg.Connection, trips: TripFile, batch_date: date) -> None:
+    """Record the attempt before touching data, so an interrupted run is visible in the log."""
+    conn.execute(
+        """
+        insert into raw.batches (batch_date, file_name, file_sha256, rows_in_file, coercions, status, started_at)
+        values (%s, %s, %s, %s, %s, 'loading', now())
+        on conflict (batch_date) do update set
+            file_name = excluded.file_name, file_sha256 = excluded.file_sha256,
+            rows_in_file = excluded.rows_in_file, coercions = excluded.coercions,
+            status = 'loading', started_at = now(), finished_at = null, error = null
+        """,
+        (batch_date, trips.path.name, trips.sha256, trips.rows, "; ".join(trips.coercions) or None),
+    )
+
+
+def dominant_month_rows(table: pa.Table) -> pa.Table:
+    """Rows in the file's most common pickup month (drops strays such as 2008 pickups)."""
+    months = pc.strftime(table["pickup_datetime"], format="%Y-%m")
+    counts = pc.value_counts(months)
+    best = max(counts.to_pylist(), key=lambda item: item["counts"])["values"]
+    return table.filter(pc.fill_null(pc.equal(months, best), False))
+
+
+def unique_days(days: Iterable[date]) -> list[date]:
+    return sorted(set(days))

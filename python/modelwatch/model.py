@@ -1,0 +1,123 @@
+"""The course's baseline model: LinearRegression of trip duration (minutes).
+
+Training filters (0 < duration <= 60 min, 0 < passenger_count <= 8) apply to
+training only; scoring sees every row, with missing features as 0 as the
+course's monitoring loop did.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+from sklearn.linear_model import LinearRegression
+from sklearn.metrics import mean_absolute_error
+from sklearn.model_selection import train_test_split
+
+from .errors import UsageError
+from .source import TripFile
+
+FEATURES = ("passenger_count", "trip_distance", "fare_amount", "total_amount", "pu_location_id", "do_location_id")
+TARGET = "duration_min"
+VALIDATION_SHARE = 0.2
+SEED = 42
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    version: str
+    estimator: LinearRegression
+    features: tuple[str, ...]
+    train_rows: int
+    validation_rows: int
+    train_mae: float
+    validation_mae: float
+    artifact: bytes
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        return predict(self.estimator, self.features, frame)
+
+
+def duration_minutes(table: pa.Table) -> np.ndarray:
+    seconds = pc.divide(
+        pc.cast(pc.subtract(table["dropoff_datetime"], table["pickup_datetime"]), pa.int64()), 1_000_000
+    )
+    return np.asarray(seconds.to_numpy(zero_copy_only=False), dtype="float64") / 60.0
+
+
+def feature_frame(table: pa.Table, features: tuple[str, ...]) -> pd.DataFrame:
+    return table.select(list(features)).to_pandas()
+
+
+def predict(estimator: LinearRegression, features: tuple[str, ...], frame: pd.DataFrame) -> np.ndarray:
+    if frame.empty:
+        return np.empty(0)
+    return estimator.predict(frame[list(features)].astype("float64").fillna(0.0).to_numpy())
+
+
+def train(trips: TripFile) -> TrainedModel:
+    table = trips.table
+    frame = feature_frame(table, FEATURES)
+    frame[TARGET] = duration_minutes(table)
+    keep = (frame[TARGET] > 0) & (frame[TARGET] <= 60) & (frame["passenger_count"] > 0) & (frame["passenger_count"] <= 8)
+    data = frame[keep]
+    if len(data) < 100:
+        raise UsageError(f"{trips.path}: only {len(data)} rows pass the training filters; need at least 100")
+    train_part, valid_part = train_test_split(data, test_size=VALIDATION_SHARE, random_state=SEED)
+    estimator = LinearRegression()
+    estimator.fit(train_part[list(FEATURES)].to_numpy(), train_part[TARGET].to_numpy())
+    artifact = pickle.dumps(estimator, protocol=5)
+    return TrainedModel(
+        version=hashlib.sha256(artifact).hexdigest()[:12],
+        estimator=estimator,
+        features=FEATURES,
+        train_rows=len(train_part),
+        validation_rows=len(valid_part),
+        train_mae=float(mean_absolute_error(train_part[TARGET], predict(estimator, FEATURES, train_part))),
+        validation_mae=float(mean_absolute_error(valid_part[TARGET], predict(estimator, FEATURES, valid_part))),
+        artifact=artifact,
+    )
+
+
+def save(conn: psycopg.Connection, model: TrainedModel, trips: TripFile) -> None:
+    """The registry row; re-training on the same data gives the same version and replaces it."""
+    conn.execute(
+        """
+        insert into raw.models (version, algorithm, features, target, reference_file, reference_sha256,
+                                train_rows, validation_rows, train_mae, validation_mae, artifact)
+        values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+        on conflict (version) do update set trained_at = now(), reference_file = excluded.reference_file
+        """,
+        (
+            model.version, "sklearn.linear_model.LinearRegression", json.dumps(list(model.features)), TARGET,
+            trips.path.name, trips.sha256, model.train_rows, model.validation_rows,
+            model.train_mae, model.validation_mae, model.artifact,
+        ),
+    )
+
+
+def load_latest(conn: psycopg.Connection) -> TrainedModel:
+    row = conn.execute(
+        """select version, artifact, features, train_rows, validation_rows, train_mae, validation_mae
+           from raw.models order by trained_at desc limit 1"""
+    ).fetchone()
+    if row is None:
+        raise UsageError("no model trained yet: run `modelwatch train --reference FILE` first")
+    version, artifact, features, train_rows, validation_rows, train_mae, validation_mae = row
+    return TrainedModel(
+        version=version,
+        estimator=pickle.loads(artifact),  # our own artifact, from our own database
+        features=tuple(features),
+        train_rows=train_rows,
+        validation_rows=validation_rows,
+        train_mae=train_mae,
+        validation_mae=validation_mae,
+        artifact=bytes(artifact),
+    )

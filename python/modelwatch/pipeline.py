@@ -1,0 +1,226 @@
+"""One batch, or a range of them, end to end: read, load and score, build, record.
+
+Each day is loaded in its own transaction; the dbt build then covers the whole
+range in one invocation while the contract still decides batch by batch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from . import db, load, model, transform
+from .config import Settings
+from .errors import InputError, ModelwatchError
+from .source import TripFile, read_trip_file
+
+Progress = Callable[[date], None]
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    batch_date: date
+    status: str  # passed | warned | failed
+    rows_loaded: int
+    rows_outside_day: int
+    seconds: float
+    failing_checks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RangeOutcome:
+    batches: tuple[BatchOutcome, ...]
+    file: Path
+    rows_in_file: int
+    rows_in_no_batch: int
+    coercions: tuple[str, ...] = field(default=())
+
+    @property
+    def failed(self) -> tuple[BatchOutcome, ...]:
+        return tuple(batch for batch in self.batches if batch.status == "failed")
+
+
+def init(settings: Settings) -> str:
+    """Schemas, raw tables, roles and the dbt seed; idempotent. Returns the database URL."""
+    url = db.database_url(settings)
+    with db.connect(url) as conn:
+        db.init_schema(conn, settings.reader_password)
+    transform.seed(settings, url)
+    return url
+
+
+def train(settings: Settings, reference: Path | str) -> model.TrainedModel:
+    """Train the baseline on a reference file; store artifact, registry row and reference set."""
+    url = db.database_url(settings)
+    trips = read_trip_file(reference)
+    trained = model.train(trips)
+    reference_rows = load.dominant_month_rows(trips.table)
+    with db.connect(url) as conn, conn.transaction():
+        model.save(conn, trained, trips)
+        load.save_reference(conn, trained, reference_rows)
+    settings.models_dir.mkdir(parents=True, exist_ok=True)
+    (settings.models_dir / f"{trained.version}.pkl").write_bytes(trained.artifact)
+    return trained
+
+
+def run_batch(settings: Settings, batch_date: date, file: Path | str) -> BatchOutcome:
+    """One batch: the rows of `file` whose pickup falls on `batch_date`."""
+    outcome = run_range(settings, file, [batch_date])
+    return outcome.batches[0]
+
+
+def backfill(
+    settings: Settings,
+    file: Path | str,
+    start: date | None = None,
+    end: date | None = None,
+    progress: Progress | None = None,
+) -> RangeOutcome:
+    """Every day of the file (by default, of its main month) from start to end, in order."""
+    trips = read_trip_file(file)
+    if start is None and end is None:
+        days = load.pickup_days(load.dominant_month_rows(trips.table))
+    else:
+        days = [day for day in load.pickup_days(trips.table)
+                if (start is None or day >= start) and (end is None or day <= end)]
+    if not days:
+        raise InputError(f"{trips.path}: no pickups between {start or 'the start'} and {end or 'the end'}")
+    return run_range(settings, trips, days, progress)
+
+
+def run_range(
+    settings: Settings,
+    file: Path | str | TripFile,
+    days: list[date],
+    progress: Progress | None = None,
+) -> RangeOutcome:
+    trips = file if isinstance(file, TripFile) else read_trip_file(file)
+    url = db.database_url(settings)
+    started: dict[date, float] = {}
+    loaded: dict[date, load.LoadedBatch] = {}
+    with db.connect(url, autocommit=True) as conn, ExitStack() as locks:
+        trained = model.load_latest(conn)
+        for day in sorted(days):  # in order, so two ranges never deadlock on their locks
+            locks.enter_context(db.batch_lock(conn, day))
+        try:
+            for day in days:
+                clock = time.perf_counter()
+                day_rows = load.rows_of_day(trips.table, day)
+                load.start_batch(conn, trips, day)
+                loaded[day] = load.load_batch(conn, trips, day, day_rows, trained)
+                started[day] = time.perf_counter() - clock
+                if progress:
+                    progress(day)
+            clock = time.perf_counter()
+            with _recording_errors(conn, days, "building"):
+                build = transform.build(settings, url, min(days), max(days))
+                statuses = record_tests(conn, build, days)
+                transform.build_run_results(settings, url, min(days), max(days))
+            build_share = (time.perf_counter() - clock) / len(days)
+        except ModelwatchError as exc:
+            _mark_all(conn, days, "error", str(exc))
+            raise
+        failing = failing_checks(conn, min(days), max(days))
+        for day in days:
+            load.mark_batch(conn, day, statuses[day], "; ".join(failing.get(day, ())) or None)
+    outcomes = tuple(
+        BatchOutcome(
+            batch_date=day,
+            status=statuses[day],
+            rows_loaded=loaded[day].rows_loaded,
+            rows_outside_day=loaded[day].rows_outside_day,
+            seconds=started[day] + build_share,
+            failing_checks=tuple(failing.get(day, ())),
+        )
+        for day in days
+    )
+    return RangeOutcome(
+        batches=outcomes,
+        file=trips.path,
+        rows_in_file=trips.rows,
+        rows_in_no_batch=trips.rows - sum(batch.rows_loaded for batch in outcomes),
+        coercions=trips.coercions,
+    )
+
+
+@contextmanager
+def _recording_errors(conn: psycopg.Connection, days: list[date], status: str) -> Iterator[None]:
+    """Mark the batches with `status` while a step runs, so a crash leaves a trace in the log."""
+    _mark_all(conn, days, status, None, finished=False)
+    yield
+
+
+def _mark_all(conn: psycopg.Connection, days: list[date], status: str, error: str | None, finished: bool = True) -> None:
+    conn.execute(
+        "update raw.batches set status = %s, error = %s, finished_at = case when %s then now() end"
+        " where batch_date = any(%s)",
+        (status, error, finished, days),
+    )
+
+
+def record_tests(conn: psycopg.Connection, build: transform.BuildResult, days: list[date]) -> dict[date, str]:
+    """Store each test's outcome per batch in raw.dbt_test_runs; return each batch's verdict."""
+    rows: list[tuple] = []
+    verdict = {day: "passed" for day in days}
+    for test in build.tests:
+        per_batch = _failures_per_batch(conn, test, days)
+        for day in days:
+            failures = per_batch[day]
+            status = test.status if failures else "pass"
+            if test.status in ("error", "skipped"):
+                status, failures = test.status, failures
+            rows.append((build.invocation_id, day, test.name, test.column, status, failures, test.message))
+            if status in ("fail", "error"):
+                verdict[day] = "failed"
+            elif status == "warn" and verdict[day] == "passed":
+                verdict[day] = "warned"
+    with conn.transaction(), conn.cursor() as cursor:
+        cursor.executemany(
+            """insert into raw.dbt_test_runs
+               (invocation_id, executed_at, batch_date, test_name, column_name, status, failures, message)
+               values (%s, now(), %s, %s, %s, %s, %s, %s)""",
+            rows,
+        )
+    return verdict
+
+
+def _failures_per_batch(conn: psycopg.Connection, test: transform.TestOutcome, days: list[date]) -> dict[date, int]:
+    """A contract test's failing rows carry their batch; other tests count for every batch."""
+    counts = {day: 0 for day in days}
+    if test.status not in ("fail", "warn"):
+        return counts
+    if test.relation is None:
+        return {day: test.failures for day in days}
+    schema, table = (part.strip('"') for part in test.relation.split(".")[-2:])
+    query = sql.SQL("select batch_date, count(*) from {}.{} group by batch_date").format(
+        sql.Identifier(schema), sql.Identifier(table)
+    )
+    for day, count in conn.execute(query).fetchall():
+        if day in counts:
+            counts[day] = int(count)
+    return counts
+
+
+def failing_checks(conn: psycopg.Connection, start: date, end: date) -> dict[date, list[str]]:
+    """Human-readable failing checks per batch, from marts.batch_checks."""
+    rows = conn.execute(
+        """select batch_date, check_name, column_name, measured_value, lower_bound, upper_bound, severity
+           from marts.batch_checks
+           where batch_date between %s and %s and not passed
+           order by batch_date, severity, check_name, column_name""",
+        (start, end),
+    ).fetchall()
+    found: dict[date, list[str]] = {}
+    for day, check, column, measured, lower, upper, severity in rows:
+        name = f"{check}[{column}]" if column else check
+        bound = " and ".join(part for part in (
+            f">= {lower:g}" if lower is not None else "", f"<= {upper:g}" if upper is not None else "") if part)
+        found.setdefault(day, []).append(f"{name} = {measured:.4g}, expected {bound} ({severity})")
+    return found

@@ -1,0 +1,37 @@
+"""The batch log, read back for people."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+
+import psycopg
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    batch_date: date
+    status: str
+    rows_loaded: int | None
+    rows_in_file: int
+    file_name: str
+    seconds: float | None
+    error: str | None
+
+
+def recent_batches(conn: psycopg.Connection, limit: int = 30) -> list[BatchRow]:
+    rows = conn.execute(
+        """select batch_date, status, rows_loaded, rows_in_file, file_name, started_at, finished_at, error
+           from raw.batches order by batch_date desc limit %s""",
+        (limit,),
+    ).fetchall()
+    return [
+        BatchRow(day, status, loaded, in_file, name, _seconds(started, finished), error)
+        for day, status, loaded, in_file, name, started, finished, error in rows
+    ]
+
+
+def _seconds(started: datetime | None, finished: datetime | None) -> float | None:
+    if started is None or finished is None:
+        return None
+    return (finished - started).total_seconds()
