@@ -51,13 +51,13 @@ def start(pgdata: Path) -> str:
     return server.get_uri(database=DATABASE)
 
 
-def running_url(pgdata: Path) -> str | None:
-    """The URL if a server runs on this data directory, else None; starts nothing."""
+def running_url(pgdata: Path, database: str = DATABASE) -> str | None:
+    """The URL of `database` if a server runs on this data directory, else None; starts nothing."""
     PostmasterInfo = _import_pgserver().utils.PostmasterInfo
     info = PostmasterInfo.read_from_pgdata(pgdata) if pgdata.exists() else None
     if info is None or not info.is_running():
         return None
-    return info.get_uri(database=DATABASE)
+    return info.get_uri(database=database)
 
 
 def stop(pgdata: Path) -> bool:

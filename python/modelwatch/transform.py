@@ -80,11 +80,10 @@ def build(settings: Settings, url: str, start: date, end: date) -> BuildResult:
     tests: list[TestOutcome] = []
     skipped: list[str] = []
     errors: list[str] = []
-    invocation_id = ""
+    invocation_id = _invocation_id()
     for node_result in result.result.results:
         node = node_result.node
         status = str(node_result.status)
-        invocation_id = invocation_id or _invocation_id(result)
         if node.resource_type == "test":
             tests.append(TestOutcome(
                 name=node.name,
@@ -120,11 +119,11 @@ def seed(settings: Settings, url: str) -> None:
         raise TransformError("dbt seed failed")
 
 
-def _invocation_id(result: Any) -> str:
-    try:
-        return str(result.result.args.get("invocation_id") or result.result.metadata.invocation_id)
-    except AttributeError:
-        return ""
+def _invocation_id() -> str:
+    """The id of the dbt invocation that just ran (dbt keeps it per process)."""
+    from dbt_common.invocation import get_invocation_id
+
+    return get_invocation_id()
 
 
 def _first_line(value: object, limit: int = 400) -> str:
