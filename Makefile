@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: install demo test bench docs clean
+.PHONY: install browser demo test bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,13 @@ install: $(BIN)/.installed
 demo: install
 	$(BIN)/modelwatch demo
 
-test: install
+# Headless Chromium (Debian's package) opens the HTML reports in the tests.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "install Debian's chromium package to run the browser tests"; exit 1; fi; }
+
+test: install browser
 	$(BIN)/pytest
 
 bench: install

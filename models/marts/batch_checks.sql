@@ -42,23 +42,10 @@ per_batch as (
     group by batches.batch_date
 ),
 
-{#- Median rows of up to 7 earlier batches; null with no history (then only the floor applies). -#}
 volume as (
-    select
-        batches.batch_date,
-        batches.rows_loaded,
-        (
-            select percentile_cont(0.5) within group (order by earlier.rows_loaded)
-            from (
-                select history.rows_loaded
-                from {{ ref('stg_batches') }} as history
-                where history.batch_date < batches.batch_date
-                  and history.rows_loaded is not null
-                order by history.batch_date desc
-                limit 7
-            ) as earlier
-        ) as trailing_median_rows
-    from batches
+    select batch_date, rows_vs_trailing_median
+    from {{ ref('int_batch_volume') }}
+    where {{ modelwatch.in_batch_range('batch_date') }}
 ),
 
 {#- The monitored columns the raw tables must have, with a type that fits their kind. -#}
@@ -91,7 +78,7 @@ checks as (
     union all
     {{ modelwatch.contract_check('row_count_min', 'row_count', 'per_batch') }}
     union all
-    {{ modelwatch.contract_check('row_count_vs_trailing_median', 'rows_loaded / nullif(trailing_median_rows, 0)', 'volume') }}
+    {{ modelwatch.contract_check('row_count_vs_trailing_median', 'rows_vs_trailing_median', 'volume') }}
     union all
     {{ modelwatch.contract_check('duplicate_trip_ids', 'duplicate_trip_ids', 'per_batch') }}
     union all
