@@ -1,0 +1,152 @@
+"""The data contract as a quality gate, on corrupted copies of a real February batch."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from modelwatch import pipeline
+from modelwatch.cli import main
+from modelwatch.config import Settings
+
+from .conftest import FEBRUARY
+
+DAY = date(2023, 2, 14)
+MARTS = ("column_quality", "daily_trips", "batch_checks", "model_performance", "test_results", "batch_health")
+
+
+def _day_table() -> pa.Table:
+    table = pq.read_table(FEBRUARY)
+    pickup = table["lpep_pickup_datetime"]
+    return table.filter(pc.equal(pc.cast(pickup, pa.date32()), pa.scalar(DAY, pa.date32())))
+
+
+def _write(table: pa.Table, path: Path) -> Path:
+    pq.write_table(table, path)
+    return path
+
+
+def _null_fares(table: pa.Table, share: float) -> pa.Table:
+    rng = np.random.default_rng(7)
+    mask = pa.array(rng.random(table.num_rows) < share)
+    fares = pc.if_else(mask, pa.scalar(None, pa.float64()), table["fare_amount"])
+    return table.set_column(table.schema.get_field_index("fare_amount"), "fare_amount", fares)
+
+
+def _negate_fares(table: pa.Table) -> pa.Table:
+    return table.set_column(
+        table.schema.get_field_index("fare_amount"), "fare_amount", pc.negate(table["fare_amount"])
+    )
+
+
+def _other_batches(url: str) -> dict[str, list[tuple]]:
+    """Every mart's rows (and raw's counts) for the batches other than DAY."""
+    with psycopg.connect(url) as conn:
+        snapshot = {
+            mart: conn.execute(
+                f"select * from marts.{mart} where batch_date <> %s order by 1, 2, 3", (DAY,)  # noqa: S608 (fixed names)
+            ).fetchall()
+            for mart in MARTS
+        }
+        snapshot["raw"] = conn.execute(
+            "select batch_date, count(*), sum(fare_amount) from raw.trips where batch_date <> %s group by 1 order by 1",
+            (DAY,),
+        ).fetchall()
+    return snapshot
+
+
+@pytest.fixture
+def history(trained_settings: Settings) -> Settings:
+    """Ten normal February batches before DAY, so the volume band has history."""
+    outcome = pipeline.backfill(trained_settings, FEBRUARY, date(2023, 2, 4), date(2023, 2, 13))
+    assert [b.status for b in outcome.batches] == ["passed"] * 10
+    return trained_settings
+
+
+def _run(settings: Settings, file: Path) -> tuple[int, str]:
+    env = {"MODELWATCH_DATABASE_URL": settings.database_url, "MODELWATCH_HOME": str(settings.home)}
+    result = CliRunner().invoke(main, ["run", "--batch-date", DAY.isoformat(), "--file", str(file)], env=env)
+    return result.exit_code, result.output
+
+
+@pytest.mark.parametrize(
+    ("corruption", "failing_tests", "message_parts"),
+    [
+        (lambda t: _null_fares(t, 0.3), {"contract_missing_share"}, ["missing_share[fare_amount] = 0.3"]),
+        (_negate_fares, {"contract_negative_fare_share"}, ["negative_fare_share = 0.99"]),
+        (
+            lambda t: t.slice(0, int(t.num_rows * 0.05)),
+            {"contract_row_count_min", "contract_row_count_vs_trailing_median"},
+            ["row_count_min = 123, expected >= 500", "row_count_vs_trailing_median = 0.04996"]  # 123 / median 2,462,
+        ),
+    ],
+    ids=["30pct_null_fares", "negated_fares", "5pct_of_rows"],
+)
+def test_corrupted_batch_fails_named_tests_and_leaves_other_batches(
+    history: Settings, tmp_path: Path, corruption, failing_tests: set[str], message_parts: list[str]
+) -> None:
+    before = _other_batches(history.database_url)
+    code, output = _run(history, _write(corruption(_day_table()), tmp_path / "corrupt.parquet"))
+    assert code == 1, output
+    assert f"Error: batch {DAY} failed its data contract" in output
+    for part in message_parts:
+        assert part in output
+    with psycopg.connect(history.database_url) as conn:
+        status, failing, failed_count = conn.execute(
+            "select status, failing_tests, tests_failed from marts.batch_health where batch_date = %s", (DAY,)
+        ).fetchone()
+        assert status == "failed"
+        assert set(failing.split(", ")) == failing_tests
+        assert failed_count == len(failing_tests)
+        recorded = conn.execute(
+            "select test_name from marts.test_results where batch_date = %s and test_status = 'fail'", (DAY,)
+        ).fetchall()
+        assert {name for (name,) in recorded} == failing_tests
+        # The gate: a failing batch never reaches the gated marts.
+        assert conn.execute("select count(*) from marts.model_performance where batch_date = %s", (DAY,)).fetchone() == (0,)
+        # ... while the quality marts show why.
+        assert conn.execute("select count(*) from marts.column_quality where batch_date = %s", (DAY,)).fetchone() == (8,)
+        assert conn.execute("select status from raw.batches where batch_date = %s", (DAY,)).fetchone() == ("failed",)
+    assert _other_batches(history.database_url) == before
+
+
+def test_clean_rerun_after_a_failure_passes_and_reaches_gated_marts(history: Settings, tmp_path: Path) -> None:
+    code, _ = _run(history, _write(_negate_fares(_day_table()), tmp_path / "bad.parquet"))
+    assert code == 1
+    code, output = _run(history, FEBRUARY)
+    assert code == 0, output
+    with psycopg.connect(history.database_url) as conn:
+        assert conn.execute(
+            "select status, tests_failed from marts.batch_health where batch_date = %s", (DAY,)
+        ).fetchone() == ("passed", 0)
+        assert conn.execute(
+            "select scored_trips + out_of_domain_trips from marts.model_performance where batch_date = %s", (DAY,)
+        ).fetchone() == (2_466,)
+        # History of the contract survives: the failing run is still in test_results.
+        runs = conn.execute(
+            "select count(distinct invocation_id) from marts.test_results where batch_date = %s", (DAY,)
+        ).fetchone()
+        assert runs == (2,)
+
+
+def test_backfill_gate_decides_batch_by_batch(trained_settings: Settings, tmp_path: Path) -> None:
+    """One dbt build for a range holding a bad day: only the bad day is kept out of the gated marts."""
+    table = pq.read_table(FEBRUARY)
+    days = pc.cast(table["lpep_pickup_datetime"], pa.date32())
+    bad = pc.equal(days, pa.scalar(date(2023, 2, 3), pa.date32()))
+    fares = pc.if_else(bad, pc.negate(table["fare_amount"]), table["fare_amount"])
+    table = table.set_column(table.schema.get_field_index("fare_amount"), "fare_amount", fares)
+    outcome = pipeline.backfill(trained_settings, _write(table, tmp_path / "feb.parquet"),
+                                date(2023, 2, 1), date(2023, 2, 5))
+    assert [b.status for b in outcome.batches] == ["passed", "passed", "failed", "passed", "passed"]
+    with psycopg.connect(trained_settings.database_url) as conn:
+        kept = conn.execute("select batch_date from marts.model_performance order by 1").fetchall()
+    assert [d for (d,) in kept] == [date(2023, 2, 1), date(2023, 2, 2), date(2023, 2, 4), date(2023, 2, 5)]
