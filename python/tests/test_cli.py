@@ -1,0 +1,149 @@
+"""The CLI: exit codes and the one-line messages people see."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from modelwatch.cli import main
+from modelwatch.config import Settings
+
+from .conftest import FEBRUARY, shared_file
+
+
+def _invoke(settings: Settings, *args: str):
+    env = {"MODELWATCH_DATABASE_URL": settings.database_url, "MODELWATCH_HOME": str(settings.home)}
+    return CliRunner().invoke(main, list(args), env=env)
+
+
+def _error_line(result) -> str:
+    lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1, result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def test_missing_file(trained_settings: Settings, tmp_path: Path) -> None:
+    missing = tmp_path / "nope.parquet"
+    result = _invoke(trained_settings, "run", "--batch-date", "2023-02-14", "--file", str(missing))
+    assert result.exit_code == 2
+    assert _error_line(result) == f"Error: {missing}: no such file"
+
+
+def test_file_that_is_not_parquet(trained_settings: Settings, tmp_path: Path) -> None:
+    bogus = tmp_path / "trips.parquet"
+    bogus.write_text("VendorID,fare_amount\n1,2.5\n")
+    result = _invoke(trained_settings, "run", "--batch-date", "2023-02-14", "--file", str(bogus))
+    assert result.exit_code == 2
+    assert _error_line(result).startswith(f"Error: {bogus}: not a readable parquet file (")
+
+
+def test_truncated_parquet(trained_settings: Settings, tmp_path: Path) -> None:
+    truncated = tmp_path / "truncated.parquet"
+    truncated.write_bytes(FEBRUARY.read_bytes()[: 500_000])
+    result = _invoke(trained_settings, "run", "--batch-date", "2023-02-14", "--file", str(truncated))
+    assert result.exit_code == 2
+    assert _error_line(result).startswith(f"Error: {truncated}: not a readable parquet file (")
+
+
+def test_file_lacking_a_required_column(trained_settings: Settings, tmp_path: Path) -> None:
+    table = pq.read_table(FEBRUARY).drop_columns(["fare_amount"])
+    path = tmp_path / "no_fare.parquet"
+    pq.write_table(table, path)
+    result = _invoke(trained_settings, "run", "--batch-date", "2023-02-14", "--file", str(path))
+    assert result.exit_code == 2
+    assert _error_line(result) == f"Error: {path}: required column 'fare_amount' is missing"
+    import psycopg
+
+    with psycopg.connect(trained_settings.database_url) as conn:
+        assert conn.execute("select count(*) from raw.batches").fetchone() == (0,)
+
+
+def test_text_in_a_numeric_column(trained_settings: Settings, tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    table = pq.read_table(FEBRUARY).slice(0, 100)
+    fares = pa.array(["12.5"] * 99 + ["twelve"])
+    table = table.set_column(table.schema.get_field_index("fare_amount"), "fare_amount", fares)
+    path = tmp_path / "text_fare.parquet"
+    pq.write_table(table, path)
+    result = _invoke(trained_settings, "run", "--batch-date", "2023-02-01", "--file", str(path))
+    assert result.exit_code == 2
+    assert _error_line(result).startswith(
+        f"Error: {path}: column 'fare_amount' has type string and cannot be read as double"
+    )
+
+
+def test_batch_date_that_is_not_a_date(trained_settings: Settings) -> None:
+    result = _invoke(trained_settings, "run", "--batch-date", "2023-02-30", "--file", str(FEBRUARY))
+    assert result.exit_code == 2
+    assert "'2023-02-30' is not a date (YYYY-MM-DD)" in result.output
+
+
+def test_unreachable_database_exits_3_naming_the_address(tmp_path: Path) -> None:
+    env = {"MODELWATCH_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none", "MODELWATCH_HOME": str(tmp_path)}
+    result = CliRunner().invoke(main, ["status"], env=env)
+    assert result.exit_code == 3
+    line = _error_line(result)
+    assert line.startswith("Error: cannot connect to PostgreSQL at 127.0.0.1:1/none")
+    assert "MODELWATCH_DATABASE_URL" in line
+
+
+def test_status_lists_batches(demo_settings: Settings) -> None:
+    result = _invoke(demo_settings, "status", "--limit", "3")
+    assert result.exit_code == 0
+    assert "2023-02-28" in result.output and "2023-02-26" in result.output
+    assert "2023-02-25" not in result.output
+
+
+@pytest.fixture
+def tlc_mirror(tmp_path: Path) -> Iterator[str]:
+    """A local HTTP server laid out like the TLC's trip-data folder."""
+    root = tmp_path / "mirror"
+    root.mkdir()
+    (root / "green_tripdata_2024-01.parquet").write_bytes(shared_file("green_tripdata_2024-01.parquet").read_bytes())
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (stdlib's name)
+        pass
+
+
+def test_fetch_downloads_a_month(tlc_mirror: str, tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    result = CliRunner().invoke(main, ["fetch", "2024-01", "--out", str(out), "--base-url", tlc_mirror],
+                                env={"MODELWATCH_HOME": str(tmp_path)})
+    assert result.exit_code == 0, result.output
+    fetched = out / "green_tripdata_2024-01.parquet"
+    assert pq.read_metadata(fetched).num_rows == 56_551
+    assert not list(out.glob("*.part"))
+
+
+def test_fetch_missing_month_names_the_url(tlc_mirror: str, tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["fetch", "2024-05", "--out", str(tmp_path), "--base-url", tlc_mirror],
+                                env={"MODELWATCH_HOME": str(tmp_path)})
+    assert result.exit_code == 2
+    assert _error_line(result) == f"Error: {tlc_mirror}/green_tripdata_2024-05.parquet: HTTP 404 File not found"
+    assert list(tmp_path.glob("*.parquet*")) == []
+
+
+def test_fetch_rejects_a_bad_month(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["fetch", "2024-13"], env={"MODELWATCH_HOME": str(tmp_path)})
+    assert result.exit_code == 2
+    assert _error_line(result) == "Error: month '2024-13' is not YYYY-MM"
