@@ -159,10 +159,19 @@ def raise_contract(outcome: pipeline.BatchOutcome) -> None:
 @click.option("--file", "file", required=True, type=click.Path(path_type=Path), help="TLC parquet file.")
 @click.option("--start", type=ISO_DATE, default=None, help="First day (default: first day of the file's month).")
 @click.option("--end", type=ISO_DATE, default=None, help="Last day (default: last day of the file's month).")
+@click.option("--force", is_flag=True, help="Redo days already finished from this same file.")
+@click.option("--pace", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="Replay: one batch every SECONDS, each its own build, to watch Grafana fill (redoes days).")
 @handle_errors
-def backfill(file: Path, start: date | None, end: date | None) -> None:
-    """Run every day of a file, in order."""
-    outcome = _with_progress(lambda progress: pipeline.backfill(settings(), file, start, end, progress=progress))
+def backfill(file: Path, start: date | None, end: date | None, force: bool, pace: float | None) -> None:
+    """Run every day of a file, in order (resuming: finished days are skipped)."""
+    if pace is not None:
+        outcome = _with_progress(lambda progress: pipeline.replay(settings(), file, pace, start, end, progress))
+        _finish_range(outcome)
+        return
+    outcome = _with_progress(
+        lambda progress: pipeline.backfill(settings(), file, start, end, progress=progress, force=force)
+    )
     _finish_range(outcome)
 
 
@@ -191,6 +200,7 @@ def demo() -> None:
         lambda progress: run_demo(current, on_step=lambda text: console.print(f"- {text}"), progress=progress)
     )
     _finish_range(outcome, exit_on_failure=False)
+    _print_dashboard(_render_dashboard(current, current.reports_dir / "dashboard.html"))
     console.print(
         "\nNext: `modelwatch status`; the marts are in schema `marts` of "
         f"{db.describe(db.database_url(current))} (`modelwatch db url` prints the URL); "
@@ -210,6 +220,40 @@ def fetch(month: str, out_dir: Path | None, base_url: str | None) -> None:
 
     path = fetch_month(month, out_dir or settings().home / "data", base_url or TLC_BASE_URL)
     console.print(str(path), soft_wrap=True, highlight=False)
+
+
+@main.command()
+@click.option("--out", "out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="HTML file to write (default: MODELWATCH_HOME/reports/dashboard.html).")
+@handle_errors
+def dashboard(out: Path | None) -> None:
+    """The Grafana overview's charts as one static HTML page (same SQL, no Grafana needed)."""
+    current = settings()
+    _print_dashboard(_render_dashboard(current, out or current.reports_dir / "dashboard.html"))
+
+
+def _render_dashboard(current: Settings, out: Path) -> Any:  # -> modelwatch.dashboard.DashboardPage
+    from .dashboard import render_overview  # plotly loads only for this command
+
+    return render_overview(current, out)
+
+
+def _print_dashboard(page: Any) -> None:
+    for panel in page.failed:
+        err_console.print(f"not drawn: {panel.query.title} ({panel.error})", markup=False, highlight=False)
+    console.print(f"dashboard: {page.path}", soft_wrap=True, highlight=False)
+
+
+@main.command()
+@click.option("--batch-date", required=True, type=ISO_DATE, help="The batch to report on.")
+@click.option("--out", "out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="HTML file to write (default: MODELWATCH_HOME/reports/drift_<date>.html).")
+@handle_errors
+def report(batch_date: date, out: Path | None) -> None:
+    """Write Evidently's HTML report (drift, data summary, tests) for a batch against its reference."""
+    from .report import write_report
+
+    console.print(str(write_report(settings(), batch_date, out)), soft_wrap=True, highlight=False)
 
 
 def _with_progress(work: Callable[[pipeline.Progress], pipeline.RangeOutcome]) -> pipeline.RangeOutcome:
@@ -232,6 +276,9 @@ def _finish_range(outcome: pipeline.RangeOutcome, exit_on_failure: bool = True) 
         f"{outcome.rows_in_file - outcome.rows_in_no_batch} loaded, {outcome.rows_in_no_batch} in no batch "
         "(pickups outside the days processed)."
     )
+    if outcome.skipped:
+        console.print(f"{len(outcome.skipped)} batches were already done from this file and were skipped "
+                      "(--force redoes them).")
     if outcome.coercions:
         console.print("coerced: " + "; ".join(outcome.coercions), soft_wrap=True)
     if outcome.failed and exit_on_failure:

@@ -57,6 +57,28 @@ def batch_lock(conn: psycopg.Connection, batch_date: date) -> Iterator[None]:
 
 
 LOCK_CLASS = 7_356_001  # arbitrary namespace for modelwatch's advisory locks
+BUILD_LOCK_KEY = 0  # key of the lock that serialises dbt runs (batch keys are day ordinals > 0)
+
+
+@contextmanager
+def build_lock(conn: psycopg.Connection) -> Iterator[None]:
+    """Serialise dbt invocations across processes: concurrent builds would race on
+    dbt's temporary relation names when they re-create the staging views."""
+    conn.execute("select pg_advisory_lock(%s, %s)", (LOCK_CLASS, BUILD_LOCK_KEY))
+    try:
+        yield
+    finally:
+        conn.execute("select pg_advisory_unlock(%s, %s)", (LOCK_CLASS, BUILD_LOCK_KEY))
+
+
+def locked_batches(conn: psycopg.Connection) -> set[date]:
+    """Batches some process is working on right now (holding their advisory lock)."""
+    rows = conn.execute(
+        """select objid from pg_locks
+           where locktype = 'advisory' and granted and classid = %s and objsubid = 2 and objid > %s""",
+        (LOCK_CLASS, BUILD_LOCK_KEY),
+    ).fetchall()
+    return {date.fromordinal(int(objid)) for (objid,) in rows}
 
 # The columns of raw.trips after coercion: (name, PostgreSQL type). The loader's
 # arrow schema (modelwatch.source) is declared from the same list.
@@ -155,6 +177,43 @@ create table if not exists raw.dbt_test_runs (
     message text
 );
 create index if not exists dbt_test_runs_batch_date on raw.dbt_test_runs (batch_date);
+
+-- Evidently's drift per batch and monitored column (modelwatch.drift). A column
+-- Evidently cannot score (empty or constant) has computed = false and a reason.
+create table if not exists raw.drift_scores (
+    batch_date date not null,
+    column_name text not null,
+    column_kind text not null,
+    computed boolean not null,
+    method text,
+    threshold double precision,
+    score double precision,
+    drifted boolean,
+    reason text,
+    evidently_version text not null,
+    computed_at timestamptz not null default now(),
+    primary key (batch_date, column_name)
+);
+
+-- One row per batch: what Evidently compared and its dataset-level verdict.
+create table if not exists raw.drift_datasets (
+    batch_date date primary key,
+    model_version text,
+    reference_rows bigint not null,
+    reference_rows_used bigint not null,
+    current_rows bigint not null,
+    current_rows_used bigint not null,
+    sample_seed integer,
+    columns_monitored integer not null,
+    columns_computed integer not null,
+    columns_drifted integer,
+    share_drifted double precision,
+    drift_share double precision not null,
+    dataset_drift boolean,
+    evidently_version text not null,
+    seconds double precision not null,
+    computed_at timestamptz not null default now()
+);
 """
 
 
@@ -162,7 +221,7 @@ def init_schema(conn: psycopg.Connection, reader_password: str | None) -> None:
     """Create schemas, raw tables and the read-only role; safe to run again."""
     with conn.transaction():
         # Serialise concurrent `init`s: CREATE ... IF NOT EXISTS is not race-free.
-        conn.execute("select pg_advisory_xact_lock(%s, 0)", (LOCK_CLASS,))
+        conn.execute("select pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, BUILD_LOCK_KEY))
         conn.execute(RAW_DDL)
         ensure_reader_role(conn, reader_password)
 

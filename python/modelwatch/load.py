@@ -7,7 +7,6 @@ a crash midway leaves the previous version of the batch intact.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 
@@ -92,10 +91,10 @@ def load_batch(
     })
     outside = trips.rows - day_rows.num_rows
     with conn.transaction():
-        for table in ("predictions", "trips"):
-            conn.execute(sql.SQL("delete from raw.{} where batch_date = %s").format(sql.Identifier(table)), (batch_date,))
-        copy_arrow(conn, sql.SQL("raw.trips"), trips_table)
-        copy_arrow(conn, sql.SQL("raw.predictions"), predictions)
+        for table, rows in (("trips", trips_table), ("predictions", predictions)):
+            target = sql.SQL("raw.{}").format(sql.Identifier(table))
+            conn.execute(sql.SQL("delete from {} where batch_date = %s").format(target), (batch_date,))
+            copy_arrow(conn, target, rows)
         conn.execute(
             """update raw.batches set status = 'loaded', rows_loaded = %s, rows_outside_day = %s,
                       model_version = %s
@@ -143,10 +142,8 @@ def start_batch(conn: psycopg.Connection, trips: TripFile, batch_date: date) -> 
 def dominant_month_rows(table: pa.Table) -> pa.Table:
     """Rows in the file's most common pickup month (drops strays such as 2008 pickups)."""
     months = pc.strftime(table["pickup_datetime"], format="%Y-%m")
-    counts = pc.value_counts(months)
-    best = max(counts.to_pylist(), key=lambda item: item["counts"])["values"]
+    counts = [item for item in pc.value_counts(months).to_pylist() if item["values"] is not None]
+    if not counts:
+        return table.slice(0, 0)
+    best = max(counts, key=lambda item: item["counts"])["values"]
     return table.filter(pc.fill_null(pc.equal(months, best), False))
-
-
-def unique_days(days: Iterable[date]) -> list[date]:
-    return sorted(set(days))

@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from . import db, load, model, transform
+from . import db, drift, load, model, transform
 from .config import Settings
 from .errors import InputError, ModelwatchError
 from .source import TripFile, read_trip_file
@@ -41,6 +41,7 @@ class RangeOutcome:
     rows_in_file: int
     rows_in_no_batch: int
     coercions: tuple[str, ...] = field(default=())
+    skipped: tuple[date, ...] = field(default=())  # finished before, not redone
 
     @property
     def failed(self) -> tuple[BatchOutcome, ...]:
@@ -72,8 +73,16 @@ def train(settings: Settings, reference: Path | str) -> model.TrainedModel:
 
 def run_batch(settings: Settings, batch_date: date, file: Path | str) -> BatchOutcome:
     """One batch: the rows of `file` whose pickup falls on `batch_date`."""
-    outcome = run_range(settings, file, [batch_date])
+    trips = read_trip_file(file)
+    if load.rows_of_day(trips.table, batch_date).num_rows == 0:
+        days = load.pickup_days(load.dominant_month_rows(trips.table))
+        span = f"its pickups run from {days[0]} to {days[-1]}" if days else "it holds no pickups"
+        raise InputError(f"{trips.path}: no trips with a pickup on {batch_date} ({span})")
+    outcome = run_range(settings, trips, [batch_date])
     return outcome.batches[0]
+
+
+BACKFILL_CHUNK_DAYS = 31  # days per dbt build: one invocation per month, resumable by month
 
 
 def backfill(
@@ -82,17 +91,56 @@ def backfill(
     start: date | None = None,
     end: date | None = None,
     progress: Progress | None = None,
+    force: bool = False,
 ) -> RangeOutcome:
-    """Every day of the file (by default, of its main month) from start to end, in order."""
+    """Every day of the file (by default, of its main month) from start to end, in order.
+
+    Days already finished from this same file (same sha256) are skipped unless
+    `force`, so an interrupted backfill started again resumes where it stopped.
+    """
     trips = read_trip_file(file)
-    if start is None and end is None:
-        days = load.pickup_days(load.dominant_month_rows(trips.table))
-    else:
-        days = [day for day in load.pickup_days(trips.table)
-                if (start is None or day >= start) and (end is None or day <= end)]
+    # By default the file's main month: strays (pickups in 2008 in a 2023 file) are counted, not run.
+    main_month = load.pickup_days(load.dominant_month_rows(trips.table))
+    if not main_month:
+        raise InputError(f"{trips.path}: the file holds no trips with a pickup time")
+    start = start or main_month[0]
+    end = end or main_month[-1]
+    days = [day for day in load.pickup_days(trips.table) if start <= day <= end]
     if not days:
-        raise InputError(f"{trips.path}: no pickups between {start or 'the start'} and {end or 'the end'}")
-    return run_range(settings, trips, days, progress)
+        raise InputError(f"{trips.path}: no pickups between {start} and {end}")
+    done = {} if force else finished_batches(settings, trips, days)
+    todo = [day for day in days if day not in done]
+    outcomes: list[BatchOutcome] = [done[day] for day in days if day in done]
+    if progress:
+        for day in sorted(done):
+            progress(day)
+    for first in range(0, len(todo), BACKFILL_CHUNK_DAYS):
+        outcomes += run_range(settings, trips, todo[first:first + BACKFILL_CHUNK_DAYS], progress).batches
+    outcomes.sort(key=lambda batch: batch.batch_date)
+    return RangeOutcome(
+        batches=tuple(outcomes),
+        file=trips.path,
+        rows_in_file=trips.rows,
+        rows_in_no_batch=trips.rows - sum(batch.rows_loaded for batch in outcomes),
+        coercions=trips.coercions,
+        skipped=tuple(sorted(done)),
+    )
+
+
+def finished_batches(settings: Settings, trips: TripFile, days: list[date]) -> dict[date, BatchOutcome]:
+    """Batches of `days` already built from this very file (passed, warned or failed)."""
+    with db.connect(db.database_url(settings)) as conn:
+        rows = conn.execute(
+            """select batch_date, status, rows_loaded, rows_outside_day,
+                      extract(epoch from finished_at - started_at), error
+               from raw.batches
+               where batch_date = any(%s) and file_sha256 = %s and status in ('passed', 'warned', 'failed')""",
+            (days, trips.sha256),
+        ).fetchall()
+    return {
+        day: BatchOutcome(day, status, loaded, outside, float(seconds or 0.0), tuple((error or "").split("; ")) if error else ())
+        for day, status, loaded, outside, seconds, error in rows
+    }
 
 
 def run_range(
@@ -119,7 +167,8 @@ def run_range(
                 if progress:
                     progress(day)
             clock = time.perf_counter()
-            with _recording_errors(conn, days, "building"):
+            drift.score_batches(settings, conn, days)  # Evidently's drift into raw, for dbt to model
+            with _recording_errors(conn, days, "building"), db.build_lock(conn):
                 build = transform.build(settings, url, min(days), max(days))
                 statuses = record_tests(conn, build, days)
                 transform.build_run_results(settings, url, min(days), max(days))
@@ -224,3 +273,45 @@ def failing_checks(conn: psycopg.Connection, start: date, end: date) -> dict[dat
             f">= {lower:g}" if lower is not None else "", f"<= {upper:g}" if upper is not None else "") if part)
         found.setdefault(day, []).append(f"{name} = {measured:.4g}, expected {bound} ({severity})")
     return found
+
+
+def replay(
+    settings: Settings,
+    file: Path | str,
+    pace_s: float,
+    start: date | None = None,
+    end: date | None = None,
+    progress: Progress | None = None,
+) -> RangeOutcome:
+    """The days of a file one at a time, one every `pace_s` seconds, each its own build.
+
+    For watching Grafana fill batch by batch, as the course's loop did; days
+    already finished are redone. The pace is start to start: a batch that
+    takes longer than `pace_s` is followed at once.
+    """
+    trips = read_trip_file(file)
+    days = _replay_days(trips, start, end)
+    batches: list[BatchOutcome] = []
+    began = time.monotonic()
+    for index, day in enumerate(days):
+        time.sleep(max(0.0, began + index * pace_s - time.monotonic()))
+        batches += run_range(settings, trips, [day], progress).batches
+    return RangeOutcome(
+        batches=tuple(batches),
+        file=trips.path,
+        rows_in_file=trips.rows,
+        rows_in_no_batch=trips.rows - sum(batch.rows_loaded for batch in batches),
+        coercions=trips.coercions,
+    )
+
+
+def _replay_days(trips: TripFile, start: date | None, end: date | None) -> list[date]:
+    """The days `backfill` would run: the file's main month, or its days between start and end."""
+    if start is None and end is None:
+        days = load.pickup_days(load.dominant_month_rows(trips.table))
+    else:
+        days = [day for day in load.pickup_days(trips.table)
+                if (start is None or day >= start) and (end is None or day <= end)]
+    if not days:
+        raise InputError(f"{trips.path}: no pickups between {start} and {end}")
+    return days

@@ -7,6 +7,11 @@ from datetime import date, datetime
 
 import psycopg
 
+from .db import locked_batches
+
+# A batch left in one of these with no process holding its lock was interrupted.
+IN_PROGRESS = ("loading", "loaded", "building")
+
 
 @dataclass(frozen=True)
 class BatchRow:
@@ -25,10 +30,17 @@ def recent_batches(conn: psycopg.Connection, limit: int = 30) -> list[BatchRow]:
            from raw.batches order by batch_date desc limit %s""",
         (limit,),
     ).fetchall()
+    busy = locked_batches(conn)
     return [
-        BatchRow(day, status, loaded, in_file, name, _seconds(started, finished), error)
+        BatchRow(day, _shown_status(status, day in busy), loaded, in_file, name, _seconds(started, finished), error)
         for day, status, loaded, in_file, name, started, finished, error in rows
     ]
+
+
+def _shown_status(status: str, locked: bool) -> str:
+    if status in IN_PROGRESS and not locked:
+        return f"interrupted ({status})"
+    return status
 
 
 def _seconds(started: datetime | None, finished: datetime | None) -> float | None:

@@ -147,3 +147,11 @@ def test_fetch_rejects_a_bad_month(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["fetch", "2024-13"], env={"MODELWATCH_HOME": str(tmp_path)})
     assert result.exit_code == 2
     assert _error_line(result) == "Error: month '2024-13' is not YYYY-MM"
+
+
+def test_day_with_no_rows_in_the_file(trained_settings: Settings) -> None:
+    result = _invoke(trained_settings, "run", "--batch-date", "2023-03-05", "--file", str(FEBRUARY))
+    assert result.exit_code == 2
+    assert _error_line(result) == (
+        f"Error: {FEBRUARY}: no trips with a pickup on 2023-03-05 (its pickups run from 2023-02-01 to 2023-02-28)"
+    )

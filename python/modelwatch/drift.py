@@ -1,0 +1,375 @@
+"""Evidently's drift per batch, against the reference set of the model that scored it.
+
+Runs after a range of batches is loaded and scored and before `dbt build`:
+one Evidently Report per batch with `ValueDrift` for every monitored feature
+and the prediction (Evidently picks the method per column from its type, the
+row count and its distinct values) and `DriftedColumnsCount` for the batch.
+Results go to raw.drift_scores (batch x column) and raw.drift_datasets
+(batch); dbt models them into marts.feature_drift and marts.dataset_drift.
+
+Evidently costs ~4 s to import: it is imported on first use, once per process.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import psycopg
+from psycopg import sql
+
+from .config import Monitoring, Settings
+from .errors import UsageError
+
+NUMERIC, CATEGORICAL, PREDICTION = "numeric", "categorical", "prediction"
+
+
+@dataclass(frozen=True)
+class DriftOptions:
+    """vars.drift of dbt_project.yml, the part the Evidently step uses."""
+
+    max_rows: int = 100_000
+    sample_seed: int = 42
+    drift_share: float = 0.5
+
+    @classmethod
+    def from_vars(cls, raw: Mapping[str, Any] | None) -> DriftOptions:
+        raw = raw or {}
+        try:
+            options = cls(
+                max_rows=int(raw.get("evidently_max_rows", cls.max_rows)),
+                sample_seed=int(raw.get("evidently_sample_seed", cls.sample_seed)),
+                drift_share=float(raw.get("dataset_drift_share", cls.drift_share)),
+            )
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"dbt_project.yml vars.drift: {exc}") from None
+        if options.max_rows < 1 or not 0 < options.drift_share <= 1:
+            raise UsageError("dbt_project.yml vars.drift: evidently_max_rows must be >= 1 and "
+                             "dataset_drift_share in (0, 1]")
+        return options
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DriftOptions:
+        return cls.from_vars(settings.dbt_vars.get("drift"))
+
+
+@dataclass(frozen=True)
+class MonitoredColumn:
+    name: str
+    kind: str  # numeric | categorical | prediction
+
+    @property
+    def numeric(self) -> bool:
+        return self.kind != CATEGORICAL
+
+
+def monitored_columns(monitoring: Monitoring) -> tuple[MonitoredColumn, ...]:
+    """The features and the prediction; the target is model performance, not drift."""
+    return (
+        tuple(MonitoredColumn(name, NUMERIC) for name in monitoring.numeric_features)
+        + tuple(MonitoredColumn(name, CATEGORICAL) for name in monitoring.categorical_features)
+        + (MonitoredColumn(monitoring.prediction, PREDICTION),)
+    )
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Rows read for Evidently: all of them, or a seeded sample when there are more than max_rows."""
+
+    frame: pd.DataFrame
+    total: int
+    # Evidently Datasets of these rows by column list: a reference serves every batch of its model
+    datasets: dict[tuple[str, ...], Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def used(self) -> int:
+        return len(self.frame)
+
+    def dataset(self, api: EvidentlyApi, columns: list[MonitoredColumn]) -> Any:
+        key = tuple(column.name for column in columns)
+        if key not in self.datasets:
+            definition = api.DataDefinition(
+                numerical_columns=[column.name for column in columns if column.numeric],
+                categorical_columns=[column.name for column in columns if not column.numeric],
+            )
+            self.datasets[key] = api.Dataset.from_pandas(self.frame[list(key)], data_definition=definition)
+        return self.datasets[key]
+
+
+@dataclass(frozen=True)
+class ColumnDrift:
+    column: str
+    kind: str
+    method: str | None = None
+    threshold: float | None = None
+    score: float | None = None
+    drifted: bool | None = None
+    reason: str | None = None  # why Evidently did not score the column
+
+    @property
+    def computed(self) -> bool:
+        return self.reason is None
+
+
+@dataclass(frozen=True)
+class BatchDrift:
+    batch_date: date
+    model_version: str | None
+    reference_rows: int
+    reference_rows_used: int
+    current_rows: int
+    current_rows_used: int
+    sampled: bool
+    columns: tuple[ColumnDrift, ...]
+    columns_drifted: int | None
+    share_drifted: float | None
+    dataset_drift: bool | None
+    drift_share: float
+    evidently_version: str
+    seconds: float
+
+    def column(self, name: str) -> ColumnDrift:
+        return next(column for column in self.columns if column.column == name)
+
+
+@dataclass(frozen=True)
+class EvidentlyApi:
+    """The few Evidently names used, imported once."""
+
+    version: str
+    Report: Any
+    Dataset: Any
+    DataDefinition: Any
+    ValueDrift: Any
+    DriftedColumnsCount: Any
+    DataDriftPreset: Any
+    DataSummaryPreset: Any
+
+
+@functools.cache
+def evidently_api() -> EvidentlyApi:
+    import evidently
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.metrics import DriftedColumnsCount, ValueDrift
+    from evidently.presets import DataDriftPreset, DataSummaryPreset
+
+    return EvidentlyApi(evidently.__version__, Report, Dataset, DataDefinition, ValueDrift, DriftedColumnsCount,
+                        DataDriftPreset, DataSummaryPreset)
+
+
+# ---------------------------------------------------------------- reading
+
+
+def batch_model_version(conn: psycopg.Connection, batch_date: date) -> str | None:
+    """The model that scored the batch; UsageError when the batch was never loaded."""
+    row = conn.execute("select model_version from raw.batches where batch_date = %s", (batch_date,)).fetchone()
+    if row is None:
+        raise UsageError(f"batch {batch_date} has not been loaded: run `modelwatch run --batch-date {batch_date}` first")
+    return row[0]
+
+
+def _select_list(columns: Iterable[MonitoredColumn], table_of: Mapping[str, str]) -> sql.Composable:
+    """Numeric columns as double precision, categorical ones as text (the categories dbt bins on)."""
+    parts = []
+    for column in columns:
+        ref = sql.Identifier(table_of.get(column.kind, table_of["default"]), column.name)
+        cast = "double precision" if column.numeric else "text"
+        parts.append(sql.SQL("cast({} as {}) as {}").format(ref, sql.SQL(cast), sql.Identifier(column.name)))
+    return sql.SQL(", ").join(parts)
+
+
+def _sample_clause(total: int, options: DriftOptions, trip_id: sql.Composable) -> tuple[sql.Composable, tuple]:
+    """Above max_rows, a seeded sample: the rows with the smallest hashes of their trip id."""
+    if total <= options.max_rows:
+        return sql.SQL(""), ()
+    return (sql.SQL(" order by hashint8extended({}, %s) limit %s").format(trip_id),
+            (options.sample_seed, options.max_rows))
+
+
+def _frame(cursor_rows: list[tuple], columns: tuple[MonitoredColumn, ...]) -> pd.DataFrame:
+    frame = pd.DataFrame(cursor_rows, columns=[column.name for column in columns])
+    for column in columns:
+        frame[column.name] = frame[column.name].astype("float64" if column.numeric else "object")
+    return frame
+
+
+def read_reference(conn: psycopg.Connection, model_version: str | None,
+                   columns: tuple[MonitoredColumn, ...], options: DriftOptions) -> Rows:
+    """The reference set stored by `train` for this model version."""
+    total = conn.execute("select count(*) from raw.reference_trips where model_version = %s",
+                         (model_version,)).fetchone()[0]
+    sample, sample_params = _sample_clause(total, options, sql.Identifier("r", "trip_id"))
+    query = sql.SQL("select {} from raw.reference_trips as r where r.model_version = %s{}").format(
+        _select_list(columns, {"default": "r"}), sample)
+    rows = conn.execute(query, (model_version, *sample_params)).fetchall()
+    return Rows(_frame(rows, columns), int(total))
+
+
+def read_batch(conn: psycopg.Connection, batch_date: date,
+               columns: tuple[MonitoredColumn, ...], options: DriftOptions) -> Rows:
+    """The batch's trips with their predictions (a trip without one has a null prediction)."""
+    total = conn.execute("select count(*) from raw.trips where batch_date = %s", (batch_date,)).fetchone()[0]
+    sample, sample_params = _sample_clause(total, options, sql.Identifier("t", "trip_id"))
+    query = sql.SQL(
+        "select {} from raw.trips as t left join raw.predictions as p"
+        " on p.batch_date = t.batch_date and p.trip_id = t.trip_id"
+        " where t.batch_date = %s{}"
+    ).format(_select_list(columns, {"default": "t", PREDICTION: "p"}), sample)
+    rows = conn.execute(query, (batch_date, *sample_params)).fetchall()
+    return Rows(_frame(rows, columns), int(total))
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def _values(series: pd.Series) -> pd.Series:
+    """The values Evidently scores: without nulls and infinities (it drops both)."""
+    if pd.api.types.is_float_dtype(series):
+        series = series.replace([np.inf, -np.inf], np.nan)
+    return series.dropna()
+
+
+def skip_reason(column: MonitoredColumn, reference: pd.Series, current: pd.Series) -> str | None:
+    """Why Evidently cannot score a column (it raises on an empty one), or None."""
+    if current.empty:
+        return "the batch has no rows"
+    if reference.empty:
+        return "the reference set has no rows for this model version"
+    current_values, reference_values = _values(current), _values(reference)
+    if current_values.empty:
+        return f"empty in the batch: all {len(current)} values are null"
+    if reference_values.empty:
+        return f"empty in the reference: all {len(reference)} values are null"
+    if current_values.nunique() == 1:
+        return f"constant in the batch: every value is {current_values.iloc[0]!r}"
+    if reference_values.nunique() == 1:
+        return f"constant in the reference: every value is {reference_values.iloc[0]!r}"
+    return None
+
+
+def _failed(result: Any) -> bool | None:
+    """Evidently's own verdict: its test on the metric fails when drift is detected."""
+    statuses = [str(getattr(test.status, "value", test.status)) for test in result.tests]
+    return ("FAIL" in statuses) if statuses else None
+
+
+def _finite(value: Any) -> float | None:
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def run_evidently(api: EvidentlyApi, reference: Rows, current: Rows,
+                  columns: list[MonitoredColumn], drift_share: float) -> tuple[list[ColumnDrift], dict[str, Any]]:
+    """One Report: ValueDrift per column and DriftedColumnsCount over the same columns."""
+    names = [column.name for column in columns]
+    report = api.Report(
+        [api.ValueDrift(column=name) for name in names]
+        + [api.DriftedColumnsCount(columns=names, drift_share=drift_share)],
+        include_tests=True,
+    )
+    snapshot = report.run(current.dataset(api, columns), reference.dataset(api, columns))
+    kinds = {column.name: column.kind for column in columns}
+    scored: dict[str, ColumnDrift] = {}
+    dataset: dict[str, Any] = {}
+    for result in snapshot.metric_results.values():
+        params = result.metric_value_location.metric.params
+        if params["type"].endswith(":ValueDrift"):
+            name = params["column"]
+            scored[name] = ColumnDrift(column=name, kind=kinds[name], method=params.get("method"),
+                                       threshold=params.get("threshold"), score=_finite(result.value),
+                                       drifted=_failed(result))
+        elif params["type"].endswith(":DriftedColumnsCount"):
+            dataset = {"columns_drifted": int(result.count.value), "share_drifted": float(result.share.value),
+                       "dataset_drift": _failed(result)}
+    return [scored[name] for name in names], dataset
+
+
+def score_batch(api: EvidentlyApi, batch_date: date, model_version: str | None, reference: Rows, current: Rows,
+                columns: tuple[MonitoredColumn, ...], options: DriftOptions, started: float | None = None) -> BatchDrift:
+    """Score one batch; `started` (perf_counter) is when reading it began, for its seconds."""
+    clock = time.perf_counter() if started is None else started
+    skipped = {column.name: reason for column in columns
+               if (reason := skip_reason(column, reference.frame[column.name], current.frame[column.name]))}
+    scorable = [column for column in columns if column.name not in skipped]
+    scored: dict[str, ColumnDrift] = {}
+    dataset: dict[str, Any] = {}
+    if scorable:
+        try:
+            results, dataset = run_evidently(api, reference, current, scorable, options.drift_share)
+            scored = {result.column: result for result in results}
+        except Exception as exc:  # noqa: BLE001 - Evidently failing on one batch must not stop the others
+            first = " ".join(str(exc).split())[:300] or type(exc).__name__
+            skipped.update({column.name: f"Evidently failed: {first}" for column in scorable})
+    outcome = tuple(
+        scored.get(column.name) or ColumnDrift(column=column.name, kind=column.kind, reason=skipped[column.name])
+        for column in columns
+    )
+    return BatchDrift(
+        batch_date=batch_date,
+        model_version=model_version,
+        reference_rows=reference.total,
+        reference_rows_used=reference.used,
+        current_rows=current.total,
+        current_rows_used=current.used,
+        sampled=current.used < current.total or reference.used < reference.total,
+        columns=outcome,
+        columns_drifted=dataset.get("columns_drifted"),
+        share_drifted=dataset.get("share_drifted"),
+        dataset_drift=dataset.get("dataset_drift"),
+        drift_share=options.drift_share,
+        evidently_version=api.version,
+        seconds=time.perf_counter() - clock,
+    )
+
+
+# ---------------------------------------------------------------- storing
+
+
+def store(conn: psycopg.Connection, drift: BatchDrift, sample_seed: int) -> None:
+    """Replace the batch's rows in raw.drift_scores and raw.drift_datasets, atomically."""
+    with conn.transaction(), conn.cursor() as cursor:
+        cursor.execute("delete from raw.drift_scores where batch_date = %s", (drift.batch_date,))
+        cursor.execute("delete from raw.drift_datasets where batch_date = %s", (drift.batch_date,))
+        cursor.executemany(
+            """insert into raw.drift_scores (batch_date, column_name, column_kind, computed, method, threshold,
+                                             score, drifted, reason, evidently_version)
+               values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+            [(drift.batch_date, column.column, column.kind, column.computed, column.method, column.threshold,
+              column.score, column.drifted, column.reason, drift.evidently_version) for column in drift.columns],
+        )
+        cursor.execute(
+            """insert into raw.drift_datasets (batch_date, model_version, reference_rows, reference_rows_used,
+                   current_rows, current_rows_used, sample_seed, columns_monitored, columns_computed,
+                   columns_drifted, share_drifted, drift_share, dataset_drift, evidently_version, seconds)
+               values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+            (drift.batch_date, drift.model_version, drift.reference_rows, drift.reference_rows_used,
+             drift.current_rows, drift.current_rows_used, sample_seed if drift.sampled else None,
+             len(drift.columns), sum(column.computed for column in drift.columns), drift.columns_drifted,
+             drift.share_drifted, drift.drift_share, drift.dataset_drift, drift.evidently_version, drift.seconds),
+        )
+
+
+def score_batches(settings: Settings, conn: psycopg.Connection, days: Iterable[date]) -> list[BatchDrift]:
+    """Evidently drift for each batch (loaded and scored) against its model's reference; stored in raw."""
+    options = DriftOptions.from_settings(settings)
+    columns = monitored_columns(settings.monitoring)
+    api = evidently_api()
+    references: dict[str | None, Rows] = {}
+    results: list[BatchDrift] = []
+    for day in days:
+        version = batch_model_version(conn, day)
+        if version not in references:  # read once per model version, not once per batch
+            references[version] = read_reference(conn, version, columns, options)
+        clock = time.perf_counter()
+        current = read_batch(conn, day, columns, options)
+        drift = score_batch(api, day, version, references[version], current, columns, options, started=clock)
+        store(conn, drift, options.sample_seed)
+        results.append(drift)
+    return results

@@ -1,0 +1,64 @@
+"""The debugging report: Evidently's HTML for one batch against its model's reference.
+
+For the ad-hoc root-cause work the course did in a notebook: data drift and
+data summary presets, with Evidently's tests, in one self-contained HTML file
+(scripts and fonts inlined; it fetches nothing).
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from . import db, drift
+from .config import Settings
+from .errors import ModelwatchError, UsageError
+
+
+def default_path(settings: Settings, batch_date: date) -> Path:
+    return settings.reports_dir / f"drift_{batch_date.isoformat()}.html"
+
+
+def write_report(settings: Settings, batch_date: date, out: Path | None = None) -> Path:
+    """Write the report for `batch_date` to `out` (default: under reports_dir) and return its path."""
+    path = Path(out) if out is not None else default_path(settings, batch_date)
+    options = drift.DriftOptions.from_settings(settings)
+    columns = drift.monitored_columns(settings.monitoring)
+    with db.connect(db.database_url(settings)) as conn:
+        version = drift.batch_model_version(conn, batch_date)
+        reference = drift.read_reference(conn, version, columns, options)
+        current = drift.read_batch(conn, batch_date, columns, options)
+    if current.total == 0:
+        raise UsageError(f"batch {batch_date} has no rows to report on")
+    if reference.total == 0:
+        raise UsageError(f"model {version} has no reference set: train it again with `modelwatch train`")
+    html = _render(drift.evidently_api(), reference, current, columns, options)
+    _write(path, html)
+    return path
+
+
+def _render(api: drift.EvidentlyApi, reference: drift.Rows, current: drift.Rows,
+            columns: tuple[drift.MonitoredColumn, ...], options: drift.DriftOptions) -> str:
+    # Drift only where Evidently can score (it raises on an empty column); the
+    # summary shows every column, empty and constant ones included.
+    scorable = [column.name for column in columns
+                if drift.skip_reason(column, reference.frame[column.name], current.frame[column.name]) is None]
+    presets: list[Any] = [api.DataSummaryPreset(columns=[column.name for column in columns])]
+    if scorable:
+        presets.insert(0, api.DataDriftPreset(columns=scorable, drift_share=options.drift_share))
+    report = api.Report(presets, include_tests=True)
+    try:
+        snapshot = report.run(current.dataset(api, list(columns)), reference.dataset(api, list(columns)))
+        return snapshot.get_html_str(as_iframe=False)
+    except Exception as exc:  # noqa: BLE001 - one line for the user, not Evidently's traceback
+        first = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise ModelwatchError(f"Evidently could not build the report: {first}") from None
+
+
+def _write(path: Path, html: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(html, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot write the report ({exc.strerror or exc})") from None
