@@ -18,7 +18,7 @@ from psycopg import sql
 
 from . import db, drift, load, model, transform
 from .config import Settings
-from .errors import InputError, ModelwatchError
+from .errors import InputError, ModelwatchError, UsageError
 from .source import TripFile, read_trip_file
 
 Progress = Callable[[date], None]
@@ -143,12 +143,30 @@ def finished_batches(settings: Settings, trips: TripFile, days: list[date]) -> d
     }
 
 
+# Columns the staging and intermediate models derive (dbt), beside raw.trips' own.
+DERIVED_COLUMNS = ("duration_min", "predicted_duration_min")
+
+
+def check_monitoring(settings: Settings) -> None:
+    """Every monitored column in dbt_project.yml must be a plain name the data has, before any SQL runs."""
+    available = {name for name, _ in db.TRIP_COLUMNS} | set(DERIVED_COLUMNS)
+    monitoring = settings.monitoring  # raises UsageError for a name that is not a plain identifier
+    for column in (monitoring.timestamp, *monitoring.features, monitoring.prediction, monitoring.target,
+                   *monitoring.zone_columns):
+        if column not in available:
+            raise UsageError(
+                f"{settings.project_dir / 'dbt_project.yml'}: monitored column '{column}' is not a column of the "
+                f"data (known: {', '.join(sorted(available))})"
+            )
+
+
 def run_range(
     settings: Settings,
     file: Path | str | TripFile,
     days: list[date],
     progress: Progress | None = None,
 ) -> RangeOutcome:
+    check_monitoring(settings)
     trips = file if isinstance(file, TripFile) else read_trip_file(file)
     url = db.database_url(settings)
     started: dict[date, float] = {}

@@ -1,0 +1,161 @@
+"""Bad input and hostile strings: a clear word, the right exit code, nothing stored changed."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import date, datetime
+from pathlib import Path
+
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from modelwatch import pipeline
+from modelwatch.cli import main
+from modelwatch.config import PROJECT_DIR, Settings
+
+from .conftest import FEBRUARY
+
+DAY = date(2023, 2, 14)
+
+
+def _invoke(settings: Settings, *args: str, project_dir: Path | None = None):
+    env = {"MODELWATCH_DATABASE_URL": settings.database_url, "MODELWATCH_HOME": str(settings.home)}
+    if project_dir is not None:
+        env["MODELWATCH_PROJECT_DIR"] = str(project_dir)
+    return CliRunner().invoke(main, list(args), env=env)
+
+
+def _stored(url: str) -> tuple:
+    with psycopg.connect(url) as conn:
+        return (
+            conn.execute("select batch_date, count(*), sum(fare_amount) from raw.trips group by 1 order by 1").fetchall(),
+            conn.execute("select batch_date, status, rows_loaded, file_sha256 from raw.batches order by 1").fetchall(),
+            conn.execute("select * from marts.column_quality order by 1, 2").fetchall(),
+            conn.execute("select * from marts.model_performance order by 1").fetchall(),
+        )
+
+
+def _project_with_monitoring(tmp_path: Path, **changes: object) -> Path:
+    """A copy of the dbt project whose vars.monitoring differs."""
+    project = tmp_path / "project"
+    for name in ("dbt_project.yml", "models", "macros", "seeds", "profiles", "tests"):
+        source = PROJECT_DIR / name
+        if source.is_dir():
+            shutil.copytree(source, project / name)
+        elif source.exists():
+            project.mkdir(exist_ok=True)
+            shutil.copy(source, project / name)
+    config = yaml.safe_load((project / "dbt_project.yml").read_text())
+    config["vars"]["monitoring"].update(changes)
+    (project / "dbt_project.yml").write_text(yaml.safe_dump(config))
+    return project
+
+
+@pytest.fixture
+def one_batch(trained_settings: Settings) -> Settings:
+    pipeline.run_batch(trained_settings, date(2023, 2, 13), FEBRUARY)
+    return trained_settings
+
+
+def _day(table: pa.Table) -> pa.Table:
+    days = pc.cast(table["lpep_pickup_datetime"], pa.date32())
+    return table.filter(pc.equal(days, pa.scalar(DAY, pa.date32())))
+
+
+def test_hostile_column_name_in_configuration_never_reaches_sql(one_batch: Settings, tmp_path: Path) -> None:
+    before = _stored(one_batch.database_url)
+    project = _project_with_monitoring(
+        tmp_path, numeric_features=["fare_amount", "fare_amount; drop table raw.trips; --"]
+    )
+    result = _invoke(one_batch, "run", "--batch-date", DAY.isoformat(), "--file", str(FEBRUARY), project_dir=project)
+    assert result.exit_code == 2
+    assert "Error: dbt_project.yml vars.monitoring: numeric_features: 'fare_amount; drop table raw.trips; --' " \
+           "is not a plain column name" in result.output
+    assert _stored(one_batch.database_url) == before
+
+
+def test_monitored_column_the_data_lacks(one_batch: Settings, tmp_path: Path) -> None:
+    before = _stored(one_batch.database_url)
+    project = _project_with_monitoring(tmp_path, categorical_features=["pu_location_id", "driver_rating"])
+    result = _invoke(one_batch, "run", "--batch-date", DAY.isoformat(), "--file", str(FEBRUARY), project_dir=project)
+    assert result.exit_code == 2
+    assert f"Error: {project / 'dbt_project.yml'}: monitored column 'driver_rating' is not a column of the data" \
+        in result.output
+    assert _stored(one_batch.database_url) == before
+
+
+def test_hostile_file_name_is_stored_verbatim(trained_settings: Settings, tmp_path: Path) -> None:
+    hostile = tmp_path / "it's\"; drop table raw.trips; --.parquet"
+    shutil.copy(FEBRUARY, hostile)
+    result = _invoke(trained_settings, "run", "--batch-date", DAY.isoformat(), "--file", str(hostile))
+    assert result.exit_code == 0, result.output
+    with psycopg.connect(trained_settings.database_url) as conn:
+        assert conn.execute("select file_name, rows_loaded from raw.batches").fetchone() == (hostile.name, 2_466)
+        assert conn.execute("select count(*) from raw.trips").fetchone() == (2_466,)
+
+
+def test_hostile_strings_in_text_columns_round_trip(trained_settings: Settings, tmp_path: Path) -> None:
+    table = _day(pq.read_table(FEBRUARY))
+    hostile = ["'); drop table raw.trips; --", 'a "quoted", value', "line\nbreak", "\\N", ""]
+    flags = pa.array([hostile[i % len(hostile)] for i in range(table.num_rows)], pa.string())
+    table = table.set_column(table.schema.get_field_index("store_and_fwd_flag"), "store_and_fwd_flag", flags)
+    path = tmp_path / "hostile.parquet"
+    pq.write_table(table, path)
+    result = _invoke(trained_settings, "run", "--batch-date", DAY.isoformat(), "--file", str(path))
+    assert result.exit_code == 0, result.output
+    with psycopg.connect(trained_settings.database_url) as conn:
+        stored = conn.execute("select store_and_fwd_flag from raw.trips order by trip_id").fetchall()
+    assert [value for (value,) in stored] == flags.to_pylist()
+
+
+def test_all_null_column_fails_the_contract(one_batch: Settings, tmp_path: Path) -> None:
+    before = _stored(one_batch.database_url)
+    table = _day(pq.read_table(FEBRUARY))
+    table = table.set_column(table.schema.get_field_index("fare_amount"), "fare_amount",
+                             pa.nulls(table.num_rows, pa.null()))
+    path = tmp_path / "null_fares.parquet"
+    pq.write_table(table, path)
+    result = _invoke(one_batch, "run", "--batch-date", DAY.isoformat(), "--file", str(path))
+    assert result.exit_code == 1
+    assert "missing_share[fare_amount] = 1, expected <= 0.2 (error)" in result.output
+    after = _stored(one_batch.database_url)
+    # The earlier batch is untouched everywhere.
+    assert [r for r in after[0] if r[0] != DAY] == before[0]
+    assert [r for r in after[2] if r[0] != DAY] == before[2]
+    assert after[3] == before[3]
+
+
+def test_timestamps_years_away_and_extreme_values(trained_settings: Settings, tmp_path: Path) -> None:
+    table = _day(pq.read_table(FEBRUARY))
+    pickups = table["lpep_pickup_datetime"].to_pylist()
+    pickups[:5] = [datetime(2009, 1, 1, 0, 5)] * 5  # real files carry such strays
+    distances = table["trip_distance"].to_pylist()
+    distances[10] = 200_000.0  # real files hold such distances (February 2023: 178,920 miles)
+    table = table.set_column(table.schema.get_field_index("lpep_pickup_datetime"), "lpep_pickup_datetime",
+                             pa.array(pickups, pa.timestamp("us")))
+    table = table.set_column(table.schema.get_field_index("trip_distance"), "trip_distance", pa.array(distances))
+    path = tmp_path / "strays.parquet"
+    pq.write_table(table, path)
+    outcome = pipeline.run_batch(trained_settings, DAY, path)
+    assert (outcome.rows_loaded, outcome.rows_outside_day, outcome.status) == (2_461, 5, "passed")
+    with psycopg.connect(trained_settings.database_url) as conn:
+        assert conn.execute(
+            "select max_value from marts.column_quality where column_name = 'trip_distance'"
+        ).fetchone() == (200_000.0,)  # kept and visible: a real file's normal quirk, not a failure
+
+
+def test_unknown_zone_ids_fail_the_referential_check(trained_settings: Settings, tmp_path: Path) -> None:
+    table = _day(pq.read_table(FEBRUARY))
+    zones = pc.if_else(pc.less(pc.cast(pa.array(range(table.num_rows)), pa.int64()), table.num_rows // 10),
+                       pa.scalar(999, pa.int32()), table["PULocationID"])
+    table = table.set_column(table.schema.get_field_index("PULocationID"), "PULocationID", zones)
+    path = tmp_path / "zones.parquet"
+    pq.write_table(table, path)
+    result = _invoke(trained_settings, "run", "--batch-date", DAY.isoformat(), "--file", str(path))
+    assert result.exit_code == 1
+    assert "known_zone_share[pu_location_id] = 0.89" in result.output
