@@ -155,3 +155,25 @@ def test_day_with_no_rows_in_the_file(trained_settings: Settings) -> None:
     assert _error_line(result) == (
         f"Error: {FEBRUARY}: no trips with a pickup on 2023-03-05 (its pickups run from 2023-02-01 to 2023-02-28)"
     )
+
+
+def test_embedded_server_commands(tmp_path: Path) -> None:
+    """db start / url / status / stop on an embedded server of this test's own."""
+    env = {"MODELWATCH_HOME": str(tmp_path / "home"), "MODELWATCH_DATABASE_URL": ""}
+    runner = CliRunner()
+    stopped = runner.invoke(main, ["db", "status"], env=env)
+    assert stopped.exit_code == 0 and "stopped" in stopped.output
+    started = runner.invoke(main, ["db", "start"], env=env)
+    try:
+        assert started.exit_code == 0, started.output
+        url = started.output.strip()
+        assert url.endswith(f"/modelwatch?host={tmp_path / 'home' / 'pgdata'}")
+        assert runner.invoke(main, ["db", "url"], env=env).output.strip() == url
+        assert f"running, {url}" in runner.invoke(main, ["db", "status"], env=env).output
+        import psycopg
+
+        with psycopg.connect(url) as conn:
+            assert conn.execute("select current_database()").fetchone() == ("modelwatch",)
+    finally:
+        assert runner.invoke(main, ["db", "stop"], env=env).output.strip() == "stopped"
+    assert runner.invoke(main, ["db", "stop"], env=env).output.strip() == "not running"
