@@ -127,7 +127,10 @@ def time_series(result: QueryResult) -> list[Series]:
     for row in result.rows:
         labels = ", ".join(f"{columns[i]}={row[i]}" for i in label_indexes)
         for i in value_indexes:
-            name = str(row[label_indexes[0]]) if metric_naming else (f"{columns[i]} {{{labels}}}" if labels else columns[i])
+            if metric_naming:
+                name = str(row[label_indexes[0]])
+            else:
+                name = f"{columns[i]} {{{labels}}}" if labels else columns[i]
             series = found.setdefault(name, Series(name, [], []))
             series.times.append(_as_datetime(row[time_index]))
             series.values.append(_as_number(row[i]))

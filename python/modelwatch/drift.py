@@ -12,10 +12,12 @@ Evidently costs ~4 s to import: it is imported on first use, once per process.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import time
-from collections.abc import Iterable, Mapping
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -153,6 +155,15 @@ class EvidentlyApi:
     DataSummaryPreset: Any
 
 
+@contextlib.contextmanager
+def quiet_numerics() -> Iterator[None]:
+    """Evidently's statistics warn on legitimate edge cases (chi-square with a category the
+    reference lacks divides by zero, giving p = 0: drift); the result stands, the noise goes."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+
+
 @functools.cache
 def evidently_api() -> EvidentlyApi:
     import evidently
@@ -236,6 +247,11 @@ def _values(series: pd.Series) -> pd.Series:
     return series.dropna()
 
 
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python value it holds (for messages)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def skip_reason(column: MonitoredColumn, reference: pd.Series, current: pd.Series) -> str | None:
     """Why Evidently cannot score a column (it raises on an empty one), or None."""
     if current.empty:
@@ -248,9 +264,9 @@ def skip_reason(column: MonitoredColumn, reference: pd.Series, current: pd.Serie
     if reference_values.empty:
         return f"empty in the reference: all {len(reference)} values are null"
     if current_values.nunique() == 1:
-        return f"constant in the batch: every value is {current_values.iloc[0]!r}"
+        return f"constant in the batch: every value is {_plain(current_values.iloc[0])!r}"
     if reference_values.nunique() == 1:
-        return f"constant in the reference: every value is {reference_values.iloc[0]!r}"
+        return f"constant in the reference: every value is {_plain(reference_values.iloc[0])!r}"
     return None
 
 
@@ -274,7 +290,8 @@ def run_evidently(api: EvidentlyApi, reference: Rows, current: Rows,
         + [api.DriftedColumnsCount(columns=names, drift_share=drift_share)],
         include_tests=True,
     )
-    snapshot = report.run(current.dataset(api, columns), reference.dataset(api, columns))
+    with quiet_numerics():
+        snapshot = report.run(current.dataset(api, columns), reference.dataset(api, columns))
     kinds = {column.name: column.kind for column in columns}
     scored: dict[str, ColumnDrift] = {}
     dataset: dict[str, Any] = {}

@@ -287,6 +287,8 @@ def firing(rule: AlertRule, columns: Sequence[str], rows: Sequence[Sequence[Any]
     instance); the reducer drops non-numbers (mode dropNN). Returns the
     firing series' labels and reduced values.
     """
+    if not rows:
+        return {}  # no data: the rule's noDataState decides
     label_columns = [i for i, name in enumerate(columns) if name != "time" and _is_text_column(rows, i)]
     value_columns = [i for i, name in enumerate(columns) if name != "time" and i not in label_columns]
     if len(value_columns) != 1:

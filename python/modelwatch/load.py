@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from psycopg import sql
+from psycopg.copy import QueuedLibpqWriter
 
 from .db import TRIP_COLUMNS
 from .model import TrainedModel, feature_frame
@@ -41,7 +42,10 @@ def rows_of_day(table: pa.Table, batch_date: date) -> pa.Table:
         pc.greater_equal(pickup, pa.scalar(start, pa.timestamp("us"))),
         pc.less(pickup, pa.scalar(start + timedelta(days=1), pa.timestamp("us"))),
     )
-    return table.filter(pc.fill_null(in_day, False))
+    in_day = pc.fill_null(in_day, False)
+    if pc.all(in_day).as_py():  # a file of that one day: no copy (a 3-million-row day is 0.5 GB)
+        return table
+    return table.filter(in_day)
 
 
 def pickup_days(table: pa.Table) -> list[date]:
@@ -57,12 +61,17 @@ def trip_ids(batch_date: date, count: int) -> np.ndarray:
 
 
 def copy_arrow(conn: psycopg.Connection, target: sql.Composable, table: pa.Table) -> None:
-    """COPY a table into `target` (same column names), in CSV chunks to bound memory."""
+    """COPY a table into `target` (same column names), in CSV chunks to bound memory.
+
+    psycopg's queued writer sends each chunk from a thread of its own while the
+    next one is formatted, so the server parses as pyarrow writes.
+    """
     statement = sql.SQL("copy {} ({}) from stdin (format csv)").format(
         target, sql.SQL(", ").join(sql.Identifier(name) for name in table.column_names)
     )
     options = pacsv.WriteOptions(include_header=False)
-    with conn.cursor().copy(statement) as copy:
+    cursor = conn.cursor()
+    with cursor.copy(statement, writer=QueuedLibpqWriter(cursor)) as copy:
         for batch in table.to_batches(max_chunksize=COPY_CHUNK_ROWS):
             buffer = io.BytesIO()
             pacsv.write_csv(pa.Table.from_batches([batch]), buffer, options)

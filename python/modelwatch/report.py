@@ -49,7 +49,8 @@ def _render(api: drift.EvidentlyApi, reference: drift.Rows, current: drift.Rows,
         presets.insert(0, api.DataDriftPreset(columns=scorable, drift_share=options.drift_share))
     report = api.Report(presets, include_tests=True)
     try:
-        snapshot = report.run(current.dataset(api, list(columns)), reference.dataset(api, list(columns)))
+        with drift.quiet_numerics():
+            snapshot = report.run(current.dataset(api, list(columns)), reference.dataset(api, list(columns)))
         return snapshot.get_html_str(as_iframe=False)
     except Exception as exc:  # noqa: BLE001 - one line for the user, not Evidently's traceback
         first = " ".join(str(exc).split())[:300] or type(exc).__name__

@@ -1,0 +1,182 @@
+"""Target 3, flat cost: one daily batch with 365 batches of history at most 1.2x its time with none.
+
+Two databases, both initialised and trained on January 2023. One stays empty;
+the other gets a year of history: the shared months (2023-01..03, 2024-01)
+replayed day by day with shifted dates onto the 365 days before the timed
+batch. The year is loaded fast (not through the daily loop): its trips and
+predictions COPYed in bulk, its batch log written, one day's Evidently drift
+scored for real and copied to every day, then the dbt builds a backfill makes
+(one per 31 days) with the contract's tests and the run results. The marts
+then hold a year of batches.
+
+Timed: `pipeline.run_batch` for the day after that year (February 15th 2023
+replayed), in process and warm (one untimed run first on each side), the
+two databases alternating.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+from common import Database, Figure, Server, Spread, log, timed  # noqa: E402
+
+KEY = "history_365_vs_0"
+TIMED_DAY = date(2024, 3, 1)
+HISTORY_DAYS = 365
+SOURCE_DAY = date(2023, 2, 15)  # a Wednesday of ordinary volume
+
+
+def timed_batch_file(srv: Server) -> Path:
+    """February 15th 2023 moved onto TIMED_DAY, as a TLC parquet file."""
+    path = srv.scratch / f"batch_{TIMED_DAY}.parquet"
+    if not path.exists():
+        from modelwatch import load
+
+        february = common.read_months([common.FEBRUARY])[0]
+        rows = common.shift_rows(load.rows_of_day(february, SOURCE_DAY), TIMED_DAY - SOURCE_DAY)
+        common.write_tlc_parquet(rows, path)
+    return path
+
+
+def load_history(db: Database, last_day: date, days: int) -> list[date]:
+    """`days` batches ending the day before `last_day`, bulk-loaded, then built as a backfill builds them."""
+    import psycopg
+    import pyarrow as pa
+    from psycopg import sql
+
+    from modelwatch import drift, load, model, pipeline, transform
+    from modelwatch.db import TRIP_COLUMNS
+    from modelwatch.source import TripFile
+
+    first = last_day - timedelta(days=days)
+    replay = common.replay_days(common.source_days(common.read_months()), first, days)
+    with psycopg.connect(db.url, autocommit=True) as conn:
+        trained = model.load_latest(conn)
+        batch_dates, trip_ids, tables = [], [], []
+        for day, rows in replay:
+            batch_dates.append(pa.array([day] * rows.num_rows, pa.date32()))
+            trip_ids.append(pa.array(load.trip_ids(day, rows.num_rows)))
+            tables.append(rows)
+        trips = pa.concat_tables(tables)
+        batch_column = pa.chunked_array(batch_dates)
+        id_column = pa.chunked_array(trip_ids)
+        names = [name for name, _ in TRIP_COLUMNS]
+        trips_table = pa.Table.from_arrays([batch_column, id_column] + [trips[name] for name in names],
+                                           names=["batch_date", "trip_id"] + names)
+        predictions = pa.table({
+            "batch_date": batch_column,
+            "trip_id": id_column,
+            "model_version": pa.array([trained.version] * trips.num_rows, pa.string()),
+            "predicted_duration_min": pa.array(trained.predict(model.feature_frame(trips, trained.features))),
+        })
+        with conn.transaction():
+            load.copy_arrow(conn, sql.SQL("raw.trips"), trips_table)
+            load.copy_arrow(conn, sql.SQL("raw.predictions"), predictions)
+            with conn.cursor() as cursor:
+                cursor.executemany(
+                    """insert into raw.batches (batch_date, file_name, file_sha256, rows_in_file, rows_loaded,
+                                                rows_outside_day, model_version, status, started_at)
+                       values (%s, 'history-replay.parquet', 'history-replay', %s, %s, 0, %s, 'loaded', now())""",
+                    [(day, rows.num_rows, rows.num_rows, trained.version) for day, rows in replay],
+                )
+        history = [day for day, _ in replay]
+        # Evidently for real on the first day, copied to the others (365 Reports would take minutes).
+        drift.score_batches(db.settings, conn, history[:1])
+        for table in ("drift_scores", "drift_datasets"):
+            columns = [row[0] for row in conn.execute(
+                "select column_name from information_schema.columns where table_schema = 'raw' and table_name = %s"
+                " and column_name <> 'batch_date' order by ordinal_position", (table,)).fetchall()]
+            listed = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+            conn.execute(sql.SQL("insert into {} (batch_date, {}) select d.day, {} from {} as s"
+                                 " cross join unnest(%s::date[]) as d(day) where s.batch_date = %s").format(
+                sql.Identifier("raw", table), listed, sql.SQL(", ").join(sql.Identifier("s", c) for c in columns),
+                sql.Identifier("raw", table)), (history[1:], history[0]))
+        common.vacuum_analyze(db.url)
+        # The end of pipeline.run_range, a build per chunk of days as `backfill` makes them; the tests
+        # recorded batch by batch.
+        for start in range(0, len(history), pipeline.BACKFILL_CHUNK_DAYS):
+            chunk = history[start:start + pipeline.BACKFILL_CHUNK_DAYS]
+            build = transform.build(db.settings, db.url, chunk[0], chunk[-1])
+            statuses = pipeline.record_tests(conn, build, chunk)
+            transform.build_run_results(db.settings, db.url, chunk[0], chunk[-1])
+            failing = pipeline.failing_checks(conn, chunk[0], chunk[-1])
+            for day in chunk:
+                load.mark_batch(conn, day, statuses[day], "; ".join(failing.get(day, ())) or None)
+    common.vacuum_analyze(db.url)
+    return history
+
+
+@contextlib.contextmanager
+def year_database(srv: Server, label: str = "year") -> Iterator[tuple[Database, dict[str, Any]]]:
+    """A database with a year of batches in its marts, and facts about how it was made."""
+    from modelwatch import pipeline
+
+    with common.fresh_database(srv, label) as db:
+        pipeline.init(db.settings)
+        pipeline.train(db.settings, common.tlc_file(common.JANUARY))
+        seconds, history = timed(lambda: load_history(db, TIMED_DAY, HISTORY_DAYS))
+        import psycopg
+
+        with psycopg.connect(db.url) as conn:
+            facts = {
+                "history_batches": len(history),
+                "history_first": history[0].isoformat(),
+                "history_last": history[-1].isoformat(),
+                "history_trips": conn.execute("select count(*) from raw.trips").fetchone()[0],
+                "history_statuses": dict(conn.execute(
+                    "select status, count(*) from raw.batches group by status").fetchall()),
+                "history_setup_seconds": seconds,
+            }
+        log(f"year database ready in {seconds:.0f} s: {facts['history_trips']} trips, {facts['history_statuses']}")
+        yield db, facts
+
+
+def run(srv: Server, repeats: int = 5, year: tuple[Database, dict[str, Any]] | None = None) -> Figure:
+    from modelwatch import pipeline
+
+    batch_file = timed_batch_file(srv)
+    with contextlib.ExitStack() as stack:
+        year_db, facts = year or stack.enter_context(year_database(srv))
+        empty_db = stack.enter_context(common.fresh_database(srv, "nohistory"))
+        pipeline.init(empty_db.settings)
+        pipeline.train(empty_db.settings, common.tlc_file(common.JANUARY))
+        sides = {"none": empty_db, "year": year_db}
+        times: dict[str, list[float]] = {"none": [], "year": []}
+        outcomes: dict[str, Any] = {}
+        for name, db in sides.items():  # warm-up: imports, dbt's first parse in this home
+            outcomes[name] = pipeline.run_batch(db.settings, TIMED_DAY, batch_file)
+        for repeat in range(repeats):
+            for name in (("none", "year") if repeat % 2 == 0 else ("year", "none")):
+                common.checkpoint(sides[name].url)
+                seconds, outcome = timed(lambda: pipeline.run_batch(sides[name].settings, TIMED_DAY, batch_file))
+                times[name].append(seconds)
+                outcomes[name] = outcome
+            log(f"history run {repeat + 1}/{repeats}: no history {times['none'][-1]:.2f} s, "
+                f"365 days {times['year'][-1]:.2f} s")
+
+    ratio = common.ratio_spread(times["year"], times["none"])
+    details = {
+        **facts,
+        "timed_batch": TIMED_DAY.isoformat(),
+        "timed_batch_rows": outcomes["year"].rows_loaded,
+        "status_with_history": outcomes["year"].status,
+        "status_without_history": outcomes["none"].status,
+        "seconds_without_history": Spread.of(times["none"]).__dict__,
+        "seconds_with_history": Spread.of(times["year"]).__dict__,
+    }
+    return Figure(KEY, "One daily batch with 365 batches of history / with none", ratio, "x", "<= 1.2", details,
+                  note=f"{Spread.of(times['year']).median:.2f} s vs {Spread.of(times['none']).median:.2f} s "
+                       f"(in process, warm)")
+
+
+if __name__ == "__main__":
+    with common.server() as server_:
+        print(run(server_, repeats=int(sys.argv[1]) if len(sys.argv) > 1 else 5).as_json())

