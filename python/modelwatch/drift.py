@@ -182,7 +182,8 @@ def batch_model_version(conn: psycopg.Connection, batch_date: date) -> str | Non
     """The model that scored the batch; UsageError when the batch was never loaded."""
     row = conn.execute("select model_version from raw.batches where batch_date = %s", (batch_date,)).fetchone()
     if row is None:
-        raise UsageError(f"batch {batch_date} has not been loaded: run `modelwatch run --batch-date {batch_date}` first")
+        raise UsageError(f"batch {batch_date} has not been loaded: "
+                         f"run `modelwatch run --batch-date {batch_date}` first")
     return row[0]
 
 
@@ -309,7 +310,8 @@ def run_evidently(api: EvidentlyApi, reference: Rows, current: Rows,
 
 
 def score_batch(api: EvidentlyApi, batch_date: date, model_version: str | None, reference: Rows, current: Rows,
-                columns: tuple[MonitoredColumn, ...], options: DriftOptions, started: float | None = None) -> BatchDrift:
+                columns: tuple[MonitoredColumn, ...], options: DriftOptions,
+                started: float | None = None) -> BatchDrift:
     """Score one batch; `started` (perf_counter) is when reading it began, for its seconds."""
     clock = time.perf_counter() if started is None else started
     skipped = {column.name: reason for column in columns

@@ -197,9 +197,10 @@ def test_injected_drift_is_found_by_both_methods(trained_settings: Settings, tmp
         dataset = conn.execute(
             """select columns_drifted, share_drifted, dataset_drift, prediction_drifted, psi_columns_drifted
                from marts.dataset_drift where batch_date = %s""", (DAY,)).fetchone()
-        counts = conn.execute("""select (select count(*) from raw.drift_scores), (select count(*) from raw.drift_datasets),
-                                        (select count(*) from marts.feature_drift), (select count(*) from marts.dataset_drift)"""
-                              ).fetchone()
+        counts = conn.execute(
+            """select (select count(*) from raw.drift_scores), (select count(*) from raw.drift_datasets),
+                      (select count(*) from marts.feature_drift), (select count(*) from marts.dataset_drift)"""
+        ).fetchone()
     assert plain.status == scaled.status == "passed" and plain.rows_loaded == scaled.rows_loaded == DAY_ROWS
     shifted = ("fare_amount", "total_amount", PREDICTION)
     for column in shifted:
@@ -294,7 +295,8 @@ def test_sampling_above_max_rows_is_seeded_and_recorded(demo_conn: psycopg.Conne
         DAY_ROWS, 1_000, 1_000, True)
     # 1,000 reference rows: Evidently switches to tests (K-S for numbers, chi-square for zones)
     assert {(column.column, column.method, column.threshold) for column in result.columns} == (
-        {(name, "K-S p_value", 0.05) for name in NUMERIC} | {(name, "chi-square p_value", 0.05) for name in CATEGORICAL})
+        {(name, "K-S p_value", 0.05) for name in NUMERIC}
+        | {(name, "chi-square p_value", 0.05) for name in CATEGORICAL})
     assert [column.column for column in result.columns if column.drifted] == CATEGORICAL
 
 
