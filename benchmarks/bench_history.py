@@ -54,7 +54,6 @@ def load_history(db: Database, last_day: date, days: int) -> list[date]:
 
     from modelwatch import drift, load, model, pipeline, transform
     from modelwatch.db import TRIP_COLUMNS
-    from modelwatch.source import TripFile
 
     first = last_day - timedelta(days=days)
     replay = common.replay_days(common.source_days(common.read_months()), first, days)

@@ -23,12 +23,11 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -353,5 +352,3 @@ def write_results(path: Path, payload: dict[str, Any]) -> None:
     tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     tmp.replace(path)
 
-
-__all__ = [name for name in dir() if not name.startswith("_")] + ["asdict", "np"]

@@ -44,6 +44,8 @@ def handle_errors(func: F) -> F:
             if debug:
                 raise
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if isinstance(exc, (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName)):
+                first += " (run `modelwatch init` to create or upgrade the schema)"
             err_console.print(f"Error: database: {first}", markup=False, highlight=False, soft_wrap=True)
             sys.exit(3)
 

@@ -113,6 +113,17 @@ def load_batch(
     return LoadedBatch(batch_date=batch_date, rows_loaded=day_rows.num_rows, rows_outside_day=outside)
 
 
+def analyze(conn: psycopg.Connection) -> None:
+    """Refresh the planner's statistics of the raw tables once batches are loaded.
+
+    A new batch_date lies past the histogram of the last ANALYZE, so PostgreSQL
+    estimates one row for it and joins trips to predictions with a nested loop:
+    quadratic in the batch's rows, and the cost of a daily batch grew with the
+    history (autovacuum analyzes only after 10% of the table changes).
+    """
+    conn.execute("analyze raw.trips, raw.predictions")
+
+
 def save_reference(conn: psycopg.Connection, model: TrainedModel, table: pa.Table) -> int:
     """The reference set for drift: the reference file's rows with this model's predictions."""
     reference = pa.Table.from_arrays(

@@ -185,6 +185,7 @@ def run_range(
                 if progress:
                     progress(day)
             clock = time.perf_counter()
+            load.analyze(conn)  # fresh statistics for the new batch dates, or the joins below go quadratic
             drift.score_batches(settings, conn, days)  # Evidently's drift into raw, for dbt to model
             with _recording_errors(conn, days, "building"), db.build_lock(conn):
                 build = transform.build(settings, url, min(days), max(days))
