@@ -43,6 +43,19 @@ class RangeOutcome:
     coercions: tuple[str, ...] = field(default=())
     skipped: tuple[date, ...] = field(default=())  # finished before, not redone
 
+    @classmethod
+    def of(cls, trips: TripFile, batches: list[BatchOutcome] | tuple[BatchOutcome, ...],
+           skipped: tuple[date, ...] = ()) -> RangeOutcome:
+        ordered = tuple(sorted(batches, key=lambda batch: batch.batch_date))
+        return cls(
+            batches=ordered,
+            file=trips.path,
+            rows_in_file=trips.rows,
+            rows_in_no_batch=trips.rows - sum(batch.rows_loaded for batch in ordered),
+            coercions=trips.coercions,
+            skipped=skipped,
+        )
+
     @property
     def failed(self) -> tuple[BatchOutcome, ...]:
         return tuple(batch for batch in self.batches if batch.status == "failed")
@@ -99,15 +112,7 @@ def backfill(
     `force`, so an interrupted backfill started again resumes where it stopped.
     """
     trips = read_trip_file(file)
-    # By default the file's main month: strays (pickups in 2008 in a 2023 file) are counted, not run.
-    main_month = load.pickup_days(load.dominant_month_rows(trips.table))
-    if not main_month:
-        raise InputError(f"{trips.path}: the file holds no trips with a pickup time")
-    start = start or main_month[0]
-    end = end or main_month[-1]
-    days = [day for day in load.pickup_days(trips.table) if start <= day <= end]
-    if not days:
-        raise InputError(f"{trips.path}: no pickups between {start} and {end}")
+    days = backfill_days(trips, start, end)
     done = {} if force else finished_batches(settings, trips, days)
     todo = [day for day in days if day not in done]
     outcomes: list[BatchOutcome] = [done[day] for day in days if day in done]
@@ -116,15 +121,21 @@ def backfill(
             progress(day)
     for first in range(0, len(todo), BACKFILL_CHUNK_DAYS):
         outcomes += run_range(settings, trips, todo[first:first + BACKFILL_CHUNK_DAYS], progress).batches
-    outcomes.sort(key=lambda batch: batch.batch_date)
-    return RangeOutcome(
-        batches=tuple(outcomes),
-        file=trips.path,
-        rows_in_file=trips.rows,
-        rows_in_no_batch=trips.rows - sum(batch.rows_loaded for batch in outcomes),
-        coercions=trips.coercions,
-        skipped=tuple(sorted(done)),
-    )
+    return RangeOutcome.of(trips, outcomes, skipped=tuple(sorted(done)))
+
+
+def backfill_days(trips: TripFile, start: date | None, end: date | None) -> list[date]:
+    """The file's pickup days from start to end; by default its main month, so strays
+    (pickups in 2008 in a 2023 file) are counted, not run as batches."""
+    main_month = load.pickup_days(load.dominant_month_rows(trips.table))
+    if not main_month:
+        raise InputError(f"{trips.path}: the file holds no trips with a pickup time")
+    start = start or main_month[0]
+    end = end or main_month[-1]
+    days = [day for day in load.pickup_days(trips.table) if start <= day <= end]
+    if not days:
+        raise InputError(f"{trips.path}: no pickups between {start} and {end}")
+    return days
 
 
 def finished_batches(settings: Settings, trips: TripFile, days: list[date]) -> dict[date, BatchOutcome]:
@@ -209,13 +220,7 @@ def run_range(
         )
         for day in days
     )
-    return RangeOutcome(
-        batches=outcomes,
-        file=trips.path,
-        rows_in_file=trips.rows,
-        rows_in_no_batch=trips.rows - sum(batch.rows_loaded for batch in outcomes),
-        coercions=trips.coercions,
-    )
+    return RangeOutcome.of(trips, outcomes)
 
 
 @contextmanager
@@ -308,28 +313,10 @@ def replay(
     takes longer than `pace_s` is followed at once.
     """
     trips = read_trip_file(file)
-    days = _replay_days(trips, start, end)
+    days = backfill_days(trips, start, end)
     batches: list[BatchOutcome] = []
     began = time.monotonic()
     for index, day in enumerate(days):
         time.sleep(max(0.0, began + index * pace_s - time.monotonic()))
         batches += run_range(settings, trips, [day], progress).batches
-    return RangeOutcome(
-        batches=tuple(batches),
-        file=trips.path,
-        rows_in_file=trips.rows,
-        rows_in_no_batch=trips.rows - sum(batch.rows_loaded for batch in batches),
-        coercions=trips.coercions,
-    )
-
-
-def _replay_days(trips: TripFile, start: date | None, end: date | None) -> list[date]:
-    """The days `backfill` would run: the file's main month, or its days between start and end."""
-    if start is None and end is None:
-        days = load.pickup_days(load.dominant_month_rows(trips.table))
-    else:
-        days = [day for day in load.pickup_days(trips.table)
-                if (start is None or day >= start) and (end is None or day <= end)]
-    if not days:
-        raise InputError(f"{trips.path}: no pickups between {start} and {end}")
-    return days
+    return RangeOutcome.of(trips, batches)
