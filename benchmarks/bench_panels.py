@@ -4,7 +4,8 @@ The SQL is read from grafana/dashboards/*.json and expanded as Grafana would
 (modelwatch.grafana: dashboard variables, then the PostgreSQL macros) for the
 time range of all batches present, and run as `modelwatch_reader`, the role
 Grafana logs in as. A panel with a `$column` variable runs once per value of
-the variable. Each query is timed on the client (execute and fetch) over
+the variable; the variable's own query (run when the dashboard loads) counts
+as a panel query too. Each query is timed on the client (execute and fetch) over
 several runs after one untimed run; its figure is the median, the headline
 the slowest panel's median. The provisioned alert rules' queries are timed
 too, as a detail.
@@ -30,7 +31,7 @@ KEY = "panel_query_max_ms"
 
 
 def _queries(conn: Any) -> list[tuple[str, str]]:
-    """(label, expanded SQL) for every panel target and value of its variables, then the alert rules."""
+    """(label, SQL) for every variable query, panel target (per value of the variables), then alert rule."""
     from datetime import datetime, timezone
 
     from modelwatch import grafana
@@ -45,6 +46,7 @@ def _queries(conn: Any) -> list[tuple[str, str]]:
         for variable in variables:
             if variable.get("type") != "query":
                 continue
+            found.append((f"{dashboard['uid']}: variable ${variable['name']}", grafana.variable_sql(variable)))
             values = [row[0] for row in conn.execute(grafana.variable_sql(variable)).fetchall()]
             choices = [{**choice, variable["name"]: str(value)} for choice in choices for value in values]
         for query in grafana.panel_queries(dashboard):

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     import bench_ingest
     import bench_panels
 
-    repeats = {"ingest": 5, "backfill": 3, "history": 5, "panels": 10, "big_batch": 2}
+    repeats = {"ingest": 5, "backfill": 3, "history": 7, "panels": 10, "big_batch": 2}
     if args.quick:
         repeats = {name: 2 for name in repeats}
         bench_big_batch.ROWS = 300_000
