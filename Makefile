@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: install browser demo test bench clean
+.PHONY: install browser demo test test-pg15 bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,12 @@ browser:
 
 test: install browser
 	$(BIN)/pytest
+
+# The end-to-end pipeline tests once more against another server (this
+# machine's PostgreSQL 15 in CI); the full suite runs on the embedded PostgreSQL 18.
+PG15_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
+test-pg15: install
+	MODELWATCH_TEST_DATABASE_URL=$(PG15_URL) $(BIN)/pytest python/tests/test_pipeline.py
 
 bench: install
 	$(BIN)/python benchmarks/run_all.py

@@ -159,7 +159,7 @@ def run(srv: Server, repeats: int = 5, year: tuple[Database, dict[str, Any]] | N
                 times[name].append(seconds)
                 outcomes[name] = outcome
             log(f"history run {repeat + 1}/{repeats}: no history {times['none'][-1]:.2f} s, "
-                f"365 days {times['year'][-1]:.2f} s")
+                f"{facts['history_batches']} days {times['year'][-1]:.2f} s")
 
     ratio = common.ratio_spread(times["year"], times["none"])
     details = {
@@ -171,7 +171,7 @@ def run(srv: Server, repeats: int = 5, year: tuple[Database, dict[str, Any]] | N
         "seconds_without_history": Spread.of(times["none"]).__dict__,
         "seconds_with_history": Spread.of(times["year"]).__dict__,
     }
-    return Figure(KEY, "One daily batch with 365 batches of history / with none", ratio, "x", "<= 1.2", details,
+    return Figure(KEY, f"One daily batch with {facts['history_batches']} batches of history / with none", ratio, "x", "<= 1.2", details,
                   note=f"{Spread.of(times['year']).median:.2f} s vs {Spread.of(times['none']).median:.2f} s "
                        f"(in process, warm)")
 
