@@ -22,9 +22,12 @@ cross join lateral (
         count(*) as earlier_batches,
         cast(percentile_cont(0.5) within group (order by earlier.rows_loaded) as {{ dbt.type_float() }}) as median_rows
     from (
+        -- stg_batches again, not the CTE: a CTE used twice is materialised and a
+        -- filter on batch_date would no longer reach it (quadratic in history)
         select history.rows_loaded
-        from batches as history
-        where history.batch_date < batches.batch_date
+        from {{ ref('stg_batches') }} as history
+        where history.rows_loaded is not null
+          and history.batch_date < batches.batch_date
         order by history.batch_date desc
         limit 7
     ) as earlier
