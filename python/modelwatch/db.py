@@ -31,7 +31,10 @@ def describe(url: str) -> str:
         info = conninfo_to_dict(url)
     except psycopg.ProgrammingError:
         return "<unparseable MODELWATCH_DATABASE_URL>"
-    return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
+    host = info.get("host", "localhost")
+    if host.startswith("/"):  # a Unix socket directory (the embedded server)
+        return f"socket {host}/{info.get('dbname', '')}"
+    return f"{host}:{info.get('port', 5432)}/{info.get('dbname', '')}"
 
 
 def connect(url: str, autocommit: bool = False) -> psycopg.Connection:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import date
 from pathlib import Path
 
 from . import pipeline
@@ -28,6 +27,3 @@ def run_demo(
     on_step(f"running the days of {batches.name} as daily batches")
     return pipeline.backfill(settings, batches, progress=progress)
 
-
-def demo_days() -> tuple[date, date]:
-    return date(2023, 2, 1), date(2023, 2, 28)
