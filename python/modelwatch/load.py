@@ -1,4 +1,4 @@
-"""Writing a batch into `raw`: COPY fed from pyarrow's CSV writer, one transaction.
+"""Writing a batch into `raw`: binary COPY encoded from Arrow (modelwatch.pgbinary), one transaction.
 
 The transaction first removes the batch, so a re-run replaces it exactly, and
 a crash midway leaves the previous version of the batch intact.
@@ -6,7 +6,6 @@ a crash midway leaves the previous version of the batch intact.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 
@@ -14,10 +13,10 @@ import numpy as np
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 from psycopg import sql
 from psycopg.copy import QueuedLibpqWriter
 
+from . import pgbinary
 from .db import TRIP_COLUMNS
 from .model import TrainedModel, feature_frame
 from .source import TripFile
@@ -61,21 +60,20 @@ def trip_ids(batch_date: date, count: int) -> np.ndarray:
 
 
 def copy_arrow(conn: psycopg.Connection, target: sql.Composable, table: pa.Table) -> None:
-    """COPY a table into `target` (same column names), in CSV chunks to bound memory.
+    """COPY a table into `target` (same column names and matching types) in binary, by chunks to bound memory.
 
-    psycopg's queued writer sends each chunk from a thread of its own while the
-    next one is formatted, so the server parses as pyarrow writes.
+    psycopg's queued writer sends each chunk from a thread of its own while
+    numpy encodes the next one, so the server parses as Python encodes.
     """
-    statement = sql.SQL("copy {} ({}) from stdin (format csv)").format(
+    statement = sql.SQL("copy {} ({}) from stdin (format binary)").format(
         target, sql.SQL(", ").join(sql.Identifier(name) for name in table.column_names)
     )
-    options = pacsv.WriteOptions(include_header=False)
     cursor = conn.cursor()
     with cursor.copy(statement, writer=QueuedLibpqWriter(cursor)) as copy:
+        copy.write(pgbinary.HEADER)
         for batch in table.to_batches(max_chunksize=COPY_CHUNK_ROWS):
-            buffer = io.BytesIO()
-            pacsv.write_csv(pa.Table.from_batches([batch]), buffer, options)
-            copy.write(buffer.getbuffer())
+            copy.write(pgbinary.encode(pa.Table.from_batches([batch])))
+        copy.write(pgbinary.TRAILER)
 
 
 def load_batch(

@@ -1,0 +1,131 @@
+"""Arrow tables as PostgreSQL's binary COPY format, built with numpy, no Python loop per row.
+
+The server parses binary COPY about twice as fast as CSV (no number or date
+text to parse), and numpy writes it faster than pyarrow writes CSV.
+
+A binary tuple is a field count, then per field a length (-1 for NULL) and the
+value in network byte order. Rows that share their NULL fields and text lengths
+share one layout, so each such group is one numpy structured array. Groups are
+written one after another: row order changes, which a table does not keep anyway.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+TRAILER = struct.pack(">h", -1)
+
+_PG_EPOCH_DAYS = 10_957  # 2000-01-01, PostgreSQL's epoch, in days after 1970-01-01
+_PG_EPOCH_US = _PG_EPOCH_DAYS * 86_400 * 1_000_000
+
+# Arrow type -> the big-endian numpy type of the PostgreSQL value it COPYs into.
+_FIXED: dict[pa.DataType, str] = {
+    pa.int16(): ">i2",   # smallint
+    pa.int32(): ">i4",   # integer
+    pa.int64(): ">i8",   # bigint
+    pa.float32(): ">f4",  # real
+    pa.float64(): ">f8",  # double precision
+    pa.bool_(): "u1",    # boolean
+    pa.date32(): ">i4",  # date: days after 2000-01-01
+    pa.timestamp("us"): ">i8",  # timestamp without time zone: microseconds after 2000-01-01
+}
+
+
+class _Column:
+    """One column of a chunk: values as numpy, validity, and byte length per row."""
+
+    def __init__(self, array: pa.Array) -> None:
+        self.valid = np.asarray(array.is_valid(), dtype=bool)
+        kind = array.type
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            self.text = True
+            _, offset_buffer, data = array.buffers()
+            width = np.int64 if pa.types.is_large_string(kind) else np.int32
+            offsets = np.frombuffer(offset_buffer, dtype=width)[array.offset:array.offset + len(array) + 1]
+            self.starts = offsets[:-1].astype(np.int64)
+            self.lengths = np.where(self.valid, np.diff(offsets), -1)
+            self.data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
+            return
+        if kind not in _FIXED:
+            raise TypeError(f"binary COPY of Arrow type {kind} is not supported")
+        self.text = False
+        self.dtype = np.dtype(_FIXED[kind])
+        filled = pc.fill_null(array, False if pa.types.is_boolean(kind) else 0)
+        if pa.types.is_date32(kind):
+            values = np.asarray(filled.cast(pa.int32())) - _PG_EPOCH_DAYS
+        elif pa.types.is_timestamp(kind):
+            values = np.asarray(filled.cast(pa.int64())) - _PG_EPOCH_US
+        else:
+            values = np.asarray(filled)
+        self.values = values
+        self.lengths = np.where(self.valid, self.dtype.itemsize, -1)
+
+    def field(self, name: str, length: int) -> list[tuple[str, str]]:
+        """The structured-dtype fields of this column for rows whose byte length is `length`."""
+        if length < 0:
+            return [(f"{name}_len", ">i4")]
+        return [(f"{name}_len", ">i4"), (name, f"S{length}" if self.text else self.dtype.str)]
+
+    def fill(self, out: np.ndarray, name: str, rows: np.ndarray, length: int) -> None:
+        out[f"{name}_len"] = length
+        if length < 0:
+            return
+        if not self.text:
+            out[name] = self.values[rows]
+        elif length:
+            gathered = self.data[self.starts[rows][:, None] + np.arange(length)]
+            out[name] = gathered.view(f"S{length}").ravel()
+
+
+def _layouts(columns: list[_Column]) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct row layouts (byte length of each field, -1 for NULL) and each row's layout.
+
+    Rows are grouped by one int64 key mixing the columns' lengths (there are
+    few: NULL or not, and a handful of text lengths); sorting rows of all the
+    columns instead costs more than the encoding itself.
+    """
+    key = np.zeros(len(columns[0].lengths), dtype=np.int64)
+    radix = 1
+    for column in columns:
+        if column.text:
+            distinct, codes = np.unique(column.lengths, return_inverse=True)
+            width = len(distinct)
+        else:  # NULL or not
+            codes, width = column.valid, 2
+        radix *= width
+        if radix >= 2**62:  # too many text lengths for one key: group on all columns
+            layouts = np.stack([column.lengths for column in columns], axis=1)
+            shapes, group_of_row = np.unique(layouts, axis=0, return_inverse=True)
+            return shapes, group_of_row.ravel()
+        key = key * width + codes.ravel()
+    _, first_row, group_of_row = np.unique(key, return_index=True, return_inverse=True)
+    shapes = np.stack([column.lengths[first_row] for column in columns], axis=1)
+    return shapes, group_of_row.ravel()
+
+
+def encode(table: pa.Table) -> bytes:
+    """The tuples of `table` (no header or trailer), in the column order of the table."""
+    count = table.num_rows
+    if count == 0:
+        return b""
+    columns = [_Column(chunk.combine_chunks()) for chunk in table.columns]
+    names = [f"c{i}" for i in range(len(columns))]
+    shapes, group_of_row = _layouts(columns)
+    order = np.argsort(group_of_row, kind="stable")
+    bounds = np.cumsum(np.bincount(group_of_row, minlength=len(shapes)))[:-1]
+    parts: list[bytes] = []
+    for shape, rows in zip(shapes, np.split(order, bounds)):
+        fields = [("count", ">i2")]
+        for name, column, length in zip(names, columns, shape):
+            fields += column.field(name, int(length))
+        out = np.empty(len(rows), dtype=np.dtype(fields))
+        out["count"] = len(columns)
+        for name, column, length in zip(names, columns, shape):
+            column.fill(out, name, rows, int(length))
+        parts.append(out.tobytes())
+    return b"".join(parts)
