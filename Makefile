@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: install browser demo test test-pg15 bench clean
+.PHONY: install browser demo test test-pg15 test-load bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,11 +25,16 @@ browser:
 test: install browser
 	$(BIN)/pytest
 
-# The end-to-end pipeline tests once more against another server (this
-# machine's PostgreSQL 15 in CI); the full suite runs on the embedded PostgreSQL 18.
+# The whole suite once more against another server (this machine's
+# PostgreSQL 15 in CI); `make test` uses the embedded PostgreSQL 18.
 PG15_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
-test-pg15: install
-	MODELWATCH_TEST_DATABASE_URL=$(PG15_URL) $(BIN)/pytest python/tests/test_pipeline.py
+test-pg15: install browser
+	MODELWATCH_TEST_DATABASE_URL=$(PG15_URL) $(BIN)/pytest
+
+# A year of daily batches through one backfill process: passes, row counts,
+# memory, file descriptors and connections flat (a few minutes; CI runs it).
+test-load: install
+	$(BIN)/pytest -m load -s python/tests/test_load.py
 
 bench: install
 	$(BIN)/python benchmarks/run_all.py

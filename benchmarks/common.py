@@ -24,22 +24,20 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 from psycopg import sql
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "python"))  # the package, also when it is not installed
 
-from modelwatch import embedded  # noqa: E402
+from modelwatch import embedded, timeshift  # noqa: E402
 from modelwatch.config import Settings  # noqa: E402
+from modelwatch.db import scratch_database, url_with_database  # noqa: E402
 
 SHARED_DATA = Path(os.environ.get("MODELWATCH_TLC_DIR") or REPO.parent / "shared" / "data" / "nyc_tlc")
 PACKAGE_DATA = REPO / "python" / "modelwatch" / "data"
@@ -140,9 +138,7 @@ class Server:
     scratch: Path  # world-readable: the server process (user pgserver) reads COPY files here
 
     def url(self, dbname: str) -> str:
-        info = psycopg.conninfo.conninfo_to_dict(self.admin_url)
-        info["dbname"] = dbname
-        return psycopg.conninfo.make_conninfo(**info)
+        return url_with_database(self.admin_url, dbname)
 
     def version(self) -> str:
         with psycopg.connect(self.admin_url) as conn:
@@ -188,39 +184,29 @@ class Database:
         return env
 
 
-@contextlib.contextmanager
-def fresh_database(srv: Server, label: str) -> Iterator[Database]:
+def fresh_database(srv: Server, label: str) -> contextlib.AbstractContextManager[Database]:
     """A new empty database with a home of its own, dropped afterwards."""
-    name = f"mw_bench_{label}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(srv.admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    home = srv.scratch / name
-    home.mkdir()
-    url = srv.url(name)
-    try:
-        yield Database(name, url, Settings(home=home, database_url=url, environ={}), home)
-    finally:
-        with psycopg.connect(srv.admin_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
-        shutil.rmtree(home, ignore_errors=True)
+    return _bench_database(srv, label, template=None)
+
+
+def cloned_database(srv: Server, template: Database, label: str) -> contextlib.AbstractContextManager[Database]:
+    """A copy of `template` (CREATE DATABASE ... TEMPLATE) with a copy of its home, dropped afterwards."""
+    return _bench_database(srv, label, template=template)
 
 
 @contextlib.contextmanager
-def cloned_database(srv: Server, template: Database, label: str) -> Iterator[Database]:
-    """A copy of `template` (CREATE DATABASE ... TEMPLATE) with a copy of its home, dropped afterwards."""
+def _bench_database(srv: Server, label: str, template: Database | None) -> Iterator[Database]:
     name = f"mw_bench_{label}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(srv.admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("create database {} template {}").format(sql.Identifier(name),
-                                                                      sql.Identifier(template.name)))
     home = srv.scratch / name
-    shutil.copytree(template.home, home)
-    url = srv.url(name)
-    try:
-        yield Database(name, url, Settings(home=home, database_url=url, environ={}), home)
-    finally:
-        with psycopg.connect(srv.admin_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
-        shutil.rmtree(home, ignore_errors=True)
+    with scratch_database(srv.admin_url, name, template.name if template else None) as url:
+        if template:
+            shutil.copytree(template.home, home)
+        else:
+            home.mkdir()
+        try:
+            yield Database(name, url, Settings(home=home, database_url=url, environ={}), home)
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
 
 
 def vacuum_analyze(url: str, tables: Sequence[str] = ()) -> None:
@@ -260,58 +246,15 @@ def server_copy(conn: psycopg.Connection, table: str, columns: Sequence[str], pa
 
 def read_months(names: Sequence[str] = MONTHS) -> list[pa.Table]:
     """The shared months coerced to modelwatch's schema, strays (pickups outside the month) dropped."""
-    from modelwatch import load
-    from modelwatch.source import read_trip_file
-
-    return [load.dominant_month_rows(read_trip_file(tlc_file(name)).table) for name in names]
+    return [timeshift.month_rows(tlc_file(name)) for name in names]
 
 
-def source_days(months: Sequence[pa.Table]) -> list[tuple[date, pa.Table]]:
-    """Every day of the given months with its rows, in order."""
-    from modelwatch import load
-
-    found: list[tuple[date, pa.Table]] = []
-    for table in months:
-        for day in load.pickup_days(table):
-            found.append((day, load.rows_of_day(table, day)))
-    return found
-
-
-def shift_rows(table: pa.Table, delta: timedelta) -> pa.Table:
-    """Pickup and dropoff moved by `delta` (durations unchanged)."""
-    shift = pa.scalar(int(delta / timedelta(microseconds=1)), pa.duration("us"))
-    for name in ("pickup_datetime", "dropoff_datetime"):
-        index = table.column_names.index(name)
-        table = table.set_column(index, name, pc.add(table[name], shift))
-    return table
-
-
-def replay_days(days: Sequence[tuple[date, pa.Table]], first: date, count: int) -> list[tuple[date, pa.Table]]:
-    """`count` consecutive days from `first`, each a source day (cycled) shifted onto it."""
-    return [(first + timedelta(days=i), shift_rows(days[i % len(days)][1],
-                                                    first + timedelta(days=i) - days[i % len(days)][0]))
-            for i in range(count)]
-
-
-def onto_day(table: pa.Table, day: date) -> pa.Table:
-    """Every row moved to `day`, keeping its time of day and duration."""
-    pickup = table["pickup_datetime"]
-    day_start = pc.cast(pc.floor_temporal(pickup, unit="day"), pa.timestamp("us"))
-    offset = pc.subtract(pickup, day_start)
-    new_pickup = pc.add(pa.scalar(datetime.combine(day, datetime.min.time()), pa.timestamp("us")), offset)
-    duration = pc.subtract(table["dropoff_datetime"], pickup)
-    table = table.set_column(table.column_names.index("pickup_datetime"), "pickup_datetime", new_pickup)
-    return table.set_column(table.column_names.index("dropoff_datetime"), "dropoff_datetime",
-                            pc.add(new_pickup, duration))
-
-
-def write_tlc_parquet(table: pa.Table, path: Path) -> Path:
-    """Our schema back to the TLC's column names, so `modelwatch` reads it as any TLC file."""
-    from modelwatch.source import TLC_NAMES
-
-    ours_to_tlc = {ours: theirs for theirs, ours in TLC_NAMES.items()}
-    pq.write_table(table.rename_columns([ours_to_tlc[name] for name in table.column_names]), path)
-    return path
+# Moving real days onto other dates: the package's, shared with the load test.
+source_days = timeshift.source_days
+shift_rows = timeshift.shift_rows
+replay_days = timeshift.replay_days
+onto_day = timeshift.onto_day
+write_tlc_parquet = timeshift.write_tlc_parquet
 
 
 # ---------------------------------------------------------------- child processes: wall time and peak memory

@@ -115,6 +115,11 @@ class Settings:
     def reader_password(self) -> str | None:
         return self.environ.get("MODELWATCH_READER_PASSWORD") or None
 
+    @property
+    def pipeline_password(self) -> str | None:
+        """Makes modelwatch_pipeline a login role with this password (init); unset: it stays as it is."""
+        return self.environ.get("MODELWATCH_PIPELINE_PASSWORD") or None
+
     @cached_property
     def dbt_vars(self) -> dict[str, Any]:
         path = self.project_dir / "dbt_project.yml"

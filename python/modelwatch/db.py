@@ -1,4 +1,8 @@
-"""Connections and the `raw` schema that Python owns (dbt owns staging and marts)."""
+"""Connections and the `raw` schema that Python writes (dbt builds staging and marts).
+
+Every session acts as the pipeline role where the database has one
+(modelwatch.roles); `init` sets that up with the login's own rights.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,27 @@ from datetime import date
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from . import embedded
 from .config import Settings
 from .errors import DatabaseError
+from .roles import (
+    PIPELINE_ROLE,
+    PIPELINE_SCHEMAS,
+    READER_ROLE,
+    act_as_pipeline,
+    acting_as,
+    ensure_roles,
+    grant_database,
+    grant_reader,
+    hand_over,
+    pipeline_role,
+    revoke_public_create,
+)
 
-READER_ROLE = "modelwatch_reader"
+__all__ = ["PIPELINE_ROLE", "PIPELINE_SCHEMAS", "READER_ROLE"]  # re-exported: the roles' names
+
 CONNECT_TIMEOUT_S = 5
 
 
@@ -37,15 +55,53 @@ def describe(url: str) -> str:
     return f"{host}:{info.get('port', 5432)}/{info.get('dbname', '')}"
 
 
-def connect(url: str, autocommit: bool = False) -> psycopg.Connection:
+def url_with_database(url: str, dbname: str) -> str:
+    """The same server and login as `url`, another database."""
+    info = conninfo_to_dict(url)
+    info["dbname"] = dbname
+    return make_conninfo(**info)
+
+
+def connect(url: str, autocommit: bool = False, as_pipeline: bool = True) -> psycopg.Connection:
+    """A session acting as the pipeline role where this database has one (see pipeline_role);
+    `as_pipeline=False` keeps the login's own rights (init needs them to manage roles)."""
     try:
-        return psycopg.connect(url, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT_S)
+        conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT_S)
     except psycopg.OperationalError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DatabaseError(
             f"cannot connect to PostgreSQL at {describe(url)} ({first}); "
             "set MODELWATCH_DATABASE_URL to a reachable server or unset it to use the embedded one"
         ) from None
+    if as_pipeline:
+        try:
+            act_as_pipeline(conn)
+        except BaseException:
+            conn.close()
+            raise
+    return conn
+
+
+def session_role(url: str) -> str | None:
+    """The role pipeline sessions on `url` SET (for dbt's profile), or None."""
+    with connect(url, autocommit=True, as_pipeline=False) as conn:
+        return pipeline_role(conn)
+
+
+@contextmanager
+def scratch_database(server_url: str, name: str, template: str | None = None) -> Iterator[str]:
+    """A new database on the server of `server_url` (an admin login), copied from `template`
+    when given; yields its URL and drops it afterwards, ending any session still on it."""
+    create = sql.SQL("create database {}").format(sql.Identifier(name))
+    if template:
+        create += sql.SQL(" template {}").format(sql.Identifier(template))
+    with psycopg.connect(server_url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
+        conn.execute(create)
+    try:
+        yield url_with_database(server_url, name)
+    finally:
+        with psycopg.connect(server_url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
+            conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
 
 
 @contextmanager
@@ -111,10 +167,6 @@ TRIP_COLUMNS: tuple[tuple[str, str], ...] = (
 _trip_columns_ddl = ",\n    ".join(f"{name} {pg_type}" for name, pg_type in TRIP_COLUMNS)
 
 RAW_DDL = f"""
-create schema if not exists raw;
-create schema if not exists staging;
-create schema if not exists marts;
-
 create table if not exists raw.batches (
     batch_date date primary key,
     file_name text not null,
@@ -220,36 +272,36 @@ create table if not exists raw.drift_datasets (
 """
 
 
-def init_schema(conn: psycopg.Connection, reader_password: str | None) -> None:
-    """Create schemas, raw tables and the read-only role; safe to run again."""
+def init_schema(conn: psycopg.Connection, reader_password: str | None,
+                pipeline_password: str | None = None) -> None:
+    """Roles, schemas and raw tables, owned by the pipeline role where the server allows it;
+    safe to run again, and running it again hands a database initialised before to the role.
+
+    `conn` is the login's own session (connect(..., as_pipeline=False)).
+    """
     with conn.transaction():
         # Serialise concurrent `init`s: CREATE ... IF NOT EXISTS is not race-free.
         conn.execute("select pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, BUILD_LOCK_KEY))
-        conn.execute(RAW_DDL)
-        ensure_reader_role(conn, reader_password)
-
-
-def ensure_reader_role(conn: psycopg.Connection, password: str | None) -> None:
-    """`modelwatch_reader`: SELECT on `marts` only (what Grafana logs in as)."""
-    role = sql.Identifier(READER_ROLE)
-    exists = conn.execute("select 1 from pg_roles where rolname = %s", (READER_ROLE,)).fetchone()
-    if not exists:
-        conn.execute(sql.SQL("create role {} login").format(role))
-    if password:
-        conn.execute(sql.SQL("alter role {} password {}").format(role, sql.Literal(password)))
-    conn.execute(sql.SQL("grant usage on schema marts to {}").format(role))
-    conn.execute(sql.SQL("grant select on all tables in schema marts to {}").format(role))
-    # Tables dbt creates later in marts are readable too.
-    conn.execute(sql.SQL("alter default privileges in schema marts grant select on tables to {}").format(role))
-    for schema in ("raw", "staging"):
-        conn.execute(sql.SQL("revoke all on schema {} from {}").format(sql.Identifier(schema), role))
-    conn.execute(sql.SQL("revoke create on schema public from {}").format(role))
+        ensure_roles(conn, reader_password, pipeline_password)
+        owner = pipeline_role(conn, initialised=False)
+        if owner:
+            grant_database(conn, owner)
+        for schema in PIPELINE_SCHEMAS:
+            conn.execute(sql.SQL("create schema if not exists {}").format(sql.Identifier(schema)))
+        if owner:
+            hand_over(conn, owner)
+        with acting_as(conn, owner):  # what is created from here on belongs to the owner
+            conn.execute(RAW_DDL)
+            grant_reader(conn)
+        revoke_public_create(conn)
 
 
 def dbt_env(url: str) -> dict[str, str]:
-    """The environment variables profiles/profiles.yml reads, from a libpq URL."""
+    """The environment variables profiles/profiles.yml reads, from a libpq URL and the
+    database (the role dbt's sessions SET, as every pipeline session does)."""
     info = conninfo_to_dict(url)
     return {
+        "MODELWATCH_DB_ROLE": session_role(url) or "",
         "MODELWATCH_DB_HOST": str(info.get("host") or "localhost"),
         "MODELWATCH_DB_PORT": str(info.get("port") or 5432),
         "MODELWATCH_DB_USER": str(info.get("user") or "postgres"),

@@ -64,8 +64,8 @@ class RangeOutcome:
 def init(settings: Settings) -> str:
     """Schemas, raw tables, roles and the dbt seed; idempotent. Returns the database URL."""
     url = db.database_url(settings)
-    with db.connect(url) as conn:
-        db.init_schema(conn, settings.reader_password)
+    with db.connect(url, as_pipeline=False) as conn:  # the login's own rights: it manages the roles
+        db.init_schema(conn, settings.reader_password, settings.pipeline_password)
     transform.seed(settings, url)
     return url
 

@@ -15,8 +15,9 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from modelwatch import embedded, pipeline
+from modelwatch import db, embedded, pipeline
 from modelwatch.config import PACKAGE_DATA_DIR, Settings
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "nyc_tlc"
@@ -46,28 +47,30 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         embedded.stop(pgdata)
 
 
-def _create_database(server_url: str, name: str) -> str:
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    info = psycopg.conninfo.conninfo_to_dict(server_url)
-    info["dbname"] = name
-    return psycopg.conninfo.make_conninfo(**info)
+def scratch_name(prefix: str) -> str:
+    """A database name of its own (the server may be shared by concurrent sessions)."""
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
 
 
-def _drop_database(server_url: str, name: str) -> None:
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+def connect_as_reader(url: str) -> psycopg.Connection:
+    """A login as modelwatch_reader (trust auth on the embedded server), else SET ROLE from the admin login."""
+    info = conninfo_to_dict(url)
+    info.pop("password", None)
+    info["user"] = db.READER_ROLE
+    try:
+        conn = psycopg.connect(make_conninfo(**info), autocommit=True)
+    except psycopg.OperationalError:  # a server that wants the reader's password
+        conn = psycopg.connect(url, autocommit=True)
+        conn.execute(sql.SQL("set role {}").format(sql.Identifier(db.READER_ROLE)))
+    assert conn.execute("select current_user").fetchone() == (db.READER_ROLE,)
+    return conn
 
 
 @pytest.fixture
 def fresh_settings(server_url: str, tmp_path: Path) -> Iterator[Settings]:
     """Settings for an empty database of this test's own and a home in tmp_path."""
-    name = f"mw_test_{uuid.uuid4().hex[:10]}"
-    url = _create_database(server_url, name)
-    try:
+    with db.scratch_database(server_url, scratch_name("mw_test")) as url:
         yield Settings(home=tmp_path / "home", database_url=url)
-    finally:
-        _drop_database(server_url, name)
 
 
 @pytest.fixture
@@ -81,16 +84,12 @@ def trained_settings(fresh_settings: Settings) -> Settings:
 @pytest.fixture(scope="session")
 def demo_settings(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """The demo, run once: trained on January 2023, February 2023 as 28 batches. Read only."""
-    name = f"mw_demo_{uuid.uuid4().hex[:10]}"
-    url = _create_database(server_url, name)
-    settings = Settings(home=tmp_path_factory.mktemp("demo_home"), database_url=url)
-    pipeline.init(settings)
-    pipeline.train(settings, JANUARY)
-    pipeline.backfill(settings, FEBRUARY)
-    try:
+    with db.scratch_database(server_url, scratch_name("mw_demo")) as url:
+        settings = Settings(home=tmp_path_factory.mktemp("demo_home"), database_url=url)
+        pipeline.init(settings)
+        pipeline.train(settings, JANUARY)
+        pipeline.backfill(settings, FEBRUARY)
         yield settings
-    finally:
-        _drop_database(server_url, name)
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import statistics
 import struct
 import subprocess
 import time
-import uuid
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,7 +29,6 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from modelwatch import db, grafana, pipeline
 from modelwatch.cli import main
@@ -38,7 +36,7 @@ from modelwatch.config import PROJECT_DIR, Settings
 from modelwatch.errors import UsageError
 
 from .chromium import FLAGS, chromium_path, visit
-from .conftest import FEBRUARY, JANUARY, _create_database, _drop_database
+from .conftest import FEBRUARY, JANUARY, connect_as_reader, scratch_name
 from .png import read_png
 
 COMPOSE = PROJECT_DIR / "docker-compose.yml"
@@ -79,23 +77,9 @@ def _dashboards() -> dict[str, dict[str, Any]]:
 # --------------------------------------------------------------------------- connections
 
 
-def _connect_as_reader(url: str) -> psycopg.Connection:
-    """A login as modelwatch_reader (trust auth on the embedded server), else SET ROLE from the admin login."""
-    info = conninfo_to_dict(url)
-    info.pop("password", None)
-    info["user"] = db.READER_ROLE
-    try:
-        conn = psycopg.connect(make_conninfo(**info), autocommit=True)
-    except psycopg.OperationalError:  # a server that wants the reader's password
-        conn = psycopg.connect(url, autocommit=True)
-        conn.execute(sql.SQL("set role {}").format(sql.Identifier(db.READER_ROLE)))
-    assert conn.execute("select current_user").fetchone() == (db.READER_ROLE,)
-    return conn
-
-
 @pytest.fixture(scope="module")
 def reader(demo_settings: Settings) -> Iterator[psycopg.Connection]:
-    with _connect_as_reader(demo_settings.database_url) as conn:
+    with connect_as_reader(demo_settings.database_url) as conn:
         yield conn
 
 
@@ -545,11 +529,9 @@ def _short_fifteenth(path: Path) -> Path:
 @pytest.fixture(scope="module")
 def replayed(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replayed]:
     """`modelwatch backfill --pace` over 14 and 15 February (the 15th fails) in a database of its own."""
-    name = f"mw_replay_{uuid.uuid4().hex[:10]}"
-    url = _create_database(server_url, name)
     home = tmp_path_factory.mktemp("replay_home")
-    settings = Settings(home=home, database_url=url)
-    try:
+    with db.scratch_database(server_url, scratch_name("mw_replay")) as url:
+        settings = Settings(home=home, database_url=url)
         pipeline.init(settings)
         pipeline.train(settings, JANUARY)
         batches = _short_fifteenth(home / "green_tripdata_2023-02-short.parquet")
@@ -557,8 +539,6 @@ def replayed(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         result = CliRunner().invoke(main, ["backfill", "--file", str(batches), "--pace", str(PACE_S)],
                                     env={"MODELWATCH_DATABASE_URL": url, "MODELWATCH_HOME": str(home)})
         yield Replayed(settings, result.exit_code, result.output, time.monotonic() - clock)
-    finally:
-        _drop_database(server_url, name)
 
 
 def test_replay_builds_each_batch_on_its_own(replayed: Replayed) -> None:
@@ -580,7 +560,7 @@ def test_replay_builds_each_batch_on_its_own(replayed: Replayed) -> None:
 
 
 def test_failed_batch_on_the_panels_and_the_gate_alert(replayed: Replayed, now: datetime) -> None:
-    with _connect_as_reader(replayed.settings.database_url) as conn:
+    with connect_as_reader(replayed.settings.database_url) as conn:
         health = _panel_result(conn, "Batch health", now)
         failing = _panel_result(conn, "Latest failing tests", now)
         result, fired = _evaluate(conn, "modelwatch-batch-gate-failed")

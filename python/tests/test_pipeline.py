@@ -9,7 +9,6 @@ import math
 import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import pytest
 
 from modelwatch import pipeline
 from modelwatch.config import Settings

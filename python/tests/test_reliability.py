@@ -12,9 +12,8 @@ from contextlib import contextmanager
 from datetime import date
 
 import psycopg
-import pytest
 
-from modelwatch import pipeline
+from modelwatch import pipeline, status
 from modelwatch.config import Settings
 
 from .conftest import FEBRUARY
@@ -79,22 +78,32 @@ def _kill(process: subprocess.Popen) -> None:
     process.wait(timeout=30)
 
 
+def _killed_while_blocked(settings: Settings, table: str, query_start: str) -> tuple:
+    """Run DAY once, then again in a child process killed (SIGKILL) while it waits on a lock
+    held on `table` in a statement starting with `query_start`; returns the first run's state."""
+    url = settings.database_url
+    pipeline.run_batch(settings, DAY, FEBRUARY)
+    before = _state(url)
+    with _blocking(url, table):
+        process = _cli(settings, "run", "--batch-date", DAY.isoformat(), "--file", str(FEBRUARY))
+        _wait_until_blocked(url, query_start, process)
+        _kill(process)
+    return before
+
+
+def _status(url: str) -> str:
+    with psycopg.connect(url) as conn:
+        return conn.execute("select status from raw.batches where batch_date = %s", (DAY,)).fetchone()[0]
+
+
 def test_sigkill_mid_load_leaves_no_partial_batch(trained_settings: Settings) -> None:
     url = trained_settings.database_url
-    pipeline.run_batch(trained_settings, DAY, FEBRUARY)
-    before = _state(url)
-    with _blocking(url, "raw.predictions"):
-        process = _cli(trained_settings, "run", "--batch-date", DAY.isoformat(), "--file", str(FEBRUARY))
-        # The load transaction has deleted and re-copied the trips and now waits on predictions.
-        _wait_until_blocked(url, "delete from", process)
-        _kill(process)
+    # The load transaction has deleted and re-copied the trips and now waits on predictions.
+    before = _killed_while_blocked(trained_settings, "raw.predictions", "delete from")
     after = _state(url)
     assert after[0] == before[0] and after[1] == before[1]  # the previous version of the batch, whole
     assert after[3:] == before[3:]
-    with psycopg.connect(url) as conn:
-        assert conn.execute("select status from raw.batches where batch_date = %s", (DAY,)).fetchone() == ("loading",)
-    from modelwatch import status
-
+    assert _status(url) == "loading"
     with psycopg.connect(url) as conn:
         shown = {row.batch_date: row.status for row in status.recent_batches(conn)}
     assert shown[DAY] == "interrupted (loading)"
@@ -104,14 +113,8 @@ def test_sigkill_mid_load_leaves_no_partial_batch(trained_settings: Settings) ->
 
 def test_sigkill_mid_build_then_rerun_completes(trained_settings: Settings) -> None:
     url = trained_settings.database_url
-    pipeline.run_batch(trained_settings, DAY, FEBRUARY)
-    single_run = _state(url)
-    with _blocking(url, "marts.daily_trips"):
-        process = _cli(trained_settings, "run", "--batch-date", DAY.isoformat(), "--file", str(FEBRUARY))
-        _wait_until_blocked(url, "", process)  # dbt waits on the locked mart
-        _kill(process)
-    with psycopg.connect(url) as conn:
-        assert conn.execute("select status from raw.batches where batch_date = %s", (DAY,)).fetchone() == ("building",)
+    single_run = _killed_while_blocked(trained_settings, "marts.daily_trips", "")  # dbt waits on the locked mart
+    assert _status(url) == "building"
     pipeline.run_batch(trained_settings, DAY, FEBRUARY)
     assert _state(url) == single_run
 

@@ -1,0 +1,120 @@
+"""Load: a year of daily batches through one `modelwatch backfill` process, watched from outside.
+
+January and February 2023 (59 real days) replayed onto 2023-03-01 .. 2024-02-28.
+While the process runs, its resident memory, its open file descriptors and the
+server's connections to the database are sampled with the number of batches
+finished so far; the late batches must cost no more of any of them than the
+early ones. Marked `load`: `make test-load` runs it (a few minutes), `make test`
+does not.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+import psycopg
+import pyarrow as pa
+import pytest
+
+from modelwatch import timeshift
+from modelwatch.config import Settings
+
+from .conftest import FEBRUARY, JANUARY
+
+pytestmark = pytest.mark.load
+
+FIRST = date(2023, 3, 1)
+DAYS = 365
+SAMPLE_EVERY_S = 0.5
+MEMORY_GROWTH_LIMIT_MB = 40  # late batches' peak RSS over the early ones' (allocator noise is ~10 MB)
+
+
+@dataclass(frozen=True)
+class Sample:
+    finished: int  # batches the backfill has finished
+    rss_mb: float
+    open_fds: int
+    connections: int  # the server's sessions on the database, the sampler's own excluded
+
+
+def _year_file(folder: Path) -> tuple[Path, dict[date, int]]:
+    days = timeshift.source_days([timeshift.month_rows(JANUARY), timeshift.month_rows(FEBRUARY)])
+    replayed = timeshift.replay_days(days, FIRST, DAYS)
+    path = timeshift.write_tlc_parquet(pa.concat_tables([rows for _, rows in replayed]), folder / "year.parquet")
+    return path, {day: rows.num_rows for day, rows in replayed}
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+def _sample(process: subprocess.Popen, conn: psycopg.Connection) -> Sample:
+    finished, connections = conn.execute(
+        """select (select count(*) from raw.batches where status in ('passed', 'warned', 'failed')),
+                  (select count(*) from pg_stat_activity
+                   where datname = current_database() and pid <> pg_backend_pid())"""
+    ).fetchone()
+    return Sample(int(finished), _rss_mb(process.pid), len(os.listdir(f"/proc/{process.pid}/fd")), int(connections))
+
+
+def _watch(process: subprocess.Popen, url: str) -> list[Sample]:
+    samples: list[Sample] = []
+    with psycopg.connect(url, autocommit=True) as conn:
+        while process.poll() is None:
+            try:
+                samples.append(_sample(process, conn))
+            except (FileNotFoundError, ProcessLookupError):  # it exited between poll and read
+                break
+            time.sleep(SAMPLE_EVERY_S)
+    return samples
+
+
+def test_a_year_of_daily_batches_passes_without_leaks(trained_settings: Settings, tmp_path: Path) -> None:
+    file, expected = _year_file(tmp_path)
+    last = FIRST + timedelta(days=DAYS - 1)
+    env = {**os.environ, "MODELWATCH_DATABASE_URL": trained_settings.database_url,
+           "MODELWATCH_HOME": str(trained_settings.home)}
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "modelwatch.cli", "backfill", "--file", str(file),
+         "--start", FIRST.isoformat(), "--end", last.isoformat()],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    samples = _watch(process, trained_settings.database_url)
+    stderr = process.communicate(timeout=60)[1]
+    seconds = time.perf_counter() - started
+    assert process.returncode == 0, stderr[-2000:]
+
+    with psycopg.connect(trained_settings.database_url) as conn:
+        statuses = dict(conn.execute("select status, count(*) from raw.batches group by 1").fetchall())
+        loaded = dict(conn.execute("select batch_date, rows_loaded from raw.batches").fetchall())
+        in_raw = dict(conn.execute("select batch_date, count(*) from raw.trips group by 1").fetchall())
+        in_mart = dict(conn.execute("select batch_date, trips from marts.daily_trips").fetchall())
+        scored = conn.execute("select count(*), count(distinct batch_date) from marts.model_performance").fetchone()
+        drift_rows = conn.execute("select count(*) from marts.feature_drift").fetchone()[0]
+    assert statuses == {"passed": DAYS}
+    assert loaded == in_raw == in_mart == expected
+    assert sum(expected.values()) > 800_000
+    assert scored == (DAYS, DAYS)
+    assert drift_rows == DAYS * 7 * 2  # 7 columns, Evidently and PSI
+
+    # Early: after the first month (imports and caches warm) up to a third; late: the last third.
+    early = [s for s in samples if 31 <= s.finished < DAYS // 3]
+    late = [s for s in samples if s.finished >= 2 * DAYS // 3]
+    assert len(early) >= 5 and len(late) >= 5, (len(samples), seconds)
+    peak = {name: (max(getattr(s, name) for s in early), max(getattr(s, name) for s in late))
+            for name in ("rss_mb", "open_fds", "connections")}
+    print(f"\n{DAYS} batches, {sum(expected.values()):,} trips in {seconds:.0f} s "
+          f"({seconds / DAYS:.2f} s a batch); early vs late peaks: {peak}")
+    assert peak["rss_mb"][1] <= peak["rss_mb"][0] + MEMORY_GROWTH_LIMIT_MB
+    assert peak["open_fds"][1] <= peak["open_fds"][0]
+    assert peak["connections"][1] <= peak["connections"][0]
+    assert max(s.connections for s in samples) <= 6  # the pipeline's connection and dbt's 4 threads, at most

@@ -1,0 +1,268 @@
+"""Least privilege: modelwatch_pipeline owns modelwatch's objects, every pipeline session acts
+as it, and it can do no more than the pipeline needs.
+
+Roles are cluster-wide: on a shared server (MODELWATCH_TEST_DATABASE_URL) they may
+exist already, made by an `init` of another database, and every test tolerates that.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from modelwatch import db, pipeline
+from modelwatch.config import Settings
+from modelwatch.errors import DatabaseError
+
+from .conftest import FEBRUARY, JANUARY, connect_as_reader, scratch_name
+
+DAY = date(2023, 2, 14)
+RAW_TABLES = {"batches", "trips", "predictions", "models", "reference_trips", "dbt_test_runs",
+              "drift_scores", "drift_datasets"}
+
+
+def _owners(url: str) -> dict[tuple[str, str], int]:
+    """Relations (tables, views, indexes, sequences...) per (schema, owner) in modelwatch's schemas."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            """select n.nspname, pg_get_userbyid(c.relowner), count(*)
+               from pg_class c join pg_namespace n on n.oid = c.relnamespace
+               where n.nspname = any(%s) group by 1, 2""", (list(db.PIPELINE_SCHEMAS),)).fetchall()
+    return {(schema, owner): count for schema, owner, count in rows}
+
+
+def _not_owned_by(url: str, role: str) -> int:
+    """Schemas and relations of modelwatch's schemas that `role` does not own."""
+    with psycopg.connect(url) as conn:
+        schemas = conn.execute(
+            "select count(*) from pg_namespace where nspname = any(%s) and nspowner <> %s::regrole",
+            (list(db.PIPELINE_SCHEMAS), role)).fetchone()[0]
+    relations = sum(count for (_, owner), count in _owners(url).items() if owner != role)
+    return schemas + relations
+
+
+def _login(url: str) -> str:
+    with psycopg.connect(url) as conn:
+        return conn.execute("select session_user").fetchone()[0]
+
+
+def _url_as(url: str, user: str, password: str) -> str:
+    info = conninfo_to_dict(url)
+    info.update(user=user, password=password)
+    return make_conninfo(**info)
+
+
+def _run_day(settings: Settings) -> str:
+    return pipeline.run_batch(settings, DAY, FEBRUARY).status
+
+
+@pytest.fixture(scope="module")
+def ran(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """init, the baseline trained on January 2023 and the batch of 14 February, in a database of its own."""
+    with db.scratch_database(server_url, scratch_name("mw_security")) as url:
+        settings = Settings(home=tmp_path_factory.mktemp("security_home"), database_url=url)
+        pipeline.init(settings)
+        pipeline.train(settings, JANUARY)
+        assert _run_day(settings) == "passed"
+        yield settings
+
+
+# --------------------------------------------------------------------------- ownership
+
+
+def test_pipeline_role_owns_every_schema_and_relation(ran: Settings) -> None:
+    owners = _owners(ran.database_url)
+    assert _not_owned_by(ran.database_url, db.PIPELINE_ROLE) == 0, owners
+    with psycopg.connect(ran.database_url) as conn:
+        raw = {name for (name,) in conn.execute(
+            "select tablename from pg_tables where schemaname = 'raw' and tableowner = %s", (db.PIPELINE_ROLE,))}
+    assert raw == RAW_TABLES
+    # dbt made the rest, all as the role: views and the seed, marts, store_failures tables.
+    for schema in ("staging", "marts", "audit"):
+        assert owners.get((schema, db.PIPELINE_ROLE), 0) >= 2, owners
+
+
+def test_raw_tables_analyzed_by_the_role(ran: Settings) -> None:
+    """ANALYZE by a non-owner only warns and skips: a manual analyze time proves ownership."""
+    with psycopg.connect(ran.database_url) as conn:
+        analyzed = dict(conn.execute(
+            """select relname, last_analyze is not null from pg_stat_user_tables
+               where schemaname = 'raw' and relname in ('trips', 'predictions')""").fetchall())
+    assert analyzed == {"trips": True, "predictions": True}
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+def test_pipeline_session_acts_as_the_role(ran: Settings) -> None:
+    url = ran.database_url
+    with db.connect(url) as conn:
+        current, session, superuser, createdb, createrole = conn.execute(
+            """select current_user, session_user, rolsuper, rolcreatedb, rolcreaterole
+               from pg_roles where rolname = current_user""").fetchone()
+    assert (current, session) == (db.PIPELINE_ROLE, _login(url))
+    assert (superuser, createdb, createrole) == (False, False, False)
+    assert db.dbt_env(url)["MODELWATCH_DB_ROLE"] == db.PIPELINE_ROLE
+    with db.connect(url, as_pipeline=False) as conn:
+        assert conn.execute("select current_user").fetchone()[0] == _login(url)
+
+
+@pytest.mark.parametrize("statement", [
+    "create database mw_refused",
+    "create role mw_refused",
+    "select * from pg_authid",
+    "alter role modelwatch_pipeline superuser",
+    "copy (select 1) to '/tmp/mw_refused'",
+])
+def test_pipeline_role_is_refused(ran: Settings, statement: str) -> None:
+    with db.connect(ran.database_url, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as refused:
+            conn.execute(statement)
+    assert refused.value.sqlstate == "42501"
+
+
+def test_reader_reads_marts_made_after_init(ran: Settings) -> None:
+    url = ran.database_url
+    with db.connect(url, autocommit=True) as conn:  # as the pipeline role, as dbt creates marts
+        conn.execute("create table marts.made_after_init as select 7 as answer")
+    try:
+        with connect_as_reader(url) as reader:
+            assert reader.execute("select answer from marts.made_after_init").fetchall() == [(7,)]
+            assert reader.execute("select batch_date, status from marts.batch_health").fetchall() == [
+                (DAY, "passed")]
+            assert reader.execute("select count(*) from marts.model_performance").fetchone() == (1,)
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                reader.execute("select count(*) from raw.trips")
+    finally:
+        with db.connect(url, autocommit=True) as conn:
+            conn.execute("drop table marts.made_after_init")
+
+
+# --------------------------------------------------------------------------- upgrades and other logins
+
+
+def test_init_hands_an_older_database_to_the_role(trained_settings: Settings) -> None:
+    url = trained_settings.database_url
+    assert _run_day(trained_settings) == "passed"
+    login = _login(url)
+    _give_everything_to(url, login)  # as `init` left a database before the role existed
+    assert _not_owned_by(url, login) == 0
+    with db.connect(url) as conn:  # not handed over yet: sessions keep the login's rights
+        assert conn.execute("select current_user").fetchone() == (login,)
+    pipeline.init(trained_settings)
+    assert _not_owned_by(url, db.PIPELINE_ROLE) == 0
+    with db.connect(url) as conn:
+        assert conn.execute("select current_user").fetchone() == (db.PIPELINE_ROLE,)
+    assert _run_day(trained_settings) == "passed"
+    assert _not_owned_by(url, db.PIPELINE_ROLE) == 0
+
+
+def test_init_hands_over_a_single_table_left_behind(fresh_settings: Settings) -> None:
+    url = fresh_settings.database_url
+    pipeline.init(fresh_settings)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql.SQL("alter table raw.trips owner to {}").format(sql.Identifier(_login(url))))
+    assert _not_owned_by(url, db.PIPELINE_ROLE) == 2  # the table and its index
+    with db.connect(url) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute("select count(*) from raw.trips")
+    pipeline.init(fresh_settings)
+    assert _not_owned_by(url, db.PIPELINE_ROLE) == 0
+    with db.connect(url) as conn:
+        assert conn.execute("select count(*) from raw.trips").fetchone() == (0,)
+
+
+def _give_everything_to(url: str, owner: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        for schema in db.PIPELINE_SCHEMAS:
+            conn.execute(sql.SQL("alter schema {} owner to {}").format(sql.Identifier(schema), sql.Identifier(owner)))
+        for schema, name, keyword in conn.execute(
+                """select n.nspname, c.relname, case c.relkind when 'v' then 'view' else 'table' end
+                   from pg_class c join pg_namespace n on n.oid = c.relnamespace
+                   where n.nspname = any(%s) and c.relkind in ('r', 'v')""", (list(db.PIPELINE_SCHEMAS),)).fetchall():
+            conn.execute(sql.SQL("alter {} {}.{} owner to {}").format(
+                sql.SQL(keyword), sql.Identifier(schema), sql.Identifier(name), sql.Identifier(owner)))
+
+
+@pytest.fixture
+def pipeline_login(fresh_settings: Settings) -> Iterator[Settings]:
+    """Settings that log in as modelwatch_pipeline itself, its password set by an admin's init."""
+    password = uuid.uuid4().hex
+    admin = Settings(home=fresh_settings.home, database_url=fresh_settings.database_url,
+                     environ={"MODELWATCH_PIPELINE_PASSWORD": password})
+    with psycopg.connect(admin.database_url) as conn:
+        could_login = conn.execute("select rolcanlogin from pg_roles where rolname = %s", (db.PIPELINE_ROLE,)).fetchone()
+    pipeline.init(admin)
+    try:
+        yield Settings(home=fresh_settings.home, database_url=_url_as(admin.database_url, db.PIPELINE_ROLE, password))
+    finally:
+        if not (could_login and could_login[0]):  # the role is cluster-wide: leave it as found
+            with psycopg.connect(admin.database_url, autocommit=True) as conn:
+                conn.execute(sql.SQL("alter role {} nologin").format(sql.Identifier(db.PIPELINE_ROLE)))
+
+
+def test_logged_in_as_the_role_everything_works_without_set_role(pipeline_login: Settings) -> None:
+    url = pipeline_login.database_url
+    with db.connect(url) as conn:
+        assert conn.execute("select current_user, session_user").fetchone() == (db.PIPELINE_ROLE,) * 2
+    assert db.dbt_env(url)["MODELWATCH_DB_ROLE"] == ""
+    pipeline.init(pipeline_login)  # may not manage roles, and need not: they exist
+    pipeline.train(pipeline_login, JANUARY)
+    assert _run_day(pipeline_login) == "passed"
+    assert _not_owned_by(url, db.PIPELINE_ROLE) == 0
+
+
+@pytest.fixture
+def database_owner(server_url: str, fresh_settings: Settings) -> Iterator[tuple[str, str]]:
+    """A login with neither SUPERUSER nor CREATEROLE that owns a database of its own; the roles
+    exist (an admin's init made them). Yields (login, URL of its database as it)."""
+    pipeline.init(fresh_settings)
+    login, password = scratch_name("mw_owner"), uuid.uuid4().hex
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("create role {} login nosuperuser nocreaterole nocreatedb password {}").format(
+            sql.Identifier(login), sql.Literal(password)))
+    try:
+        with db.scratch_database(server_url, scratch_name("mw_owned")) as url:
+            with psycopg.connect(server_url, autocommit=True) as conn:
+                conn.execute(sql.SQL("alter database {} owner to {}").format(
+                    sql.Identifier(conninfo_to_dict(url)["dbname"]), sql.Identifier(login)))
+            yield login, _url_as(url, login, password)
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(login)))
+
+
+@pytest.mark.parametrize("member", [True, False], ids=["member-of-the-role", "not-a-member"])
+def test_init_without_the_right_to_manage_roles(database_owner: tuple[str, str], server_url: str,
+                                                tmp_path: Path, member: bool) -> None:
+    login, url = database_owner
+    if member:  # a DBA let this login SET ROLE modelwatch_pipeline
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("grant {} to {}").format(sql.Identifier(db.PIPELINE_ROLE), sql.Identifier(login)))
+    settings = Settings(home=tmp_path / "owner_home", database_url=url)
+    pipeline.init(settings)
+    owner = db.PIPELINE_ROLE if member else login
+    assert _not_owned_by(url, owner) == 0
+    assert _owners(url)[("staging", owner)] >= 1  # the seed, loaded by dbt as `owner`
+    with db.connect(url) as conn:
+        assert conn.execute("select current_user").fetchone() == (owner,)
+
+
+def test_init_says_in_one_line_what_it_cannot_hand_over(database_owner: tuple[str, str], server_url: str,
+                                                       tmp_path: Path) -> None:
+    login, url = database_owner
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("grant {} to {}").format(sql.Identifier(db.PIPELINE_ROLE), sql.Identifier(login)))
+    with psycopg.connect(db.url_with_database(server_url, conninfo_to_dict(url)["dbname"]), autocommit=True) as conn:
+        conn.execute("create schema raw")  # the admin's, which this login may not give away
+    with pytest.raises(DatabaseError) as refused:
+        pipeline.init(Settings(home=tmp_path / "owner_home", database_url=url))
+    message = str(refused.value)
+    assert message.startswith('cannot hand schema "raw" to modelwatch_pipeline (must be owner of schema raw)')
+    assert message.endswith("run `modelwatch init` as a superuser or as the owner") and "\n" not in message
