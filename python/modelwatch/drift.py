@@ -202,12 +202,28 @@ def _select_list(columns: Iterable[MonitoredColumn], table_of: Mapping[str, str]
     return sql.SQL(", ").join(parts)
 
 
-def _sample_clause(total: int, options: DriftOptions, trip_id: sql.Composable) -> tuple[sql.Composable, tuple]:
-    """Above max_rows, a seeded sample: the rows with the smallest hashes of their trip id."""
+def _read_sampled(conn: psycopg.Connection, query: sql.Composable, params: tuple, total: int,
+                  options: DriftOptions, trip_id: sql.Composable) -> list[tuple]:
+    """The rows of `query` (which ends with its WHERE clause); above max_rows a seeded sample:
+    the rows with the smallest hashes of their trip id.
+
+    Only rows under a hash bound reach the sort, a bound that lets ~10% (and 6 sigma) more
+    rows through than the sample needs: on 3 million rows PostgreSQL sorts ~110,000, not
+    all of them, and the sample is the same. Should the bound let too few through, the
+    query runs again without it.
+    """
     if total <= options.max_rows:
-        return sql.SQL(""), ()
-    return (sql.SQL(" order by hashint8extended({}, %s) limit %s").format(trip_id),
-            (options.sample_seed, options.max_rows))
+        return conn.execute(query, params).fetchall()
+    seed, size = options.sample_seed, options.max_rows
+    ordered = sql.SQL(" order by hashint8extended({}, %s) limit %s").format(trip_id)
+    share = (size * 1.1 + 6 * math.sqrt(size)) / total
+    if share < 1:
+        bound = int(-(2**63) + share * 2**64)  # hashint8extended is uniform over the int8 range
+        below = sql.SQL(" and hashint8extended({}, %s) < %s").format(trip_id)
+        rows = conn.execute(query + below + ordered, (*params, seed, bound, seed, size)).fetchall()
+        if len(rows) == size:
+            return rows
+    return conn.execute(query + ordered, (*params, seed, size)).fetchall()
 
 
 def _frame(cursor_rows: list[tuple], columns: tuple[MonitoredColumn, ...]) -> pd.DataFrame:
@@ -222,10 +238,9 @@ def read_reference(conn: psycopg.Connection, model_version: str | None,
     """The reference set stored by `train` for this model version."""
     total = conn.execute("select count(*) from raw.reference_trips where model_version = %s",
                          (model_version,)).fetchone()[0]
-    sample, sample_params = _sample_clause(total, options, sql.Identifier("r", "trip_id"))
-    query = sql.SQL("select {} from raw.reference_trips as r where r.model_version = %s{}").format(
-        _select_list(columns, {"default": "r"}), sample)
-    rows = conn.execute(query, (model_version, *sample_params)).fetchall()
+    query = sql.SQL("select {} from raw.reference_trips as r where r.model_version = %s").format(
+        _select_list(columns, {"default": "r"}))
+    rows = _read_sampled(conn, query, (model_version,), total, options, sql.Identifier("r", "trip_id"))
     return Rows(_frame(rows, columns), int(total))
 
 
@@ -233,13 +248,12 @@ def read_batch(conn: psycopg.Connection, batch_date: date,
                columns: tuple[MonitoredColumn, ...], options: DriftOptions) -> Rows:
     """The batch's trips with their predictions (a trip without one has a null prediction)."""
     total = conn.execute("select count(*) from raw.trips where batch_date = %s", (batch_date,)).fetchone()[0]
-    sample, sample_params = _sample_clause(total, options, sql.Identifier("t", "trip_id"))
     query = sql.SQL(
         "select {} from raw.trips as t left join raw.predictions as p"
         " on p.batch_date = t.batch_date and p.trip_id = t.trip_id"
-        " where t.batch_date = %s{}"
-    ).format(_select_list(columns, {"default": "t", PREDICTION: "p"}), sample)
-    rows = conn.execute(query, (batch_date, *sample_params)).fetchall()
+        " where t.batch_date = %s"
+    ).format(_select_list(columns, {"default": "t", PREDICTION: "p"}))
+    rows = _read_sampled(conn, query, (batch_date,), total, options, sql.Identifier("t", "trip_id"))
     return Rows(_frame(rows, columns), int(total))
 
 

@@ -49,17 +49,23 @@ def _base_args(settings: Settings) -> list[str]:
     ]
 
 
+def dbt_runner() -> Any:
+    """dbt's runner class, imported on first use: the import costs about a second."""
+    from dbt.cli.main import dbtRunner
+
+    return dbtRunner
+
+
 def invoke(settings: Settings, url: str, command: list[str], **options: Any) -> Any:
     """Run one dbt command in process; raise TransformError when dbt itself cannot run."""
-    from dbt.cli.main import dbtRunner  # imported here: it costs about a second
-
     os.environ.update(dbt_env(url))
     settings.dbt_dir.mkdir(parents=True, exist_ok=True)
     args = [*command, *_base_args(settings), "--log-level", "none", "--log-level-file", "info"]
     for name, value in options.items():
         flag = "--" + name.replace("_", "-")
         args += [flag] if value is True else [flag, value]
-    result = dbtRunner().invoke(args)
+    runner = dbt_runner()
+    result = runner().invoke(args)
     if result.exception is not None:
         raise TransformError(f"dbt {command[0]} could not run: {_first_line(result.exception)}")
     return result

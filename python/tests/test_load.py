@@ -32,7 +32,11 @@ pytestmark = pytest.mark.load
 FIRST = date(2023, 3, 1)
 DAYS = 365
 SAMPLE_EVERY_S = 0.5
-MEMORY_GROWTH_LIMIT_MB = 40  # late batches' peak RSS over the early ones' (allocator noise is ~10 MB)
+# What the late batches' peaks may exceed the early ones' by: noise, not leaks. A sample
+# can catch a descriptor that lives for one statement (a socket, a temporary file); a leak
+# of one per batch or per 31-day build would be 8 to 240 more by the end.
+MEMORY_GROWTH_LIMIT_MB = 40  # allocator noise is ~10 MB
+TRANSIENT_FDS = 3
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,6 @@ def test_a_year_of_daily_batches_passes_without_leaks(trained_settings: Settings
     print(f"\n{DAYS} batches, {sum(expected.values()):,} trips in {seconds:.0f} s "
           f"({seconds / DAYS:.2f} s a batch); early vs late peaks: {peak}")
     assert peak["rss_mb"][1] <= peak["rss_mb"][0] + MEMORY_GROWTH_LIMIT_MB
-    assert peak["open_fds"][1] <= peak["open_fds"][0]
+    assert peak["open_fds"][1] <= peak["open_fds"][0] + TRANSIENT_FDS
     assert peak["connections"][1] <= peak["connections"][0]
     assert max(s.connections for s in samples) <= 6  # the pipeline's connection and dbt's 4 threads, at most
