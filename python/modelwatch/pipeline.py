@@ -17,7 +17,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from . import db, drift, load, model, transform
+from . import db, drift, load, model, publish, transform
 from .config import Settings
 from .errors import InputError, ModelwatchError, UsageError
 from .source import TripFile, read_trip_file
@@ -203,6 +203,7 @@ def run_range(
             warming.join()
             drift.score_batches(settings, conn, days)  # Evidently's drift into raw, for dbt to model
             with _recording_errors(conn, days, "building"), db.build_lock(conn):
+                publish.withdraw(conn, days)  # readers see these batches again once rebuilt whole
                 build = transform.build(settings, url, min(days), max(days))
                 statuses = record_tests(conn, build, days)
                 transform.build_run_results(settings, url, min(days), max(days))
@@ -211,8 +212,10 @@ def run_range(
             _mark_all(conn, days, "error", str(exc))
             raise
         failing = failing_checks(conn, min(days), max(days))
-        for day in days:
-            load.mark_batch(conn, day, statuses[day], "; ".join(failing.get(day, ())) or None)
+        with conn.transaction():
+            for day in days:
+                load.mark_batch(conn, day, statuses[day], "; ".join(failing.get(day, ())) or None)
+            publish.publish(conn, days)
     outcomes = tuple(
         BatchOutcome(
             batch_date=day,

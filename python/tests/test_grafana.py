@@ -422,8 +422,9 @@ def test_every_query_reads_marts_only(reader: psycopg.Connection, now: datetime)
         relations = _relations(reader, text)
         assert relations and {schema for schema, _ in relations} == {"marts"}, (name, relations)
         read |= relations
-    assert {table for _, table in read} == {
-        "batch_health", "model_performance", "column_quality", "test_results", "feature_drift", "dataset_drift"}
+    assert {table for _, table in read} == {  # published_batches: row-level security, the batches readers see
+        "batch_health", "model_performance", "column_quality", "test_results", "feature_drift", "dataset_drift",
+        "published_batches"}
 
 
 def test_reader_reads_every_mart(reader: psycopg.Connection, demo_conn: psycopg.Connection) -> None:

@@ -12,11 +12,12 @@ from contextlib import contextmanager
 from datetime import date
 
 import psycopg
+from psycopg import sql
 
 from modelwatch import pipeline, status
 from modelwatch.config import Settings
 
-from .conftest import FEBRUARY
+from .conftest import FEBRUARY, connect_as_reader
 
 DAY = date(2023, 2, 14)
 
@@ -111,12 +112,28 @@ def test_sigkill_mid_load_leaves_no_partial_batch(trained_settings: Settings) ->
     assert _state(url) == before
 
 
+MARTS = ("column_quality", "daily_trips", "batch_checks", "model_performance", "feature_drift", "dataset_drift",
+         "test_results", "batch_health")
+
+
+def _rows_of_day(conn: psycopg.Connection) -> dict[str, int]:
+    return {mart: conn.execute(sql.SQL("select count(*) from marts.{} where batch_date = %s").format(
+        sql.Identifier(mart)), (DAY,)).fetchone()[0] for mart in MARTS}
+
+
 def test_sigkill_mid_build_then_rerun_completes(trained_settings: Settings) -> None:
     url = trained_settings.database_url
     single_run = _killed_while_blocked(trained_settings, "marts.daily_trips", "")  # dbt waits on the locked mart
     assert _status(url) == "building"
+    # The marts hold a mix of the two runs' rows for DAY; the reader (Grafana) sees none of them.
+    with psycopg.connect(url) as owner, connect_as_reader(url) as reader:
+        assert all(_rows_of_day(owner).values())
+        assert _rows_of_day(reader) == dict.fromkeys(MARTS, 0)
     pipeline.run_batch(trained_settings, DAY, FEBRUARY)
     assert _state(url) == single_run
+    with psycopg.connect(url) as owner, connect_as_reader(url) as reader:
+        assert _rows_of_day(reader) == _rows_of_day(owner)
+        assert _rows_of_day(reader)["column_quality"] == 8  # 4 numeric features, prediction, target, 2 zones
 
 
 def test_same_batch_twice_at_once_equals_one_run(trained_settings: Settings) -> None:
@@ -174,3 +191,17 @@ def test_database_down_exits_3_quickly(tmp_path) -> None:
     assert result.returncode == 3
     assert result.stderr.strip().startswith("Error: cannot connect to PostgreSQL at 127.0.0.1:9/modelwatch")
     assert time.monotonic() - started < 10
+
+
+def test_init_publishes_the_finished_batches_of_an_older_database(trained_settings: Settings) -> None:
+    """A database from before publishing: its finished batches become visible to the reader at `init`."""
+    url = trained_settings.database_url
+    pipeline.run_batch(trained_settings, DAY, FEBRUARY)
+    with psycopg.connect(url, autocommit=True) as owner:
+        owner.execute("delete from marts.published_batches")
+    with connect_as_reader(url) as reader:
+        assert _rows_of_day(reader)["daily_trips"] == 0
+    pipeline.init(trained_settings)
+    with psycopg.connect(url) as owner, connect_as_reader(url) as reader:
+        assert _rows_of_day(reader) == _rows_of_day(owner)
+        assert _rows_of_day(reader)["daily_trips"] == 1
