@@ -2,11 +2,22 @@
   The trips of the batches being built, each with its prediction: the join is
   done once per build and kept as a table (unlogged: rebuilt by every build, so
   never worth WAL), which every mart then scans instead of joining again.
+  Only the columns the marts read: the monitored ones (vars.monitoring) and
+  those the contract and daily_trips use; half the width, half the writing.
 -#}
 {{ config(materialized='table', unlogged=true) }}
+{%- set monitoring = var('monitoring') -%}
+{%- set wanted = ['trip_id', 'batch_date', monitoring.timestamp, monitoring.target]
+    + monitoring.numeric_features + monitoring.categorical_features + monitoring.zone_columns
+    + ['pickup_datetime', 'duration_min', 'trip_distance', 'fare_amount', 'total_amount', 'pu_location_id'] -%}
+{%- set columns = [] -%}
+{%- for column in wanted if column not in columns and column != monitoring.prediction -%}
+    {%- do columns.append(column) -%}
+{%- endfor %}
 
 with trips as (
-    select * from {{ ref('stg_trips') }}
+    select {{ columns | join(', ') }}
+    from {{ ref('stg_trips') }}
     where {{ modelwatch.in_batch_range('batch_date') }}
 ),
 

@@ -64,3 +64,19 @@ def test_column_quality_matches_evidently(demo_settings: Settings, demo_conn) ->
     # Real missingness is there to compare: passenger_count is null in about 7% of February's trips.
     missing_passengers = sum(m for (d, c), (_, m) in marts.items() if c == "passenger_count")
     assert missing_passengers == int(frame.passenger_count.isna().sum()) > 4_000
+
+
+def test_daily_trips_match_pandas(demo_settings: Settings, demo_conn) -> None:
+    """daily_trips takes the means and medians of monitored columns from column_quality: they must
+    still be the day's own figures, as pandas computes them from the stored rows."""
+    frame = _batch_frame(demo_conn, demo_settings.monitoring)
+    columns = ["duration_min", "trip_distance", "fare_amount", "total_amount"]
+    marts = {row[0]: row[1:] for row in demo_conn.execute(
+        f"select batch_date, trips, {', '.join(f'mean_{c}, p50_{c}' for c in columns)} from marts.daily_trips"
+    ).fetchall()}
+    assert len(marts) == 28
+    for day, batch in frame.groupby("batch_date"):
+        expected = [len(batch)]
+        for column in columns:
+            expected += [batch[column].mean(), batch[column].median()]
+        assert marts[day] == pytest.approx(expected, abs=TOLERANCE), day
