@@ -52,7 +52,7 @@ def load_history(db: Database, last_day: date, days: int) -> list[date]:
     import pyarrow as pa
     from psycopg import sql
 
-    from modelwatch import drift, load, model, pipeline, transform
+    from modelwatch import drift, load, model, pipeline, publish, transform
     from modelwatch.db import TRIP_COLUMNS
 
     first = last_day - timedelta(days=days)
@@ -107,8 +107,10 @@ def load_history(db: Database, last_day: date, days: int) -> list[date]:
             statuses = pipeline.record_tests(conn, build, chunk)
             transform.build_run_results(db.settings, db.url, chunk[0], chunk[-1])
             failing = pipeline.failing_checks(conn, chunk[0], chunk[-1])
-            for day in chunk:
-                load.mark_batch(conn, day, statuses[day], "; ".join(failing.get(day, ())) or None)
+            with conn.transaction():
+                for day in chunk:
+                    load.mark_batch(conn, day, statuses[day], "; ".join(failing.get(day, ())) or None)
+                publish.publish(conn, chunk)  # or the reader (Grafana, bench_panels) sees none of them
     common.vacuum_analyze(db.url)
     return history
 

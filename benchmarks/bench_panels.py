@@ -72,6 +72,10 @@ def measure(db: Database, repeats: int = 10) -> dict[str, Any]:
     with psycopg.connect(db.url, autocommit=True) as conn:
         queries = _queries(conn)
         conn.execute(f"set role {READER_ROLE}")
+        # Timing queries that see no batch would measure nothing: the reader must see the whole year.
+        visible = conn.execute("select count(*) from marts.batch_health").fetchone()[0]
+        if visible < 365:
+            raise RuntimeError(f"modelwatch_reader sees {visible} batches in marts.batch_health, not the year")
         for label, text in queries:
             samples = []
             try:
