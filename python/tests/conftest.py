@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -81,13 +82,20 @@ def trained_settings(fresh_settings: Settings) -> Settings:
     return fresh_settings
 
 
+@contextmanager
+def trained_database(server_url: str, home: Path, label: str) -> Iterator[Settings]:
+    """A database of its own (dropped after), initialised, with the baseline trained on January 2023."""
+    with db.scratch_database(server_url, scratch_name(f"mw_{label}")) as url:
+        settings = Settings(home=home, database_url=url)
+        pipeline.init(settings)
+        pipeline.train(settings, JANUARY)
+        yield settings
+
+
 @pytest.fixture(scope="session")
 def demo_settings(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """The demo, run once: trained on January 2023, February 2023 as 28 batches. Read only."""
-    with db.scratch_database(server_url, scratch_name("mw_demo")) as url:
-        settings = Settings(home=tmp_path_factory.mktemp("demo_home"), database_url=url)
-        pipeline.init(settings)
-        pipeline.train(settings, JANUARY)
+    with trained_database(server_url, tmp_path_factory.mktemp("demo_home"), "demo") as settings:
         pipeline.backfill(settings, FEBRUARY)
         yield settings
 

@@ -30,13 +30,13 @@ import yaml
 from click.testing import CliRunner
 from psycopg import sql
 
-from modelwatch import db, grafana, pipeline
+from modelwatch import db, grafana
 from modelwatch.cli import main
 from modelwatch.config import PROJECT_DIR, Settings
 from modelwatch.errors import UsageError
 
 from .chromium import FLAGS, chromium_path, visit
-from .conftest import FEBRUARY, JANUARY, connect_as_reader, scratch_name
+from .conftest import FEBRUARY, connect_as_reader, trained_database
 from .png import read_png
 
 COMPOSE = PROJECT_DIR / "docker-compose.yml"
@@ -531,10 +531,8 @@ def _short_fifteenth(path: Path) -> Path:
 def replayed(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replayed]:
     """`modelwatch backfill --pace` over 14 and 15 February (the 15th fails) in a database of its own."""
     home = tmp_path_factory.mktemp("replay_home")
-    with db.scratch_database(server_url, scratch_name("mw_replay")) as url:
-        settings = Settings(home=home, database_url=url)
-        pipeline.init(settings)
-        pipeline.train(settings, JANUARY)
+    with trained_database(server_url, home, "replay") as settings:
+        url = settings.database_url
         batches = _short_fifteenth(home / "green_tripdata_2023-02-short.parquet")
         clock = time.monotonic()
         result = CliRunner().invoke(main, ["backfill", "--file", str(batches), "--pace", str(PACE_S)],

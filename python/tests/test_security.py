@@ -21,7 +21,7 @@ from modelwatch import db, pipeline
 from modelwatch.config import Settings
 from modelwatch.errors import DatabaseError
 
-from .conftest import FEBRUARY, JANUARY, connect_as_reader, scratch_name
+from .conftest import FEBRUARY, JANUARY, connect_as_reader, scratch_name, trained_database
 
 DAY = date(2023, 2, 14)
 RAW_TABLES = {"batches", "trips", "predictions", "models", "reference_trips", "dbt_test_runs",
@@ -66,10 +66,7 @@ def _run_day(settings: Settings) -> str:
 @pytest.fixture(scope="module")
 def ran(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """init, the baseline trained on January 2023 and the batch of 14 February, in a database of its own."""
-    with db.scratch_database(server_url, scratch_name("mw_security")) as url:
-        settings = Settings(home=tmp_path_factory.mktemp("security_home"), database_url=url)
-        pipeline.init(settings)
-        pipeline.train(settings, JANUARY)
+    with trained_database(server_url, tmp_path_factory.mktemp("security_home"), "security") as settings:
         assert _run_day(settings) == "passed"
         yield settings
 
