@@ -32,7 +32,7 @@ test-pg15: install browser
 	MODELWATCH_TEST_DATABASE_URL=$(PG15_URL) $(BIN)/pytest
 
 # A year of daily batches through one backfill process: passes, row counts,
-# memory, file descriptors and connections flat (a few minutes; CI runs it).
+# memory, file descriptors and connections flat (about 2 minutes; CI runs it).
 test-load: install
 	$(BIN)/pytest -m load -s python/tests/test_load.py
 

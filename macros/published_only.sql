@@ -4,7 +4,8 @@
   shows a half-rebuilt batch. The owner (the pipeline, dbt) is not affected.
   A post-hook: it runs in the model's own transaction, so a mart is never
   without the policy, and only changes the table when the policy is missing
-  (after a first build or a full refresh).
+  (after a first build or a full refresh) or row-level security was turned off.
+  Any role other than the owner and the reader sees no rows of the marts.
 -#}
 {% macro published_only() -%}
 do $$
@@ -14,9 +15,12 @@ begin
         where schemaname = '{{ this.schema }}' and tablename = '{{ this.identifier }}'
           and policyname = 'published_batches_only'
     ) then
-        alter table {{ this }} enable row level security;
         create policy published_batches_only on {{ this }} for select to modelwatch_reader
             using (batch_date in (select batch_date from {{ this.schema }}.published_batches));
+    end if;
+    if not (select c.relrowsecurity from pg_class c join pg_namespace n on n.oid = c.relnamespace
+            where n.nspname = '{{ this.schema }}' and c.relname = '{{ this.identifier }}') then
+        alter table {{ this }} enable row level security;
     end if;
 end
 $$

@@ -5,7 +5,7 @@
   Only the columns the marts read: the monitored ones (vars.monitoring) and
   those the contract and daily_trips use; half the width, half the writing.
 -#}
-{{ config(materialized='table', unlogged=true) }}
+{{ config(materialized='table', unlogged=true, post_hook='analyze {{ this }}') }}  {#- statistics for the marts' plans #}
 {%- set monitoring = var('monitoring') -%}
 {%- set wanted = ['trip_id', 'batch_date', monitoring.timestamp, monitoring.target]
     + monitoring.numeric_features + monitoring.categorical_features + monitoring.zone_columns

@@ -25,7 +25,7 @@ with numeric_profile as (
         {% endfor %}
     from {{ ref('int_trips_scored') }}
     group by batch_date
-),
+){%- if categorical_columns %},
 
 {#- Rows per batch, column and value: the columns unpivoted in one scan. -#}
 value_counts as (
@@ -70,7 +70,8 @@ categorical_profile as (
     from value_counts as counts
     left join known_zones on known_zones.value = counts.value
     group by counts.batch_date, counts.column_name
-)
+){%- endif %}
+
 
 {% for column in numeric_columns %}
 {{ 'union all' if not loop.first }}

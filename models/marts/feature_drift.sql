@@ -35,6 +35,16 @@ evidently as (
     inner join batches on batches.batch_date = scores.batch_date
 ),
 
+{#- Not materialised: binned once per column, a materialised CTE would copy the whole batch first. -#}
+current_rows as not materialized (
+    select
+        batches.model_version,
+        scored.batch_date,
+        {{ (modelwatch.drift_numeric_columns() + modelwatch.drift_categorical_columns()) | join(', ') }}
+    from {{ ref('int_trips_scored') }} as scored
+    inner join batches on batches.batch_date = scored.batch_date
+),
+
 bins as (
     select reference_bins.*
     from {{ ref('int_reference_bins') }} as reference_bins
@@ -42,14 +52,12 @@ bins as (
 ),
 
 bin_counts as (
-    {#- the scored table, not a CTE of it: a CTE read once per column would be materialised -#}
-    {{ modelwatch.psi_bin_counts(ref('int_trips_scored'), 'bins', ['batch_date', 'model_version']) }}
+    {{ modelwatch.psi_bin_counts('current_rows', 'bins', ['batch_date', 'model_version']) }}
 ),
 
 batch_rows as (
     select batch_date, count(*) as row_count
-    from {{ ref('int_trips_scored') }}
-    where batch_date in (select batch_date from batches)
+    from current_rows
     group by batch_date
 ),
 

@@ -290,12 +290,6 @@ def skip_reason(column: MonitoredColumn, reference: pd.Series, current: pd.Serie
     return None
 
 
-def _failed(result: Any) -> bool | None:
-    """Evidently's own verdict: its test on the metric fails when drift is detected."""
-    statuses = [str(getattr(test.status, "value", test.status)) for test in result.tests]
-    return ("FAIL" in statuses) if statuses else None
-
-
 def _finite(value: Any) -> float | None:
     number = float(value)
     return number if math.isfinite(number) else None

@@ -183,12 +183,14 @@ def run_range(
     url = db.database_url(settings)
     started: dict[date, float] = {}
     loaded: dict[date, load.LoadedBatch] = {}
-    warming = threading.Thread(target=_import_heavy_libraries, name="modelwatch-imports", daemon=True)
-    warming.start()  # Evidently and dbt import (~4 s) while the batches load, mostly waiting on COPY
     with db.connect(url, autocommit=True) as conn, ExitStack() as locks:
+        publish.check_initialised(conn)  # an older database fails here, before anything is loaded
         trained = model.load_latest(conn)
         for day in sorted(days):  # in order, so two ranges never deadlock on their locks
             locks.enter_context(db.batch_lock(conn, day))
+        warming = threading.Thread(target=_import_heavy_libraries, name="modelwatch-imports", daemon=True)
+        warming.start()  # Evidently and dbt import (~4 s) while the batches load, mostly waiting on COPY
+        locks.callback(warming.join)  # never left importing while the process exits on an error
         try:
             for day in days:
                 clock = time.perf_counter()

@@ -159,7 +159,7 @@ def test_dataset_drift_agrees_with_the_column_verdicts(demo_conn: psycopg.Connec
     assert len(rows) == 28
     for day, monitored, computed, drifted, share, flag, prediction, prediction_drifted, psi_drifted, \
             current, used, evidently_drifted in rows:
-        assert drifted == evidently_drifted  # DriftedColumnsCount agrees with the ValueDrift verdicts
+        assert drifted == evidently_drifted  # the stored count agrees with the verdicts dbt modelled
         assert share == pytest.approx(drifted / 7)
         assert psi_drifted == 0
         assert current == used == rows_per_day[day]  # under 100,000 rows: no sampling

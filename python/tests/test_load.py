@@ -4,7 +4,7 @@ January and February 2023 (59 real days) replayed onto 2023-03-01 .. 2024-02-28.
 While the process runs, its resident memory, its open file descriptors and the
 server's connections to the database are sampled with the number of batches
 finished so far; the late batches must cost no more of any of them than the
-early ones. Marked `load`: `make test-load` runs it (a few minutes), `make test`
+early ones. Marked `load`: `make test-load` runs it (about 2 minutes), `make test`
 does not.
 """
 

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from datetime import date
 
 import psycopg
+import pytest
 from psycopg import sql
 
 from modelwatch import pipeline, status
@@ -20,6 +21,7 @@ from modelwatch.config import Settings
 from .conftest import FEBRUARY, connect_as_reader
 
 DAY = date(2023, 2, 14)
+NEXT_DAY = date(2023, 2, 15)
 
 
 def _cli(settings: Settings, *args: str) -> subprocess.Popen:
@@ -193,15 +195,27 @@ def test_database_down_exits_3_quickly(tmp_path) -> None:
     assert time.monotonic() - started < 10
 
 
-def test_init_publishes_the_finished_batches_of_an_older_database(trained_settings: Settings) -> None:
-    """A database from before publishing: its finished batches become visible to the reader at `init`."""
+def test_an_older_database_is_refused_before_loading_then_upgraded_by_init(trained_settings: Settings) -> None:
+    """A database from before publishing (no published_batches, no row-level security): a run stops
+    before touching anything and asks for `init`; init publishes its finished batches."""
     url = trained_settings.database_url
     pipeline.run_batch(trained_settings, DAY, FEBRUARY)
     with psycopg.connect(url, autocommit=True) as owner:
-        owner.execute("delete from marts.published_batches")
-    with connect_as_reader(url) as reader:
-        assert _rows_of_day(reader)["daily_trips"] == 0
+        owner.execute("drop table marts.published_batches cascade")  # and the policies that read it
+        for mart in MARTS:
+            owner.execute(sql.SQL("alter table marts.{} disable row level security").format(sql.Identifier(mart)))
+    before = _state(url)
+    with pytest.raises(psycopg.errors.UndefinedTable):
+        pipeline.run_batch(trained_settings, NEXT_DAY, FEBRUARY)
+    assert _state(url) == before  # nothing loaded, no batch logged
     pipeline.init(trained_settings)
+    pipeline.run_batch(trained_settings, NEXT_DAY, FEBRUARY)  # its build puts the policies back
     with psycopg.connect(url) as owner, connect_as_reader(url) as reader:
+        published = owner.execute("select batch_date from marts.published_batches order by 1").fetchall()
+        assert published == [(DAY,), (NEXT_DAY,)]
         assert _rows_of_day(reader) == _rows_of_day(owner)
-        assert _rows_of_day(reader)["daily_trips"] == 1
+        assert reader.execute("select count(*) from marts.daily_trips").fetchone() == (2,)
+        secured = owner.execute(
+            """select count(*) from pg_class c join pg_namespace n on n.oid = c.relnamespace
+               where n.nspname = 'marts' and c.relname = any(%s) and c.relrowsecurity""", (list(MARTS),)).fetchone()
+        assert secured == (len(MARTS),)
