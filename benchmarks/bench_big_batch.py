@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 from common import Figure, Server, Spread, log, timed  # noqa: E402
+from modelwatch import timeshift  # noqa: E402
 
 KEY = "big_batch_vs_copy"
 MEMORY_KEY = "big_batch_peak_mb"
@@ -39,9 +40,9 @@ def make_files(srv: Server, rows: int) -> tuple[Path, Path, list[str]]:
     from modelwatch import load
     from modelwatch.db import TRIP_COLUMNS
 
-    months = pa.concat_tables([common.onto_day(month, DAY) for month in common.read_months()])
+    months = pa.concat_tables([timeshift.onto_day(month, DAY) for month in common.read_months()])
     table = pa.concat_tables([months] * (rows // months.num_rows + 1)).slice(0, rows).combine_chunks()
-    parquet = common.write_tlc_parquet(table, srv.scratch / "big_batch.parquet")
+    parquet = timeshift.write_tlc_parquet(table, srv.scratch / "big_batch.parquet")
     names = [name for name, _ in TRIP_COLUMNS]
     as_loaded = pa.Table.from_arrays(
         [pa.array([DAY] * rows, pa.date32()), pa.array(load.trip_ids(DAY, rows))] + [table[n] for n in names],

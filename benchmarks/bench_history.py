@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 from common import Database, Figure, Server, Spread, log, timed  # noqa: E402
+from modelwatch import timeshift  # noqa: E402
 
 KEY = "history_365_vs_0"
 TIMED_DAY = date(2024, 3, 1)
@@ -41,8 +42,8 @@ def timed_batch_file(srv: Server) -> Path:
         from modelwatch import load
 
         february = common.read_months([common.FEBRUARY])[0]
-        rows = common.shift_rows(load.rows_of_day(february, SOURCE_DAY), TIMED_DAY - SOURCE_DAY)
-        common.write_tlc_parquet(rows, path)
+        rows = timeshift.shift_rows(load.rows_of_day(february, SOURCE_DAY), TIMED_DAY - SOURCE_DAY)
+        timeshift.write_tlc_parquet(rows, path)
     return path
 
 
@@ -52,11 +53,11 @@ def load_history(db: Database, last_day: date, days: int) -> list[date]:
     import pyarrow as pa
     from psycopg import sql
 
-    from modelwatch import drift, load, model, pipeline, publish, transform
+    from modelwatch import drift, load, model, pipeline
     from modelwatch.db import TRIP_COLUMNS
 
     first = last_day - timedelta(days=days)
-    replay = common.replay_days(common.source_days(common.read_months()), first, days)
+    replay = timeshift.replay_days(timeshift.source_days(common.read_months()), first, days)
     with psycopg.connect(db.url, autocommit=True) as conn:
         trained = model.load_latest(conn)
         batch_dates, trip_ids, tables = [], [], []
@@ -99,18 +100,9 @@ def load_history(db: Database, last_day: date, days: int) -> list[date]:
                 sql.Identifier("raw", table), listed, sql.SQL(", ").join(sql.Identifier("s", c) for c in columns),
                 sql.Identifier("raw", table)), (history[1:], history[0]))
         common.vacuum_analyze(db.url)
-        # The end of pipeline.run_range, a build per chunk of days as `backfill` makes them; the tests
-        # recorded batch by batch.
+        # The dbt half of pipeline.run_range, a build per chunk of days as `backfill` makes them.
         for start in range(0, len(history), pipeline.BACKFILL_CHUNK_DAYS):
-            chunk = history[start:start + pipeline.BACKFILL_CHUNK_DAYS]
-            build = transform.build(db.settings, db.url, chunk[0], chunk[-1])
-            statuses = pipeline.record_tests(conn, build, chunk)
-            transform.build_run_results(db.settings, db.url, chunk[0], chunk[-1])
-            failing = pipeline.failing_checks(conn, chunk[0], chunk[-1])
-            with conn.transaction():
-                for day in chunk:
-                    load.mark_batch(conn, day, statuses[day], "; ".join(failing.get(day, ())) or None)
-                publish.publish(conn, chunk)  # or the reader (Grafana, bench_panels) sees none of them
+            pipeline.build_batches(db.settings, conn, db.url, history[start:start + pipeline.BACKFILL_CHUNK_DAYS])
     common.vacuum_analyze(db.url)
     return history
 

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 from common import Figure, Server, Spread, log, timed  # noqa: E402
+from modelwatch import timeshift  # noqa: E402
 
 KEY = "ingest_vs_copy"
 ONE_DAY = date(2023, 2, 15)
@@ -85,7 +86,7 @@ def run(srv: Server, repeats: int = 5) -> Figure:
         february = read_trip_file(common.tlc_file(common.FEBRUARY))
         month_rows = load.dominant_month_rows(february.table)
         days = load.pickup_days(month_rows)
-        one_batch = TripFile(february.path, february.sha256, common.onto_day(month_rows, ONE_DAY), ())
+        one_batch = TripFile(february.path, february.sha256, timeshift.onto_day(month_rows, ONE_DAY), ())
         with psycopg.connect(db.url, autocommit=True) as conn:
             trained = model.load_latest(conn)
             captured = {"batch": capture_tables(conn, one_batch, [ONE_DAY], trained)}

@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO / "python"))  # the package, also when it is not ins
 
 from modelwatch import embedded, timeshift  # noqa: E402
 from modelwatch.config import Settings  # noqa: E402
-from modelwatch.db import scratch_database, url_with_database  # noqa: E402
+from modelwatch.db import scratch_database  # noqa: E402
 
 SHARED_DATA = Path(os.environ.get("MODELWATCH_TLC_DIR") or REPO.parent / "shared" / "data" / "nyc_tlc")
 PACKAGE_DATA = REPO / "python" / "modelwatch" / "data"
@@ -75,8 +75,6 @@ class Spread:
         values = tuple(float(v) for v in values)
         return cls(statistics.median(values), min(values), max(values), len(values), values)
 
-    def text(self, fmt: str = "{:.3g}") -> str:
-        return f"{fmt.format(self.median)} [{fmt.format(self.low)}-{fmt.format(self.high)}]"
 
 
 @dataclass
@@ -136,9 +134,6 @@ class Server:
     admin_url: str  # the maintenance database, as a superuser
     embedded: bool
     scratch: Path  # world-readable: the server process (user pgserver) reads COPY files here
-
-    def url(self, dbname: str) -> str:
-        return url_with_database(self.admin_url, dbname)
 
     def version(self) -> str:
         with psycopg.connect(self.admin_url) as conn:
@@ -248,13 +243,6 @@ def read_months(names: Sequence[str] = MONTHS) -> list[pa.Table]:
     """The shared months coerced to modelwatch's schema, strays (pickups outside the month) dropped."""
     return [timeshift.month_rows(tlc_file(name)) for name in names]
 
-
-# Moving real days onto other dates: the package's, shared with the load test.
-source_days = timeshift.source_days
-shift_rows = timeshift.shift_rows
-replay_days = timeshift.replay_days
-onto_day = timeshift.onto_day
-write_tlc_parquet = timeshift.write_tlc_parquet
 
 
 # ---------------------------------------------------------------- child processes: wall time and peak memory

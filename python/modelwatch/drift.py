@@ -90,10 +90,21 @@ class Rows:
     total: int
     # Evidently Datasets of these rows by column list: a reference serves every batch of its model
     datasets: dict[tuple[str, ...], Any] = field(default_factory=dict, compare=False, repr=False)
+    # Each column's values as Evidently scores them, cleaned once: a reference serves every batch
+    cleaned: dict[str, pd.Series] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def used(self) -> int:
         return len(self.frame)
+
+    def values(self, name: str) -> pd.Series:
+        """The column without nulls and infinities (Evidently drops both)."""
+        if name not in self.cleaned:
+            series = self.frame[name]
+            if pd.api.types.is_float_dtype(series):
+                series = series.replace([np.inf, -np.inf], np.nan)
+            self.cleaned[name] = series.dropna()
+        return self.cleaned[name]
 
     def dataset(self, api: EvidentlyApi, columns: list[MonitoredColumn]) -> Any:
         key = tuple(column.name for column in columns)
@@ -150,8 +161,6 @@ class EvidentlyApi:
     Report: Any
     Dataset: Any
     DataDefinition: Any
-    ValueDrift: Any
-    DriftedColumnsCount: Any
     DataDriftPreset: Any
     DataSummaryPreset: Any
     get_stattest: Any  # Evidently's choice of drift method for a column, as ValueDrift makes it
@@ -171,13 +180,12 @@ def quiet_numerics() -> Iterator[None]:
 def evidently_api() -> EvidentlyApi:
     import evidently
     from evidently import DataDefinition, Dataset, Report
-    from evidently.metrics import DriftedColumnsCount, ValueDrift
     from evidently.legacy.calculations.stattests.registry import get_stattest
     from evidently.legacy.core import ColumnType
     from evidently.presets import DataDriftPreset, DataSummaryPreset
 
-    return EvidentlyApi(evidently.__version__, Report, Dataset, DataDefinition, ValueDrift, DriftedColumnsCount,
-                        DataDriftPreset, DataSummaryPreset, get_stattest, ColumnType)
+    return EvidentlyApi(evidently.__version__, Report, Dataset, DataDefinition, DataDriftPreset, DataSummaryPreset,
+                        get_stattest, ColumnType)
 
 
 # ---------------------------------------------------------------- reading
@@ -260,29 +268,22 @@ def read_batch(conn: psycopg.Connection, batch_date: date,
 # ---------------------------------------------------------------- scoring
 
 
-def _values(series: pd.Series) -> pd.Series:
-    """The values Evidently scores: without nulls and infinities (it drops both)."""
-    if pd.api.types.is_float_dtype(series):
-        series = series.replace([np.inf, -np.inf], np.nan)
-    return series.dropna()
-
-
 def _plain(value: Any) -> Any:
     """A numpy scalar as the Python value it holds (for messages)."""
     return value.item() if isinstance(value, np.generic) else value
 
 
-def skip_reason(column: MonitoredColumn, reference: pd.Series, current: pd.Series) -> str | None:
+def skip_reason(column: MonitoredColumn, reference: Rows, current: Rows) -> str | None:
     """Why Evidently cannot score a column (it raises on an empty one), or None."""
-    if current.empty:
+    if current.frame.empty:
         return "the batch has no rows"
-    if reference.empty:
+    if reference.frame.empty:
         return "the reference set has no rows for this model version"
-    current_values, reference_values = _values(current), _values(reference)
+    current_values, reference_values = current.values(column.name), reference.values(column.name)
     if current_values.empty:
-        return f"empty in the batch: all {len(current)} values are null"
+        return f"empty in the batch: all {current.used} values are null"
     if reference_values.empty:
-        return f"empty in the reference: all {len(reference)} values are null"
+        return f"empty in the reference: all {reference.used} values are null"
     if current_values.nunique() == 1:
         return f"constant in the batch: every value is {_plain(current_values.iloc[0])!r}"
     if reference_values.nunique() == 1:
@@ -306,8 +307,7 @@ def run_evidently(api: EvidentlyApi, reference: Rows, current: Rows,
     with quiet_numerics():
         for column in columns:
             kind = api.ColumnType.Numerical if column.numeric else api.ColumnType.Categorical
-            reference_values = _values(reference.frame[column.name])
-            current_values = _values(current.frame[column.name])
+            reference_values, current_values = reference.values(column.name), current.values(column.name)
             test = api.get_stattest(reference_values, current_values, kind, None)  # ValueDrift's default method
             result = test(reference_values, current_values, kind, None)  # None: the method's default threshold
             scored.append(ColumnDrift(column=column.name, kind=column.kind, method=test.display_name,
@@ -325,7 +325,7 @@ def score_batch(api: EvidentlyApi, batch_date: date, model_version: str | None, 
     """Score one batch; `started` (perf_counter) is when reading it began, for its seconds."""
     clock = time.perf_counter() if started is None else started
     skipped = {column.name: reason for column in columns
-               if (reason := skip_reason(column, reference.frame[column.name], current.frame[column.name]))}
+               if (reason := skip_reason(column, reference, current))}
     scorable = [column for column in columns if column.name not in skipped]
     scored: dict[str, ColumnDrift] = {}
     dataset: dict[str, Any] = {}

@@ -146,8 +146,8 @@ def finished_batches(settings: Settings, trips: TripFile, days: list[date]) -> d
             """select batch_date, status, rows_loaded, rows_outside_day,
                       extract(epoch from finished_at - started_at), error
                from raw.batches
-               where batch_date = any(%s) and file_sha256 = %s and status in ('passed', 'warned', 'failed')""",
-            (days, trips.sha256),
+               where batch_date = any(%s) and file_sha256 = %s and status = any(%s)""",
+            (days, trips.sha256, list(publish.FINISHED)),
         ).fetchall()
     return {
         day: BatchOutcome(day, status, loaded, outside, float(seconds or 0.0), tuple((error or "").split("; ")) if error else ())
@@ -204,20 +204,11 @@ def run_range(
             load.analyze(conn)  # fresh statistics for the new batch dates, or the joins below go quadratic
             warming.join()
             drift.score_batches(settings, conn, days)  # Evidently's drift into raw, for dbt to model
-            with _recording_errors(conn, days, "building"), db.build_lock(conn):
-                publish.withdraw(conn, days)  # readers see these batches again once rebuilt whole
-                build = transform.build(settings, url, min(days), max(days))
-                statuses = record_tests(conn, build, days)
-                transform.build_run_results(settings, url, min(days), max(days))
-            build_share = (time.perf_counter() - clock) / len(days)
         except ModelwatchError as exc:
             _mark_all(conn, days, "error", str(exc))
             raise
-        failing = failing_checks(conn, min(days), max(days))
-        with conn.transaction():
-            for day in days:
-                load.mark_batch(conn, day, statuses[day], "; ".join(failing.get(day, ())) or None)
-            publish.publish(conn, days)
+        statuses, failing = build_batches(settings, conn, url, days)
+        build_share = (time.perf_counter() - clock) / len(days)
     outcomes = tuple(
         BatchOutcome(
             batch_date=day,
@@ -230,6 +221,27 @@ def run_range(
         for day in days
     )
     return RangeOutcome.of(trips, outcomes)
+
+
+def build_batches(settings: Settings, conn: psycopg.Connection, url: str,
+                  days: list[date]) -> tuple[dict[date, str], dict[date, list[str]]]:
+    """The dbt half of a range whose batches are loaded and scored for drift: build and test them,
+    record each batch's verdict and failing checks, then show them to readers. Returns both."""
+    try:
+        with _recording_errors(conn, days, "building"), db.build_lock(conn):
+            publish.withdraw(conn, days)  # readers see these batches again once rebuilt whole
+            build = transform.build(settings, url, min(days), max(days))
+            statuses = record_tests(conn, build, days)
+            transform.build_run_results(settings, url, min(days), max(days))
+    except ModelwatchError as exc:
+        _mark_all(conn, days, "error", str(exc))
+        raise
+    failing = failing_checks(conn, min(days), max(days))
+    with conn.transaction():
+        for day in days:
+            load.mark_batch(conn, day, statuses[day], "; ".join(failing.get(day, ())) or None)
+        publish.publish(conn, days)
+    return statuses, failing
 
 
 def _import_heavy_libraries() -> None:

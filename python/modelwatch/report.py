@@ -43,7 +43,7 @@ def _render(api: drift.EvidentlyApi, reference: drift.Rows, current: drift.Rows,
     # Drift only where Evidently can score (it raises on an empty column); the
     # summary shows every column, empty and constant ones included.
     scorable = [column.name for column in columns
-                if drift.skip_reason(column, reference.frame[column.name], current.frame[column.name]) is None]
+                if drift.skip_reason(column, reference, current) is None]
     presets: list[Any] = [api.DataSummaryPreset(columns=[column.name for column in columns])]
     if scorable:
         presets.insert(0, api.DataDriftPreset(columns=scorable, drift_share=options.drift_share))

@@ -175,10 +175,12 @@ def test_dataset_drift_agrees_with_the_column_verdicts(demo_conn: psycopg.Connec
 def _report_drift(reference: drift.Rows, current: drift.Rows,
                   columns: tuple[drift.MonitoredColumn, ...]) -> tuple[dict, tuple]:
     """What an Evidently Report with ValueDrift per column and DriftedColumnsCount says."""
+    from evidently.metrics import DriftedColumnsCount, ValueDrift
+
     api = drift.evidently_api()
     names = [column.name for column in columns]
-    report = api.Report([api.ValueDrift(column=name) for name in names]
-                        + [api.DriftedColumnsCount(columns=names, drift_share=0.5)], include_tests=True)
+    report = api.Report([ValueDrift(column=name) for name in names]
+                        + [DriftedColumnsCount(columns=names, drift_share=0.5)], include_tests=True)
     with drift.quiet_numerics():
         snapshot = report.run(current.dataset(api, list(columns)), reference.dataset(api, list(columns)))
     per_column, dataset = {}, ()

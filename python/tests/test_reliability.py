@@ -134,8 +134,9 @@ def test_sigkill_mid_build_then_rerun_completes(trained_settings: Settings) -> N
     pipeline.run_batch(trained_settings, DAY, FEBRUARY)
     assert _state(url) == single_run
     with psycopg.connect(url) as owner, connect_as_reader(url) as reader:
-        assert _rows_of_day(reader) == _rows_of_day(owner)
-        assert _rows_of_day(reader)["column_quality"] == 8  # 4 numeric features, prediction, target, 2 zones
+        seen = _rows_of_day(reader)
+        assert seen == _rows_of_day(owner)
+        assert seen["column_quality"] == 8  # 4 numeric features, prediction, target, 2 zones
 
 
 def test_same_batch_twice_at_once_equals_one_run(trained_settings: Settings) -> None:
