@@ -17,7 +17,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from modelwatch import db, pipeline
+from modelwatch import db, pipeline, roles
 from modelwatch.config import Settings
 from modelwatch.errors import DatabaseError
 
@@ -177,14 +177,7 @@ def test_init_hands_over_a_single_table_left_behind(fresh_settings: Settings) ->
 
 def _give_everything_to(url: str, owner: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
-        for schema in db.PIPELINE_SCHEMAS:
-            conn.execute(sql.SQL("alter schema {} owner to {}").format(sql.Identifier(schema), sql.Identifier(owner)))
-        for schema, name, keyword in conn.execute(
-                """select n.nspname, c.relname, case c.relkind when 'v' then 'view' else 'table' end
-                   from pg_class c join pg_namespace n on n.oid = c.relnamespace
-                   where n.nspname = any(%s) and c.relkind in ('r', 'v')""", (list(db.PIPELINE_SCHEMAS),)).fetchall():
-            conn.execute(sql.SQL("alter {} {}.{} owner to {}").format(
-                sql.SQL(keyword), sql.Identifier(schema), sql.Identifier(name), sql.Identifier(owner)))
+        roles.hand_over(conn, owner)
 
 
 @pytest.fixture
