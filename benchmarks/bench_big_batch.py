@@ -51,31 +51,18 @@ def make_files(srv: Server, rows: int) -> tuple[Path, Path, list[str]]:
     return parquet, csv, as_loaded.column_names
 
 
-def _empty(url: str) -> None:
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("truncate raw.trips, raw.predictions")
-    common.vacuum_analyze(url, ["raw.trips", "raw.predictions"])
-    common.checkpoint(url)
-
-
 def run(srv: Server, repeats: int = 3) -> list[Figure]:
     import psycopg
-
-    from modelwatch import pipeline
 
     seconds, (parquet, csv, columns) = timed(lambda: make_files(srv, ROWS))
     log(f"big batch: {ROWS:,} rows on {DAY} written in {seconds:.0f} s "
         f"(parquet {parquet.stat().st_size / 2**20:.0f} MB, CSV {csv.stat().st_size / 2**20:.0f} MB)")
     copy_s: list[float] = []
     runs: list[common.ChildRun] = []
-    with common.fresh_database(srv, "bigbatch") as db:
-        pipeline.init(db.settings)
-        pipeline.train(db.settings, common.tlc_file(common.JANUARY))
+    with common.trained_database(srv, "bigbatch") as db:
         for repeat in range(repeats):
             for side in (("copy", "modelwatch") if repeat % 2 == 0 else ("modelwatch", "copy")):
-                _empty(db.url)
+                common.empty_raw_tables(db.url, ("raw.trips", "raw.predictions"))
                 if side == "copy":
                     with psycopg.connect(db.url, autocommit=True) as conn:
                         copy_s.append(timed(lambda: common.server_copy(conn, "raw.trips", columns, csv))[0])

@@ -110,11 +110,7 @@ def load_history(db: Database, last_day: date, days: int) -> list[date]:
 @contextlib.contextmanager
 def year_database(srv: Server, label: str = "year") -> Iterator[tuple[Database, dict[str, Any]]]:
     """A database with a year of batches in its marts, and facts about how it was made."""
-    from modelwatch import pipeline
-
-    with common.fresh_database(srv, label) as db:
-        pipeline.init(db.settings)
-        pipeline.train(db.settings, common.tlc_file(common.JANUARY))
+    with common.trained_database(srv, label) as db:
         seconds, history = timed(lambda: load_history(db, TIMED_DAY, HISTORY_DAYS))
         import psycopg
 
@@ -138,9 +134,7 @@ def run(srv: Server, repeats: int = 5, year: tuple[Database, dict[str, Any]] | N
     batch_file = timed_batch_file(srv)
     with contextlib.ExitStack() as stack:
         year_db, facts = year or stack.enter_context(year_database(srv))
-        empty_db = stack.enter_context(common.fresh_database(srv, "nohistory"))
-        pipeline.init(empty_db.settings)
-        pipeline.train(empty_db.settings, common.tlc_file(common.JANUARY))
+        empty_db = stack.enter_context(common.trained_database(srv, "nohistory"))
         sides = {"none": empty_db, "year": year_db}
         times: dict[str, list[float]] = {"none": [], "year": []}
         outcomes: dict[str, Any] = {}

@@ -65,24 +65,13 @@ def load_days(conn: Any, trips: Any, days: list[date], trained: Any) -> int:
     return rows
 
 
-def empty_tables(url: str) -> None:
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("truncate raw.trips, raw.predictions, raw.batches")
-    common.vacuum_analyze(url, ["raw.trips", "raw.predictions", "raw.batches"])
-    common.checkpoint(url)
-
-
 def run(srv: Server, repeats: int = 5) -> Figure:
     import psycopg
 
-    from modelwatch import load, model, pipeline
+    from modelwatch import load, model
     from modelwatch.source import TripFile, read_trip_file
 
-    with common.fresh_database(srv, "ingest") as db:
-        pipeline.init(db.settings)
-        pipeline.train(db.settings, common.tlc_file(common.JANUARY))
+    with common.trained_database(srv, "ingest") as db:
         february = read_trip_file(common.tlc_file(common.FEBRUARY))
         month_rows = load.dominant_month_rows(february.table)
         days = load.pickup_days(month_rows)
@@ -90,7 +79,7 @@ def run(srv: Server, repeats: int = 5) -> Figure:
         with psycopg.connect(db.url, autocommit=True) as conn:
             trained = model.load_latest(conn)
             captured = {"batch": capture_tables(conn, one_batch, [ONE_DAY], trained)}
-            empty_tables(db.url)
+            common.empty_raw_tables(db.url)
             captured["days"] = capture_tables(conn, february, days, trained)
         files = {
             shape: {target: (table.column_names, common.write_csv(table, srv.scratch / f"ingest_{shape}_{target}.csv"),
@@ -120,7 +109,7 @@ def run(srv: Server, repeats: int = 5) -> Figure:
         for repeat in range(repeats):
             order = list(steps) if repeat % 2 == 0 else list(reversed(steps))
             for name in order:
-                empty_tables(db.url)
+                common.empty_raw_tables(db.url)
                 with psycopg.connect(db.url, autocommit=True) as conn:
                     times[name].append(timed(lambda: steps[name](conn))[0])
             log(f"ingest run {repeat + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.3f} s" for k, v in times.items()))

@@ -30,66 +30,49 @@ from common import Database, Figure, Server, Spread, log  # noqa: E402
 KEY = "panel_query_max_ms"
 
 
-def _queries(conn: Any) -> list[tuple[str, str]]:
-    """(label, SQL) for every variable query, panel target (per value of the variables), then alert rule."""
-    from datetime import datetime, timezone
+def _queries(conn: Any) -> list[Any]:
+    """Every variable query, panel target (once per value of the variables it uses) and alert rule
+    (modelwatch.grafana.Query), for the time range of all batches present."""
+    from modelwatch import dashboard, grafana
 
-    from modelwatch import grafana
+    time_range = dashboard.data_time_range(conn)
 
-    first, last = conn.execute("select min(batch_date), max(batch_date) from marts.batch_health").fetchone()
-    time_range = grafana.TimeRange.of_days(first, last)
-    found: list[tuple[str, str]] = []
-    for path in grafana.dashboard_paths():
-        dashboard = grafana.load_dashboard(path)
-        variables = dashboard.get("templating", {}).get("list", [])
-        choices: list[dict[str, str]] = [{}]
-        for variable in variables:
-            if variable.get("type") != "query":
-                continue
-            found.append((f"{dashboard['uid']}: variable ${variable['name']}", grafana.variable_sql(variable)))
-            values = [row[0] for row in conn.execute(grafana.variable_sql(variable)).fetchall()]
-            choices = [{**choice, variable["name"]: str(value)} for choice in choices for value in values]
-        for query in grafana.panel_queries(dashboard):
-            uses_variable = any(f"${name}" in query.raw_sql or f"${name}" in query.title
-                                for name in {k for c in choices for k in c})
-            for choice in (choices if uses_variable else [{}]):
-                label = f"{dashboard['uid']}: {grafana.expand_variables(query.title, choice)}"
-                found.append((label, grafana.expand(query.raw_sql, time_range, choice)))
-    now = datetime.combine(last, datetime.min.time(), tzinfo=timezone.utc)
-    for rule in grafana.alert_rules():
-        found.append((f"alert: {rule.title}", grafana.expand(rule.raw_sql, rule.time_range(now))))
-    return found
+    def values(text: str) -> list[Any]:
+        return [row[0] for row in conn.execute(text).fetchall()]
+
+    # The alert rules as evaluated at the end of the last batch's day.
+    return grafana.all_queries(time_range.end, time_range, values)
 
 
 def measure(db: Database, batches: int, repeats: int = 10) -> dict[str, Any]:
     import psycopg
 
-    from modelwatch.db import READER_ROLE
+    from modelwatch.db import connect_as_reader
 
     timings: dict[str, Spread] = {}
     rows: dict[str, int] = {}
     errors: dict[str, str] = {}
-    with psycopg.connect(db.url, autocommit=True) as conn:
-        queries = _queries(conn)
-        conn.execute(f"set role {READER_ROLE}")
+    with connect_as_reader(db.url) as conn:  # Grafana's login: what it may read, with its plans
         # Timing queries that see no batch would measure nothing: the reader must see every batch.
         visible = conn.execute("select count(*) from marts.batch_health").fetchone()[0]
         if visible < batches:
             raise RuntimeError(f"modelwatch_reader sees {visible} of the {batches} batches in marts.batch_health")
-        for label, text in queries:
+        queries = _queries(conn)
+        kinds = {query.label: query.kind for query in queries}
+        for query in queries:
             samples = []
             try:
                 for attempt in range(repeats + 1):
                     clock = time.perf_counter()
-                    result = conn.execute(text).fetchall()
+                    result = conn.execute(query.sql).fetchall()
                     if attempt:
                         samples.append(1000 * (time.perf_counter() - clock))
             except psycopg.Error as exc:
-                errors[label] = str(exc).strip().splitlines()[0]
+                errors[query.label] = str(exc).strip().splitlines()[0]
                 continue
-            timings[label] = Spread.of(samples)
-            rows[label] = len(result)
-    return {"timings": timings, "rows": rows, "errors": errors}
+            timings[query.label] = Spread.of(samples)
+            rows[query.label] = len(result)
+    return {"timings": timings, "rows": rows, "errors": errors, "kinds": kinds}
 
 
 def run(srv: Server, repeats: int = 10, year: tuple[Database, dict[str, Any]] | None = None) -> Figure:
@@ -100,7 +83,7 @@ def run(srv: Server, repeats: int = 10, year: tuple[Database, dict[str, Any]] | 
             year = stack.enter_context(bench_history.year_database(srv, "panels"))
         db, facts = year
         found = measure(db, facts["history_batches"], repeats)
-    panels = {label: spread for label, spread in found["timings"].items() if not label.startswith("alert: ")}
+    panels = {label: spread for label, spread in found["timings"].items() if found["kinds"][label] != "alert"}
     slowest = max(panels, key=lambda label: panels[label].median)
     # The headline's spread: the slowest panel's own runs.
     figure_value = panels[slowest]

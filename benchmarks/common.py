@@ -151,16 +151,9 @@ def server() -> Iterator[Server]:
     """MODELWATCH_DATABASE_URL's server, or an embedded one in a temporary home (stopped after)."""
     scratch = _world_readable_dir("modelwatch-bench-")
     try:
-        url = os.environ.get("MODELWATCH_DATABASE_URL")
-        if url:
-            yield Server(url, embedded=False, scratch=scratch)
-            return
-        pgdata = scratch / "home" / "pgdata"
-        embedded.start(pgdata)
-        try:
-            yield Server(embedded.running_url(pgdata, database="postgres"), embedded=True, scratch=scratch)
-        finally:
-            embedded.stop(pgdata)
+        url = os.environ.get("MODELWATCH_DATABASE_URL") or None
+        with embedded.admin_server(scratch / "home", url) as admin_url:
+            yield Server(admin_url, embedded=url is None, scratch=scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -202,6 +195,30 @@ def _bench_database(srv: Server, label: str, template: Database | None) -> Itera
             yield Database(name, url, Settings(home=home, database_url=url, environ={}), home)
         finally:
             shutil.rmtree(home, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def trained_database(srv: Server, label: str) -> Iterator[Database]:
+    """A fresh database (dropped afterwards) where `init` and `train` on January 2023 have run."""
+    from modelwatch import pipeline
+
+    with fresh_database(srv, label) as db:
+        pipeline.init(db.settings)
+        pipeline.train(db.settings, tlc_file(JANUARY))
+        yield db
+
+
+RAW_TABLES = ("raw.trips", "raw.predictions", "raw.batches")
+
+
+def empty_raw_tables(url: str, tables: Sequence[str] = RAW_TABLES) -> None:
+    """TRUNCATE `tables` (schema.name), then ANALYZE them and CHECKPOINT: each timed load starts
+    from empty tables with fresh statistics and no dirty pages left by the previous one."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql.SQL("truncate {}").format(
+            sql.SQL(", ").join(sql.Identifier(*table.split(".")) for table in tables)))
+    vacuum_analyze(url, tables)
+    checkpoint(url)
 
 
 def vacuum_analyze(url: str, tables: Sequence[str] = ()) -> None:

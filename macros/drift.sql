@@ -16,62 +16,76 @@
 {%- endmacro %}
 
 {#-
-  Rows of `relation` (wide: key columns, model_version and the monitored
-  columns) counted per bin of `bins` (int_reference_bins' shape): the key
-  columns, column_name, bin_index, row_count. A number falls in the range bin
+  A frequency table (macros/value_counts.sql: keys..., column_name, value,
+  category, row_count) counted per bin of `bins` (int_reference_bins' shape):
+  keys..., column_name, bin_index, row_count. A number falls in the range bin
   with lower_bound < value <= upper_bound (a null bound is open); a category
-  in its own bin, else in "other"; a null in the "null" bin. Rows are first
-  counted per distinct value, so the binning works on distinct values, and
-  each column joins only its own bins, whatever join the planner picks.
-  `keys` must include model_version.
+  in its own bin, else in "other"; a missing value in the "null" bin. The
+  binning works on distinct values, not rows. `keys` must include
+  model_version.
 -#}
-{% macro psi_bin_counts(relation, bins, keys) -%}
+{% macro psi_bin_counts(counts, bins, keys) -%}
     {%- set numeric_columns = modelwatch.drift_numeric_columns() -%}
-    {%- set key_list = keys | join(', ') -%}
+    {%- set categorical_columns = modelwatch.drift_categorical_columns() -%}
     {%- set counted_keys = [] -%}
     {%- for key in keys %}{% do counted_keys.append('counted.' ~ key) %}{% endfor -%}
-    {%- for column in numeric_columns + modelwatch.drift_categorical_columns() %}
+    {%- if numeric_columns %}
+    {#-
+      A value's range bin by binary search (width_bucket) over the column's upper
+      bounds, not by testing it against every bin. The ranges are numbered in
+      order of their upper bound (int_reference_bins), so value v falls in range
+      number 1 + (the bounds below v). width_bucket counts the thresholds at or
+      below its operand: over the negated bounds, those at or above v, which
+      the k bounds minus it turns into those below v.
+    -#}
+    select {{ counted_keys | join(', ') }}, counted.column_name, bins.bin_index, sum(counted.row_count) as row_count
+    from {{ counts }} as counted
+    inner join (
+        select
+            model_version,
+            column_name,
+            coalesce(array_agg(-upper_bound order by -upper_bound) filter (where upper_bound is not null),
+                     cast(array[] as {{ dbt.type_float() }}[])) as negated_bounds,
+            min(bin_index) filter (where bin_kind = 'range') as first_range_bin,
+            min(bin_index) filter (where bin_kind = 'null') as null_bin
+        from {{ bins }}
+        where bin_kind in ('range', 'null')
+        group by model_version, column_name
+    ) as ranges
+        on ranges.model_version = counted.model_version
+        and ranges.column_name = counted.column_name
+    cross join lateral (
+        select case
+            when counted.value is null then ranges.null_bin
+            else ranges.first_range_bin + cardinality(ranges.negated_bounds)
+                 - width_bucket(-counted.value, ranges.negated_bounds)
+        end as bin_index
+    ) as bins
+    where counted.column_name in ('{{ numeric_columns | join("', '") }}')
+    group by {{ counted_keys | join(', ') }}, counted.column_name, bins.bin_index
+    {%- endif %}
+    {%- if numeric_columns and categorical_columns %}
+    union all
+    {%- endif %}
+    {%- if categorical_columns %}
     select
         {{ counted_keys | join(', ') }},
-        cast('{{ column }}' as {{ dbt.type_string() }}) as column_name,
-        {%- if column in numeric_columns %}
-        bins.bin_index,
-        {%- else %}
+        counted.column_name,
         coalesce(category_bins.bin_index, bins.bin_index) as bin_index,
-        {%- endif %}
         sum(counted.row_count) as row_count
-    from (
-        select
-            {{ key_list }},
-            cast({{ column }} as {{ dbt.type_float() if column in numeric_columns else dbt.type_string() }}) as value,
-            count(*) as row_count
-        from {{ relation }}
-        group by {{ key_list }}, cast({{ column }} as {{ dbt.type_float() if column in numeric_columns else dbt.type_string() }})
-    ) as counted
+    from {{ counts }} as counted
     inner join {{ bins }} as bins
         on bins.model_version = counted.model_version
-        and bins.column_name = '{{ column }}'
-        {%- if column in numeric_columns %}
-        and (
-            (counted.value is null and bins.bin_kind = 'null')
-            or (
-                counted.value is not null
-                and bins.bin_kind = 'range'
-                and (bins.lower_bound is null or counted.value > bins.lower_bound)
-                and (bins.upper_bound is null or counted.value <= bins.upper_bound)
-            )
-        )
-    {%- else %}
-        and bins.bin_kind = case when counted.value is null then 'null' else 'other' end
+        and bins.column_name = counted.column_name
+        and bins.bin_kind = case when counted.category is null then 'null' else 'other' end
     left join {{ bins }} as category_bins
         on category_bins.model_version = counted.model_version
-        and category_bins.column_name = '{{ column }}'
+        and category_bins.column_name = counted.column_name
         and category_bins.bin_kind = 'category'
-        and category_bins.category = counted.value
+        and category_bins.category = counted.category
+    where counted.column_name in ('{{ categorical_columns | join("', '") }}')
+    group by {{ counted_keys | join(', ') }}, counted.column_name, coalesce(category_bins.bin_index, bins.bin_index)
     {%- endif %}
-    group by {{ counted_keys | join(', ') }}, {{ 'bins.bin_index' if column in numeric_columns else 'coalesce(category_bins.bin_index, bins.bin_index)' }}
-    {{ 'union all' if not loop.last }}
-    {%- endfor %}
 {%- endmacro %}
 
 {#-

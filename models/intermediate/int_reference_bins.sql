@@ -159,8 +159,12 @@ bins as (
     from all_bins
 ),
 
+reference_counts as (
+    {{ modelwatch.value_counts('reference', ['model_version'], numeric_columns, categorical_columns) }}
+),
+
 bin_counts as (
-    {{ modelwatch.psi_bin_counts('reference', 'bins', ['model_version']) }}
+    {{ modelwatch.psi_bin_counts('reference_counts', 'bins', ['model_version']) }}
 )
 
 select

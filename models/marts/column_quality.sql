@@ -1,8 +1,9 @@
 {#-
-  One row per batch and monitored column: completeness and distribution.
-  One scan of the batch profiles every numeric column (each sorted once for all
-  its quantiles) and one more counts every categorical column's values, so a
-  3-million-row batch is read twice, not once per column.
+  One row per batch and monitored column: completeness and distribution,
+  derived from the batch's frequency table (int_value_counts), not from its
+  rows: the quantiles come from cumulative counts (macros/value_counts.sql,
+  equal to percentile_cont's), the mean and standard deviation from
+  value x count sums, so no column of a 3-million-row batch is sorted.
 -#}
 {%- set monitoring = var('monitoring') -%}
 {%- set numeric_columns = monitoring.numeric_features + [monitoring.prediction, monitoring.target] -%}
@@ -10,39 +11,50 @@
 {%- set quantiles = [5, 25, 50, 75, 95] -%}
 {%- set float = dbt.type_float() -%}
 
-with numeric_profile as (
+with counts as (
+    select * from {{ ref('int_value_counts') }}
+),
+
+numeric_counts as (
+    select batch_date, column_name, value, row_count
+    from counts
+    where column_name in ('{{ numeric_columns | join("', '") }}')
+),
+
+numeric_profile as (
     select
         batch_date,
-        count(*) as row_count,
-        {% for column in numeric_columns -%}
-        count({{ column }}) as present__{{ column }},
-        min({{ column }}) as min__{{ column }},
-        percentile_cont(array[{% for q in quantiles %}{{ q / 100 }}{{ ', ' if not loop.last }}{% endfor %}])
-            within group (order by {{ column }}) as quantiles__{{ column }},
-        max({{ column }}) as max__{{ column }},
-        avg({{ column }}) as mean__{{ column }},
-        stddev_samp({{ column }}) as stddev__{{ column }}{{ ',' if not loop.last }}
-        {% endfor %}
-    from {{ ref('int_trips_scored') }}
-    group by batch_date
-){%- if categorical_columns %},
-
-{#- Rows per batch, column and value: the columns unpivoted in one scan. -#}
-value_counts as (
-    select
-        scored.batch_date,
-        unpivoted.column_name,
-        unpivoted.value,
-        count(*) as n
-    from {{ ref('int_trips_scored') }} as scored
-    cross join lateral (
-        values
-        {% for column in categorical_columns -%}
-        ('{{ column }}', cast(scored.{{ column }} as text)){{ ',' if not loop.last }}
-        {% endfor %}
-    ) as unpivoted (column_name, value)
-    group by 1, 2, 3
+        column_name,
+        cast(sum(row_count) as bigint) as row_count,
+        cast(coalesce(sum(row_count) filter (where value is null), 0) as bigint) as missing_count,
+        cast(sum(row_count) filter (where value is not null) as bigint) as present_count,
+        min(value) as min_value,
+        max(value) as max_value,
+        sum(value * row_count) / cast(sum(row_count) filter (where value is not null) as {{ float }}) as mean_value
+    from numeric_counts
+    group by batch_date, column_name
 ),
+
+{#- Sample standard deviation in two passes (around the mean), as stddev_samp: null below 2 values. -#}
+numeric_spread as (
+    select
+        numeric_counts.batch_date,
+        numeric_counts.column_name,
+        sqrt(
+            sum(numeric_counts.row_count * (numeric_counts.value - numeric_profile.mean_value) ^ 2)
+            / nullif(max(numeric_profile.present_count) - 1, 0)
+        ) as stddev_value
+    from numeric_counts
+    inner join numeric_profile
+        on numeric_profile.batch_date = numeric_counts.batch_date
+        and numeric_profile.column_name = numeric_counts.column_name
+    where numeric_counts.value is not null
+    group by numeric_counts.batch_date, numeric_counts.column_name
+),
+
+numeric_quantiles as (
+    {{ modelwatch.percentiles_from_counts('numeric_counts', ['batch_date', 'column_name'], quantiles) }}
+){%- if categorical_columns %},
 
 known_zones as (
     select cast(location_id as text) as value
@@ -54,46 +66,49 @@ categorical_profile as (
     select
         counts.batch_date,
         counts.column_name,
-        cast(sum(counts.n) as bigint) as row_count,
-        cast(coalesce(sum(counts.n) filter (where counts.value is null), 0) as bigint) as missing_count,
-        cast(count(counts.value) as bigint) as distinct_count,
-        cast(max(counts.n) filter (where counts.value is not null) as {{ float }})
-            / nullif(sum(counts.n) filter (where counts.value is not null), 0) as top_value_share,
+        cast(sum(counts.row_count) as bigint) as row_count,
+        cast(coalesce(sum(counts.row_count) filter (where counts.category is null), 0) as bigint) as missing_count,
+        cast(count(counts.category) as bigint) as distinct_count,
+        cast(max(counts.row_count) filter (where counts.category is not null) as {{ float }})
+            / nullif(sum(counts.row_count) filter (where counts.category is not null), 0) as top_value_share,
         {% if monitoring.zone_columns -%}
         case when counts.column_name in ('{{ monitoring.zone_columns | join("', '") }}') then
-            cast(sum(counts.n) filter (where counts.value is not null and known_zones.value is null) as {{ float }})
-            / nullif(sum(counts.n) filter (where counts.value is not null), 0)
+            cast(sum(counts.row_count) filter (where counts.category is not null and known_zones.value is null) as {{ float }})
+            / nullif(sum(counts.row_count) filter (where counts.category is not null), 0)
         end
         {%- else -%}
         cast(null as {{ float }})
         {%- endif %} as unknown_zone_share
-    from value_counts as counts
-    left join known_zones on known_zones.value = counts.value
+    from counts
+    left join known_zones on known_zones.value = counts.category
+    where counts.column_name in ('{{ categorical_columns | join("', '") }}')
     group by counts.batch_date, counts.column_name
 ){%- endif %}
 
-
-{% for column in numeric_columns %}
-{{ 'union all' if not loop.first }}
 select
-    batch_date,
-    cast('{{ column }}' as text) as column_name,
+    numeric_profile.batch_date,
+    cast(numeric_profile.column_name as text) as column_name,
     cast('numeric' as text) as column_kind,
-    row_count,
-    row_count - present__{{ column }} as missing_count,
-    cast(row_count - present__{{ column }} as {{ float }}) / nullif(row_count, 0) as missing_share,
-    cast(min__{{ column }} as {{ float }}) as min_value,
+    numeric_profile.row_count,
+    numeric_profile.missing_count,
+    cast(numeric_profile.missing_count as {{ float }}) / nullif(numeric_profile.row_count, 0) as missing_share,
+    cast(numeric_profile.min_value as {{ float }}) as min_value,
     {% for q in quantiles -%}
-    cast(quantiles__{{ column }}[{{ loop.index }}] as {{ float }}) as p{{ '%02d' % q }},
+    cast(numeric_quantiles.p{{ '%02d' % q }} as {{ float }}) as p{{ '%02d' % q }},
     {% endfor -%}
-    cast(max__{{ column }} as {{ float }}) as max_value,
-    cast(mean__{{ column }} as {{ float }}) as mean_value,
-    cast(stddev__{{ column }} as {{ float }}) as stddev_value,
+    cast(numeric_profile.max_value as {{ float }}) as max_value,
+    cast(numeric_profile.mean_value as {{ float }}) as mean_value,
+    cast(numeric_spread.stddev_value as {{ float }}) as stddev_value,
     cast(null as bigint) as distinct_count,
     cast(null as {{ float }}) as top_value_share,
     cast(null as {{ float }}) as unknown_zone_share
 from numeric_profile
-{% endfor %}
+left join numeric_quantiles
+    on numeric_quantiles.batch_date = numeric_profile.batch_date
+    and numeric_quantiles.column_name = numeric_profile.column_name
+left join numeric_spread
+    on numeric_spread.batch_date = numeric_profile.batch_date
+    and numeric_spread.column_name = numeric_profile.column_name
 
 {% if categorical_columns %}
 union all

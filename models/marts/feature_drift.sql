@@ -35,14 +35,12 @@ evidently as (
     inner join batches on batches.batch_date = scores.batch_date
 ),
 
-{#- Not materialised: binned once per column, a materialised CTE would copy the whole batch first. -#}
-current_rows as not materialized (
-    select
-        batches.model_version,
-        scored.batch_date,
-        {{ (modelwatch.drift_numeric_columns() + modelwatch.drift_categorical_columns()) | join(', ') }}
-    from {{ ref('int_trips_scored') }} as scored
-    inner join batches on batches.batch_date = scored.batch_date
+{#- The batches' frequency table (int_value_counts), with the model version each batch is binned by. -#}
+current_counts as (
+    select batches.model_version, counts.*
+    from {{ ref('int_value_counts') }} as counts
+    inner join batches on batches.batch_date = counts.batch_date
+    where counts.column_name in ('{{ (modelwatch.drift_numeric_columns() + modelwatch.drift_categorical_columns()) | join("', '") }}')
 ),
 
 bins as (
@@ -52,12 +50,13 @@ bins as (
 ),
 
 bin_counts as (
-    {{ modelwatch.psi_bin_counts('current_rows', 'bins', ['batch_date', 'model_version']) }}
+    {{ modelwatch.psi_bin_counts('current_counts', 'bins', ['batch_date', 'model_version']) }}
 ),
 
 batch_rows as (
-    select batch_date, count(*) as row_count
-    from current_rows
+    select batch_date, sum(row_count) as row_count
+    from current_counts
+    where column_name = '{{ var('monitoring').prediction }}'  -- every column's counts add up to the batch's rows
     group by batch_date
 ),
 

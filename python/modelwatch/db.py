@@ -82,6 +82,28 @@ def connect(url: str, autocommit: bool = False, as_pipeline: bool = True) -> psy
     return conn
 
 
+def connect_as_reader(url: str) -> psycopg.Connection:
+    """An autocommit session as modelwatch_reader, Grafana's role: a login as it without a
+    password (the embedded server trusts local logins), else SET ROLE from `url`'s own login."""
+    info = conninfo_to_dict(url)
+    info.pop("password", None)  # the URL's password is its own login's, not the reader's
+    info["user"] = READER_ROLE
+    try:
+        conn = psycopg.connect(make_conninfo(**info), autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+    except psycopg.OperationalError:  # a server that wants the reader's password
+        conn = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+        try:
+            conn.execute(sql.SQL("set role {}").format(sql.Identifier(READER_ROLE)))
+        except BaseException:
+            conn.close()
+            raise
+    # Whatever reads through it must see what the reader sees, not more.
+    if conn.execute("select current_user").fetchone() != (READER_ROLE,):
+        conn.close()
+        raise DatabaseError(f"could not act as {READER_ROLE} on {describe(url)}")
+    return conn
+
+
 def session_role(url: str) -> str | None:
     """The role pipeline sessions on `url` SET (for dbt's profile), or None."""
     with connect(url, autocommit=True, as_pipeline=False) as conn:
@@ -280,7 +302,8 @@ def init_schema(conn: psycopg.Connection, reader_password: str | None,
     `conn` is the login's own session (connect(..., as_pipeline=False)).
     """
     with conn.transaction():
-        # Serialise concurrent `init`s: CREATE ... IF NOT EXISTS is not race-free.
+        # Serialise concurrent `init`s of this database: CREATE ... IF NOT EXISTS is not race-free.
+        # An advisory lock is per database; ensure_roles retries what inits of others race on.
         conn.execute("select pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, BUILD_LOCK_KEY))
         ensure_roles(conn, reader_password, pipeline_password)
         owner = pipeline_role(conn, initialised=False)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import subprocess
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -67,3 +69,22 @@ def stop(pgdata: Path) -> bool:
     server = _server(pgdata, start=True)  # attaches to the running postmaster
     server.stop()
     return True
+
+
+@contextmanager
+def admin_server(home: Path, url: str | None = None) -> Iterator[str]:
+    """An admin URL (the maintenance database, as a superuser): `url` itself when given, a
+    server someone else runs; otherwise an embedded server with its data directory in `home`,
+    started here and stopped after (the tests' and benchmarks' throwaway server)."""
+    if url:
+        yield url
+        return
+    pgdata = home / "pgdata"
+    start(pgdata)
+    try:
+        admin = running_url(pgdata, database="postgres")
+        if admin is None:
+            raise DatabaseError(f"embedded PostgreSQL in {pgdata} stopped right after it started")
+        yield admin
+    finally:
+        stop(pgdata)

@@ -5,6 +5,7 @@
     │   └── InputError         exit 2: an input file that cannot be used
     ├── ContractFailed         exit 1: the batch failed its data contract
     ├── DatabaseError          exit 3: PostgreSQL could not be reached or failed
+    ├── DriftError             exit 3: the drift step's process failed
     └── TransformError         exit 3: dbt could not run
 """
 
@@ -30,6 +31,10 @@ class ContractFailed(ModelwatchError):
 
 
 class DatabaseError(ModelwatchError):
+    exit_code = 3
+
+
+class DriftError(ModelwatchError):
     exit_code = 3
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -247,6 +247,64 @@ def variable_sql(definition: Mapping[str, Any]) -> str:
     """A query variable's SQL (a string, or {rawSql: ...} in newer exports)."""
     query = definition.get("query")
     return query.get("rawSql", "") if isinstance(query, Mapping) else str(query)
+
+
+def current_values(dashboard: Mapping[str, Any]) -> dict[str, str]:
+    """Each variable's saved current value: what the panels show when the dashboard opens."""
+    return {definition["name"]: str(definition["current"]["value"])
+            for definition in dashboard.get("templating", {}).get("list", []) if "current" in definition}
+
+
+def _references(text: str, names: Iterable[str]) -> bool:
+    """Whether `text` uses one of the variables `names` (in any of Grafana's syntaxes)."""
+    wanted = set(names)
+    return any((match.group(1) or match.group(2) or match.group(4)) in wanted for match in _VARIABLE.finditer(text))
+
+
+@dataclass(frozen=True)
+class Query:
+    """One statement Grafana sends, expanded: a query variable's, a panel target's or an alert rule's."""
+
+    kind: str  # variable | panel | alert
+    label: str
+    sql: str
+
+
+def all_queries(now: datetime, time_range: TimeRange | None = None,
+                variable_values: Callable[[str], Sequence[Any]] | None = None,
+                dashboards: Iterable[Mapping[str, Any]] | None = None) -> list[Query]:
+    """Every statement of the provisioned dashboards (each query variable, then each panel target)
+    and alert rules (evaluated at `now`), expanded as Grafana expands them.
+
+    Panels get `time_range`, or else their dashboard's own default range at `now`. Without
+    `variable_values` the variables take their saved current values, as the dashboard opens;
+    with it (a variable's SQL -> its values, e.g. run on a connection) a panel that uses a
+    variable comes once per value. `dashboards` defaults to the files under grafana/dashboards.
+    """
+    if dashboards is None:
+        dashboards = [load_dashboard(path) for path in dashboard_paths()]
+    found: list[Query] = []
+    for dashboard in dashboards:
+        uid = dashboard["uid"]
+        choices: list[dict[str, str]] = [current_values(dashboard) if variable_values is None else {}]
+        for definition in dashboard.get("templating", {}).get("list", []):
+            if definition.get("type") != "query":
+                continue
+            text = variable_sql(definition)
+            found.append(Query("variable", f"{uid}: variable ${definition['name']}", text))
+            if variable_values is not None:
+                values = variable_values(text)
+                choices = [{**choice, definition["name"]: str(value)} for choice in choices for value in values]
+        names = {definition["name"] for definition in dashboard.get("templating", {}).get("list", [])}
+        panel_range = time_range or default_time_range(dashboard, now)
+        for query in panel_queries(dashboard):
+            uses_variables = _references(query.raw_sql, names) or _references(query.title, names)
+            for choice in (choices if uses_variables else [{}]):
+                found.append(Query("panel", f"{uid}: {expand_variables(query.title, choice)}",
+                                   expand(query.raw_sql, panel_range, choice)))
+    for rule in alert_rules():
+        found.append(Query("alert", f"alert: {rule.title}", expand(rule.raw_sql, rule.time_range(now))))
+    return found
 
 
 def alert_rules(path: Path = ALERT_RULES) -> list[AlertRule]:

@@ -11,18 +11,19 @@ import hashlib
 import json
 import pickle
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
-from sklearn.linear_model import LinearRegression
-from sklearn.metrics import mean_absolute_error
-from sklearn.model_selection import train_test_split
 
 from .errors import UsageError
 from .source import TripFile
+
+if TYPE_CHECKING:  # scikit-learn takes ~0.7 s to import: training imports it, unpickling a model too
+    from sklearn.linear_model import LinearRegression
 
 FEATURES = ("passenger_count", "trip_distance", "fare_amount", "total_amount", "pu_location_id", "do_location_id")
 TARGET = "duration_min"
@@ -63,6 +64,10 @@ def predict(estimator: LinearRegression, features: tuple[str, ...], frame: pd.Da
 
 
 def train(trips: TripFile) -> TrainedModel:
+    from sklearn.linear_model import LinearRegression
+    from sklearn.metrics import mean_absolute_error
+    from sklearn.model_selection import train_test_split
+
     table = trips.table
     frame = feature_frame(table, FEATURES)
     frame[TARGET] = duration_minutes(table)

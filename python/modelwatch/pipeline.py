@@ -17,7 +17,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from . import db, drift, load, model, publish, transform
+from . import db, drift_worker, load, model, publish, transform
 from .config import Settings
 from .errors import InputError, ModelwatchError, UsageError
 from .source import TripFile, read_trip_file
@@ -87,12 +87,13 @@ def train(settings: Settings, reference: Path | str) -> model.TrainedModel:
 
 def run_batch(settings: Settings, batch_date: date, file: Path | str) -> BatchOutcome:
     """One batch: the rows of `file` whose pickup falls on `batch_date`."""
-    trips = read_trip_file(file)
-    if load.rows_of_day(trips.table, batch_date).num_rows == 0:
-        days = load.pickup_days(load.dominant_month_rows(trips.table))
-        span = f"its pickups run from {days[0]} to {days[-1]}" if days else "it holds no pickups"
-        raise InputError(f"{trips.path}: no trips with a pickup on {batch_date} ({span})")
-    outcome = run_range(settings, trips, [batch_date])
+    with drift_worker.started(settings, db.database_url(settings)) as scorer:  # imports while the file is read
+        trips = read_trip_file(file)
+        if load.rows_of_day(trips.table, batch_date).num_rows == 0:
+            days = load.pickup_days(load.dominant_month_rows(trips.table))
+            span = f"its pickups run from {days[0]} to {days[-1]}" if days else "it holds no pickups"
+            raise InputError(f"{trips.path}: no trips with a pickup on {batch_date} ({span})")
+        outcome = run_range(settings, trips, [batch_date], scorer=scorer)
     return outcome.batches[0]
 
 
@@ -112,16 +113,18 @@ def backfill(
     Days already finished from this same file (same sha256) are skipped unless
     `force`, so an interrupted backfill started again resumes where it stopped.
     """
-    trips = read_trip_file(file)
-    days = backfill_days(trips, start, end)
-    done = {} if force else finished_batches(settings, trips, days)
-    todo = [day for day in days if day not in done]
-    outcomes: list[BatchOutcome] = [done[day] for day in days if day in done]
-    if progress:
-        for day in sorted(done):
-            progress(day)
-    for first in range(0, len(todo), BACKFILL_CHUNK_DAYS):
-        outcomes += run_range(settings, trips, todo[first:first + BACKFILL_CHUNK_DAYS], progress).batches
+    with drift_worker.started(settings, db.database_url(settings)) as scorer:  # one for every chunk
+        trips = read_trip_file(file)
+        days = backfill_days(trips, start, end)
+        done = {} if force else finished_batches(settings, trips, days)
+        todo = [day for day in days if day not in done]
+        outcomes: list[BatchOutcome] = [done[day] for day in days if day in done]
+        if progress:
+            for day in sorted(done):
+                progress(day)
+        for first in range(0, len(todo), BACKFILL_CHUNK_DAYS):
+            chunk = todo[first:first + BACKFILL_CHUNK_DAYS]
+            outcomes += run_range(settings, trips, chunk, progress, scorer=scorer).batches
     return RangeOutcome.of(trips, outcomes, skipped=tuple(sorted(done)))
 
 
@@ -177,20 +180,26 @@ def run_range(
     file: Path | str | TripFile,
     days: list[date],
     progress: Progress | None = None,
+    scorer: drift_worker.DriftWorker | None = None,
 ) -> RangeOutcome:
+    """Load and score `days` of the file, each in its own transaction, then drift and build
+    them together. `scorer`: the drift step's process, when the caller started it earlier."""
     check_monitoring(settings)
-    trips = file if isinstance(file, TripFile) else read_trip_file(file)
     url = db.database_url(settings)
     started: dict[date, float] = {}
     loaded: dict[date, load.LoadedBatch] = {}
-    with db.connect(url, autocommit=True) as conn, ExitStack() as locks:
+    with ExitStack() as stack:
+        if scorer is None:
+            scorer = stack.enter_context(drift_worker.started(settings, url))
+        trips = file if isinstance(file, TripFile) else read_trip_file(file)
+        conn = stack.enter_context(db.connect(url, autocommit=True))
         publish.check_initialised(conn)  # an older database fails here, before anything is loaded
         trained = model.load_latest(conn)
         for day in sorted(days):  # in order, so two ranges never deadlock on their locks
-            locks.enter_context(db.batch_lock(conn, day))
-        warming = threading.Thread(target=_import_heavy_libraries, name="modelwatch-imports", daemon=True)
-        warming.start()  # Evidently and dbt import (~4 s) while the batches load, mostly waiting on COPY
-        locks.callback(warming.join)  # never left importing while the process exits on an error
+            stack.enter_context(db.batch_lock(conn, day))
+        warming = threading.Thread(target=_import_dbt, name="modelwatch-imports", daemon=True)
+        warming.start()  # dbt imports (~1.2 s) while the batches load, mostly waiting on COPY
+        stack.callback(warming.join)  # never left importing while the process exits on an error
         try:
             for day in days:
                 clock = time.perf_counter()
@@ -202,12 +211,12 @@ def run_range(
                     progress(day)
             clock = time.perf_counter()
             load.analyze(conn)  # fresh statistics for the new batch dates, or the joins below go quadratic
+            scorer.score(days)  # Evidently's drift into raw, in its process, while dbt builds the rest
             warming.join()
-            drift.score_batches(settings, conn, days)  # Evidently's drift into raw, for dbt to model
         except ModelwatchError as exc:
             _mark_all(conn, days, "error", str(exc))
             raise
-        statuses, failing = build_batches(settings, conn, url, days)
+        statuses, failing = build_batches(settings, conn, url, days, drift_scored=scorer.wait)
         build_share = (time.perf_counter() - clock) / len(days)
     outcomes = tuple(
         BatchOutcome(
@@ -223,14 +232,15 @@ def run_range(
     return RangeOutcome.of(trips, outcomes)
 
 
-def build_batches(settings: Settings, conn: psycopg.Connection, url: str,
-                  days: list[date]) -> tuple[dict[date, str], dict[date, list[str]]]:
-    """The dbt half of a range whose batches are loaded and scored for drift: build and test them,
-    record each batch's verdict and failing checks, then show them to readers. Returns both."""
+def build_batches(settings: Settings, conn: psycopg.Connection, url: str, days: list[date],
+                  drift_scored: Callable[[], None] = lambda: None) -> tuple[dict[date, str], dict[date, list[str]]]:
+    """The dbt half of a range whose batches are loaded: build and test them (the drift marts once
+    `drift_scored` returns), record each batch's verdict and failing checks, then show them to
+    readers. Returns both."""
     try:
         with _recording_errors(conn, days, "building"), db.build_lock(conn):
             publish.withdraw(conn, days)  # readers see these batches again once rebuilt whole
-            build = transform.build(settings, url, min(days), max(days))
+            build = transform.build(settings, url, min(days), max(days), drift_scored)
             statuses = record_tests(conn, build, days)
             transform.build_run_results(settings, url, min(days), max(days))
     except ModelwatchError as exc:
@@ -244,10 +254,9 @@ def build_batches(settings: Settings, conn: psycopg.Connection, url: str,
     return statuses, failing
 
 
-def _import_heavy_libraries() -> None:
-    """Import Evidently and dbt ahead of their use; a failure surfaces where they are used."""
+def _import_dbt() -> None:
+    """Import dbt ahead of its use; a failure surfaces where it is used."""
     try:
-        drift.evidently_api()
         transform.dbt_runner()
     except Exception:  # noqa: BLE001 - reported by the step that needs the library
         pass
@@ -278,7 +287,7 @@ def record_tests(conn: psycopg.Connection, build: transform.BuildResult, days: l
             failures = per_batch[day]
             # A failing or warning test passes for the batches it found nothing in.
             status = test.status if failures or test.status in ("error", "skipped") else "pass"
-            rows.append((build.invocation_id, day, test.name, test.column, status, failures, test.message))
+            rows.append((test.invocation_id, day, test.name, test.column, status, failures, test.message))
             if status in ("fail", "error"):
                 verdict[day] = "failed"
             elif status == "warn" and verdict[day] == "passed":
@@ -342,11 +351,12 @@ def replay(
     already finished are redone. The pace is start to start: a batch that
     takes longer than `pace_s` is followed at once.
     """
-    trips = read_trip_file(file)
-    days = backfill_days(trips, start, end)
-    batches: list[BatchOutcome] = []
-    began = time.monotonic()
-    for index, day in enumerate(days):
-        time.sleep(max(0.0, began + index * pace_s - time.monotonic()))
-        batches += run_range(settings, trips, [day], progress).batches
+    with drift_worker.started(settings, db.database_url(settings)) as scorer:
+        trips = read_trip_file(file)
+        days = backfill_days(trips, start, end)
+        batches: list[BatchOutcome] = []
+        began = time.monotonic()
+        for index, day in enumerate(days):
+            time.sleep(max(0.0, began + index * pace_s - time.monotonic()))
+            batches += run_range(settings, trips, [day], progress, scorer=scorer).batches
     return RangeOutcome.of(trips, batches)

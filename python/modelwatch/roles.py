@@ -84,16 +84,36 @@ def ensure_roles(conn: psycopg.Connection, reader_password: str | None, pipeline
                 "run `modelwatch init` once as a superuser"
             )
         return
-    # Roles are cluster-wide: an `init` of another database may create them at the same moment.
-    for attempt in range(2):
+    # Roles are cluster-wide, but an advisory lock is per database: an `init` of another database
+    # may create or alter them at the same moment. Its change waits for the other transaction and
+    # then fails; once that one has committed, the same statements succeed (or find nothing to do).
+    for attempt in range(ROLE_ATTEMPTS):
         try:
             with conn.transaction():
                 ensure_pipeline_role(conn, pipeline_password)
                 ensure_reader_role(conn, reader_password)
             return
-        except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateObject):
-            if attempt:
+        except psycopg.Error as exc:
+            if attempt == ROLE_ATTEMPTS - 1 or not _concurrent_role_change(exc):
                 raise
+
+
+ROLE_ATTEMPTS = 5  # each retry waits for one concurrent init to commit
+
+
+def _concurrent_role_change(exc: psycopg.Error) -> bool:
+    """A role created, granted or altered by a concurrent transaction. ALTER ROLE reports it
+    as an internal error whose text is never translated (elog, not ereport)."""
+    if isinstance(exc, (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateObject)):
+        return True
+    return isinstance(exc, psycopg.errors.InternalError_) and "tuple concurrently updated" in str(exc)
+
+
+def _password(conn: psycopg.Connection, role: str, password: str) -> sql.Literal:
+    """The SCRAM-SHA-256 verifier of `password`, computed by libpq on this side: the password
+    itself never reaches the server, nor its log (log_statement = ddl logs ALTER ROLE in full)."""
+    verifier = conn.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256")
+    return sql.Literal(verifier.decode())
 
 
 def ensure_pipeline_role(conn: psycopg.Connection, password: str | None) -> None:
@@ -112,7 +132,8 @@ def ensure_pipeline_role(conn: psycopg.Connection, password: str | None) -> None
     elif found[0]:  # altered by hand since: back to least privilege
         conn.execute(sql.SQL("alter role {} nosuperuser nocreatedb nocreaterole noreplication nobypassrls").format(role))
     if password:
-        conn.execute(sql.SQL("alter role {} login password {}").format(role, sql.Literal(password)))
+        conn.execute(sql.SQL("alter role {} login password {}").format(
+            role, _password(conn, PIPELINE_ROLE, password)))
     # The login may SET ROLE to it (a superuser may already; the role itself needs nothing).
     if not _true(conn, "select pg_has_role(current_user, %s, %s)", (PIPELINE_ROLE, _may_set(conn))):
         conn.execute(sql.SQL("grant {} to current_user").format(role))
@@ -170,7 +191,7 @@ def ensure_reader_role(conn: psycopg.Connection, password: str | None) -> None:
     if not _role_exists(conn, READER_ROLE):
         conn.execute(sql.SQL("create role {} login").format(role))
     if password:
-        conn.execute(sql.SQL("alter role {} password {}").format(role, sql.Literal(password)))
+        conn.execute(sql.SQL("alter role {} password {}").format(role, _password(conn, READER_ROLE, password)))
 
 
 def grant_reader(conn: psycopg.Connection) -> None:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 from .config import Settings
@@ -31,6 +33,7 @@ class TestOutcome:
     failures: int
     message: str | None
     relation: str | None
+    invocation_id: str = ""  # the dbt invocation that ran it
 
 
 @dataclass(frozen=True)
@@ -58,58 +61,113 @@ def dbt_runner() -> Any:
 
 def invoke(settings: Settings, url: str, command: list[str], **options: Any) -> Any:
     """Run one dbt command in process; raise TransformError when dbt itself cannot run."""
-    os.environ.update(dbt_env(url))
+    env = dbt_env(url)
+    os.environ.update(env)
     settings.dbt_dir.mkdir(parents=True, exist_ok=True)
-    args = [*command, *_base_args(settings), "--log-level", "none", "--log-level-file", "info"]
+    args = [*command, *_base_args(settings), *_LOG_ARGS]
     for name, value in options.items():
         flag = "--" + name.replace("_", "-")
         args += [flag] if value is True else [flag, value]
-    runner = dbt_runner()
-    result = runner().invoke(args)
+    result = dbt_runner()(manifest=_manifest(settings, env, command[0])).invoke(args)
     if result.exception is not None:
         raise TransformError(f"dbt {command[0]} could not run: {_first_line(result.exception)}")
     return result
+
+
+_LOG_ARGS = ("--log-level", "none", "--log-level-file", "info")
+# The parsed project of this process, keyed by what it was parsed from (see _manifest).
+_parsed: dict[tuple, Any] = {}
+
+
+def _manifest(settings: Settings, env: dict[str, str], command: str) -> Any:
+    """The project parsed once per process, without the batch vars, for every invocation to reuse.
+
+    Parsing is the bulk of an invocation's start-up: a full parse takes about 1.5 s, and dbt
+    parses in full whenever --vars change, which they do every run (the batch range). Parsed
+    without them, the project's partial-parse file matches from one run to the next (0.2 s) and
+    the parsed manifest serves every later invocation; the batch vars passed to those still
+    reach the SQL, which is compiled at run time. The key holds the profile's environment
+    (relations name their database) and the project files' sizes and times, so an edit
+    re-parses.
+    """
+    key = (str(settings.project_dir), str(settings.dbt_dir), tuple(sorted(env.items())),
+           _project_files(settings.project_dir))
+    if key not in _parsed:
+        result = dbt_runner()().invoke(["parse", *_base_args(settings), *_LOG_ARGS])
+        if result.exception is not None or not result.success:
+            raise TransformError(f"dbt {command} could not run: "
+                                 f"{_first_line(result.exception or 'the project does not parse')}")
+        _parsed.clear()  # one project at a time: a manifest holds a few MB
+        _parsed[key] = result.result
+    return _parsed[key]
+
+
+def _project_files(project_dir: Path) -> tuple[tuple[str, int, int], ...]:
+    """(path, size, mtime) of every file dbt parses, to notice an edited project."""
+    roots = [project_dir / "dbt_project.yml", project_dir / "selectors.yml"] + [project_dir / name for name in
+                                                 ("models", "macros", "seeds", "tests", "snapshots", "analyses")]
+    files = [root for root in roots if root.is_file()]
+    files += [path for root in roots if root.is_dir() for path in root.rglob("*") if path.is_file()]
+    return tuple(sorted((str(path), (stat := path.stat()).st_size, stat.st_mtime_ns) for path in files))
 
 
 def batch_vars(start: date, end: date) -> str:
     return json.dumps({"batch_start": start.isoformat(), "batch_end": end.isoformat()})
 
 
-def build(settings: Settings, url: str, start: date, end: date) -> BuildResult:
+# selectors.yml: what a build runs while the drift step runs, and what reads its results.
+BEFORE_DRIFT_SELECTOR = "before_drift"
+READS_DRIFT_SELECTOR = "reads_drift"
+
+
+def build(settings: Settings, url: str, start: date, end: date,
+          drift_scored: Callable[[], None] = lambda: None) -> BuildResult:
     """`dbt build` for batches start..end, then the gated marts for the batches that passed.
 
-    A failing contract test makes dbt skip the gated marts for the whole range;
-    their SQL admits passing batches only, so running them once more lets the
-    gate decide batch by batch.
+    Two invocations: first every model and test that does not read the drift step's
+    results, while that step runs in its own process; then, once `drift_scored` returns
+    (it waits for the step and raises its error), the drift marts and their tests.
+    A failing contract test makes dbt skip the gated marts downstream of it; their SQL
+    admits passing batches only, so running the skipped ones once more lets the gate
+    decide batch by batch.
     """
+    batch = batch_vars(start, end)
     # Unit tests check the SQL, not the batch: the test suite runs them, not every build.
-    result = invoke(settings, url, ["build"], vars=batch_vars(start, end), exclude=f"tag:{RUN_RESULTS_TAG}",
-                    exclude_resource_type="unit_test")
+    common = {"vars": batch, "exclude_resource_type": "unit_test"}
+    phases = [(invoke(settings, url, ["build"], selector=BEFORE_DRIFT_SELECTOR, **common), _invocation_id())]
+    _raise_errors(phases[0][0])
+    drift_scored()
+    phases.append((invoke(settings, url, ["build"], selector=READS_DRIFT_SELECTOR, **common), _invocation_id()))
+    _raise_errors(phases[1][0])
     tests: list[TestOutcome] = []
     skipped: list[str] = []
-    errors: list[str] = []
-    invocation_id = _invocation_id()
-    for node_result in result.result.results:
-        node = node_result.node
-        status = str(node_result.status)
-        if node.resource_type == "test":
-            tests.append(TestOutcome(
-                name=node.name,
-                column=getattr(node, "column_name", None),
-                status=status,
-                failures=int(node_result.failures or 0),
-                message=node_result.message,
-                relation=node.relation_name if node.config.get("store_failures") else None,
-            ))
-        elif status == "error":
-            errors.append(f"{node.resource_type} {node.name}: {_first_line(node_result.message)}")
-        elif status == "skipped":
-            skipped.append(node.name)
+    for phase, invocation_id in phases:
+        for node_result in phase.result.results:
+            node = node_result.node
+            status = str(node_result.status)
+            if node.resource_type == "test":
+                tests.append(TestOutcome(
+                    name=node.name,
+                    column=getattr(node, "column_name", None),
+                    status=status,
+                    failures=int(node_result.failures or 0),
+                    message=node_result.message,
+                    relation=node.relation_name if node.config.get("store_failures") else None,
+                    invocation_id=invocation_id,
+                ))
+            elif status == "skipped" and GATED_TAG in node.tags:
+                skipped.append(node.name)
+    if skipped:
+        invoke(settings, url, ["run"], vars=batch, select=" ".join(skipped))
+    return BuildResult(invocation_id=phases[0][1], tests=tuple(tests), skipped=tuple(skipped))
+
+
+def _raise_errors(result: Any) -> None:
+    """TransformError naming each model that failed (a failing test is an outcome, not an error)."""
+    errors = [f"{r.node.resource_type} {r.node.name}: {_first_line(r.message)}"
+              for r in result.result.results if r.node.resource_type != "test" and str(r.status) == "error"]
     if errors:
         raise TransformError("dbt build failed: " + "; ".join(errors))
-    if skipped:
-        invoke(settings, url, ["run"], vars=batch_vars(start, end), select=f"tag:{GATED_TAG}")
-    return BuildResult(invocation_id=invocation_id, tests=tuple(tests), skipped=tuple(skipped))
 
 
 def build_run_results(settings: Settings, url: str, start: date, end: date) -> None:

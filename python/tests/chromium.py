@@ -10,6 +10,7 @@ fails instead of leaving the machine.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import select
@@ -36,6 +37,7 @@ class PageVisit:
     log_errors: list[str] = field(default_factory=list)
     remote_requests: list[str] = field(default_factory=list)
     text: str = ""
+    screenshot: Path | None = None
 
     @property
     def problems(self) -> list[str]:
@@ -95,8 +97,11 @@ class _Pipe:
         return [json.loads(message) for message in messages if message]
 
 
-def visit(path: Path, user_data_dir: Path, settle_seconds: float = 2.0, timeout: float = 60.0) -> PageVisit:
-    """Load `path` and collect what a user would see in the console, plus any remote request."""
+def visit(path: Path, user_data_dir: Path, settle_seconds: float = 2.0, timeout: float = 60.0,
+          screenshot: Path | None = None, viewport: tuple[int, int] = (1400, 1300)) -> PageVisit:
+    """Load `path` and collect what a user would see in the console, plus any remote request;
+    with `screenshot`, also a PNG of the page in a `viewport` (width, height) without scrollbars,
+    from the same browser run."""
     binary = chromium_path()
     if binary is None:
         raise FileNotFoundError("chromium not found: run `make browser`")
@@ -117,7 +122,7 @@ def visit(path: Path, user_data_dir: Path, settle_seconds: float = 2.0, timeout:
     os.close(replies_write)
     pipe = _Pipe(process, commands_write, replies_read)
     try:
-        return _visit(pipe, path, settle_seconds, timeout)
+        return _visit(pipe, path, settle_seconds, timeout, screenshot, viewport)
     finally:
         try:
             pipe.send("Browser.close", timeout=5)
@@ -132,18 +137,29 @@ def visit(path: Path, user_data_dir: Path, settle_seconds: float = 2.0, timeout:
         os.close(replies_read)
 
 
-def _visit(pipe: _Pipe, path: Path, settle_seconds: float, timeout: float) -> PageVisit:
+def _visit(pipe: _Pipe, path: Path, settle_seconds: float, timeout: float, screenshot: Path | None,
+           viewport: tuple[int, int]) -> PageVisit:
     target = pipe.send("Target.createTarget", {"url": "about:blank"})["targetId"]
     session = pipe.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
     for domain in ("Page", "Runtime", "Log", "Network"):
         pipe.send(f"{domain}.enable", session=session)
+    if screenshot is not None:  # a fixed page size, so the screenshot's pixel counts do not depend on defaults
+        width, height = viewport
+        pipe.send("Emulation.setDeviceMetricsOverride",
+                  {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session=session)
+        pipe.send("Emulation.setScrollbarsHidden", {"hidden": True}, session=session)
     pipe.send("Page.navigate", {"url": path.resolve().as_uri()}, session=session)
     if not pipe.wait_for("Page.loadEventFired", timeout):
         raise TimeoutError(f"{path} did not finish loading in {timeout:.0f} s")
     time.sleep(settle_seconds)  # let the report's scripts render after the load event
     text = pipe.send("Runtime.evaluate", {"expression": "document.body.innerText", "returnByValue": True},
                      session=session)["result"].get("value", "")
-    return _collect(pipe.events, text)
+    found = _collect(pipe.events, text)
+    if screenshot is not None:
+        shot = pipe.send("Page.captureScreenshot", {"format": "png"}, session=session)
+        screenshot.write_bytes(base64.b64decode(shot["data"]))
+        found.screenshot = screenshot
+    return found
 
 
 def _collect(events: list[dict[str, Any]], text: str) -> PageVisit:

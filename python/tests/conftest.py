@@ -15,8 +15,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from modelwatch import db, embedded, pipeline
 from modelwatch.config import PACKAGE_DATA_DIR, Settings
@@ -37,34 +35,13 @@ def shared_file(name: str) -> Path:
 def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """An admin URL to a PostgreSQL server (its maintenance database)."""
     url = os.environ.get("MODELWATCH_TEST_DATABASE_URL") or os.environ.get("MODELWATCH_DATABASE_URL")
-    if url:
-        yield url
-        return
-    pgdata = tmp_path_factory.mktemp("pg") / "pgdata"
-    embedded.start(pgdata)
-    try:
-        yield embedded.running_url(pgdata, database="postgres")
-    finally:
-        embedded.stop(pgdata)
+    with embedded.admin_server(tmp_path_factory.mktemp("pg"), url) as admin_url:
+        yield admin_url
 
 
 def scratch_name(prefix: str) -> str:
     """A database name of its own (the server may be shared by concurrent sessions)."""
     return f"{prefix}_{uuid.uuid4().hex[:10]}"
-
-
-def connect_as_reader(url: str) -> psycopg.Connection:
-    """A login as modelwatch_reader (trust auth on the embedded server), else SET ROLE from the admin login."""
-    info = conninfo_to_dict(url)
-    info.pop("password", None)
-    info["user"] = db.READER_ROLE
-    try:
-        conn = psycopg.connect(make_conninfo(**info), autocommit=True)
-    except psycopg.OperationalError:  # a server that wants the reader's password
-        conn = psycopg.connect(url, autocommit=True)
-        conn.execute(sql.SQL("set role {}").format(sql.Identifier(db.READER_ROLE)))
-    assert conn.execute("select current_user").fetchone() == (db.READER_ROLE,)
-    return conn
 
 
 @pytest.fixture

@@ -9,10 +9,10 @@ checked against each other and against docker-compose.yml.
 
 from __future__ import annotations
 
+import functools
 import re
 import statistics
 import struct
-import subprocess
 import time
 import zlib
 from collections.abc import Iterator
@@ -35,8 +35,8 @@ from modelwatch.cli import main
 from modelwatch.config import PROJECT_DIR, Settings
 from modelwatch.errors import UsageError
 
-from .chromium import FLAGS, chromium_path, visit
-from .conftest import FEBRUARY, connect_as_reader, trained_database
+from .chromium import chromium_path, visit
+from .conftest import FEBRUARY, trained_database
 from .png import read_png
 
 COMPOSE = PROJECT_DIR / "docker-compose.yml"
@@ -70,7 +70,9 @@ def _yaml(path: Path) -> Any:
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
+@functools.cache
 def _dashboards() -> dict[str, dict[str, Any]]:
+    """The provisioned dashboards by file stem, parsed once (read only: tests must not change them)."""
     return {path.stem: grafana.load_dashboard(path) for path in grafana.dashboard_paths()}
 
 
@@ -79,7 +81,7 @@ def _dashboards() -> dict[str, dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def reader(demo_settings: Settings) -> Iterator[psycopg.Connection]:
-    with connect_as_reader(demo_settings.database_url) as conn:
+    with db.connect_as_reader(demo_settings.database_url) as conn:
         yield conn
 
 
@@ -182,7 +184,7 @@ def test_dashboard_provider_reads_the_mounted_dashboards() -> None:
 
 @pytest.mark.parametrize("path", grafana.dashboard_paths(), ids=lambda path: path.name)
 def test_dashboard_follows_the_conventions(path: Path, now: datetime) -> None:
-    dashboard = grafana.load_dashboard(path)
+    dashboard = _dashboards()[path.stem]
     assert dashboard["uid"] == path.stem
     assert "id" not in dashboard
     assert "modelwatch" in dashboard["tags"]
@@ -305,7 +307,7 @@ def _expanded(dashboard: dict[str, Any], query: grafana.PanelQuery, now: datetim
               values: dict[str, str] | None = None) -> str:
     """The panel's SQL as Grafana sends it: the dashboard's own time range, the variables' current values."""
     if values is None:
-        values = {item["name"]: item["current"]["value"] for item in dashboard.get("templating", {}).get("list", [])}
+        values = grafana.current_values(dashboard)
     return grafana.expand(query.raw_sql, grafana.default_time_range(dashboard, now), values)
 
 
@@ -404,23 +406,13 @@ def test_column_detail_for_every_column(reader: psycopg.Connection, demo_conn: p
 # --------------------------------------------------------------------------- what the reader may do
 
 
-def _all_queries(now: datetime) -> list[tuple[str, str]]:
-    found = []
-    for dashboard in _dashboards().values():
-        for query in grafana.panel_queries(dashboard):
-            found.append((f"{dashboard['uid']}:{query.title}", _expanded(dashboard, query, now)))
-        for definition in dashboard.get("templating", {}).get("list", []):
-            found.append((f"{dashboard['uid']}:${definition['name']}", grafana.variable_sql(definition)))
-    for rule in grafana.alert_rules():
-        found.append((f"alert:{rule.uid}", grafana.expand(rule.raw_sql, rule.time_range(now))))
-    return found
-
-
 def test_every_query_reads_marts_only(reader: psycopg.Connection, now: datetime) -> None:
     read: set[tuple[str, str]] = set()
-    for name, text in _all_queries(now):
-        relations = _relations(reader, text)
-        assert relations and {schema for schema, _ in relations} == {"marts"}, (name, relations)
+    queries = grafana.all_queries(now, dashboards=_dashboards().values())  # as the dashboards open
+    assert {query.kind for query in queries} == {"variable", "panel", "alert"}
+    for query in queries:
+        relations = _relations(reader, query.sql)
+        assert relations and {schema for schema, _ in relations} == {"marts"}, (query.label, relations)
         read |= relations
     assert {table for _, table in read} == {  # published_batches: row-level security, the batches readers see
         "batch_health", "model_performance", "column_quality", "test_results", "feature_drift", "dataset_drift",
@@ -560,7 +552,7 @@ def test_replay_builds_each_batch_on_its_own(replayed: Replayed) -> None:
 
 
 def test_failed_batch_on_the_panels_and_the_gate_alert(replayed: Replayed, now: datetime) -> None:
-    with connect_as_reader(replayed.settings.database_url) as conn:
+    with db.connect_as_reader(replayed.settings.database_url) as conn:
         health = _panel_result(conn, "Batch health", now)
         failing = _panel_result(conn, "Latest failing tests", now)
         result, fired = _evaluate(conn, "modelwatch-batch-gate-failed")
@@ -581,17 +573,6 @@ def test_pace_must_not_be_negative(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- the static page
-
-
-def _screenshot(page: Path, out: Path, profile: Path) -> Path:
-    binary = chromium_path()
-    assert binary is not None
-    subprocess.run(
-        [binary, *FLAGS, f"--user-data-dir={profile}", "--window-size=1400,1300", "--hide-scrollbars",
-         "--virtual-time-budget=5000", f"--screenshot={out}", page.resolve().as_uri()],
-        check=True, capture_output=True, timeout=90,
-    )
-    return out
 
 
 def _ink(png: Path) -> tuple[float, int]:
@@ -642,11 +623,13 @@ def test_dashboard_page_opens_in_chromium(demo_settings: Settings, tmp_path: Pat
     assert result.exit_code == 0, result.output
     assert f"dashboard: {out}" in result.output
     assert "not drawn" not in result.output  # every panel, the drift marts' too
-    visited = visit(out, tmp_path / "profile", settle_seconds=1.0)  # the charts draw as the page loads
+    # One browser run: console and text first, then the screenshot (the charts draw as the page loads).
+    visited = visit(out, tmp_path / "profile", settle_seconds=1.0, screenshot=tmp_path / "dashboard.png")
     assert visited.problems == []
     for title in OVERVIEW_EXPECTED:
         assert title in visited.text
     assert "No failing tests in this time range" in visited.text
-    not_white, green = _ink(_screenshot(out, tmp_path / "dashboard.png", tmp_path / "profile-shot"))
+    assert visited.screenshot is not None
+    not_white, green = _ink(visited.screenshot)
     assert not_white > 0.10
     assert green > 20_000  # the 28 green days of the batch health strip

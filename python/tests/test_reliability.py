@@ -15,10 +15,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from modelwatch import pipeline, status
+from modelwatch import db, pipeline, status
 from modelwatch.config import Settings
 
-from .conftest import FEBRUARY, connect_as_reader
+from .conftest import FEBRUARY
 
 DAY = date(2023, 2, 14)
 NEXT_DAY = date(2023, 2, 15)
@@ -128,12 +128,12 @@ def test_sigkill_mid_build_then_rerun_completes(trained_settings: Settings) -> N
     single_run = _killed_while_blocked(trained_settings, "marts.daily_trips", "")  # dbt waits on the locked mart
     assert _status(url) == "building"
     # The marts hold a mix of the two runs' rows for DAY; the reader (Grafana) sees none of them.
-    with psycopg.connect(url) as owner, connect_as_reader(url) as reader:
+    with psycopg.connect(url) as owner, db.connect_as_reader(url) as reader:
         assert all(_rows_of_day(owner).values())
         assert _rows_of_day(reader) == dict.fromkeys(MARTS, 0)
     pipeline.run_batch(trained_settings, DAY, FEBRUARY)
     assert _state(url) == single_run
-    with psycopg.connect(url) as owner, connect_as_reader(url) as reader:
+    with psycopg.connect(url) as owner, db.connect_as_reader(url) as reader:
         seen = _rows_of_day(reader)
         assert seen == _rows_of_day(owner)
         assert seen["column_quality"] == 8  # 4 numeric features, prediction, target, 2 zones
@@ -211,7 +211,7 @@ def test_an_older_database_is_refused_before_loading_then_upgraded_by_init(train
     assert _state(url) == before  # nothing loaded, no batch logged
     pipeline.init(trained_settings)
     pipeline.run_batch(trained_settings, NEXT_DAY, FEBRUARY)  # its build puts the policies back
-    with psycopg.connect(url) as owner, connect_as_reader(url) as reader:
+    with psycopg.connect(url) as owner, db.connect_as_reader(url) as reader:
         published = owner.execute("select batch_date from marts.published_batches order by 1").fetchall()
         assert published == [(DAY,), (NEXT_DAY,)]
         assert _rows_of_day(reader) == _rows_of_day(owner)

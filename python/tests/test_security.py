@@ -7,6 +7,11 @@ exist already, made by an `init` of another database, and every test tolerates t
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import hashlib
+import hmac
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import date
@@ -21,7 +26,7 @@ from modelwatch import db, pipeline, roles
 from modelwatch.config import Settings
 from modelwatch.errors import DatabaseError
 
-from .conftest import FEBRUARY, JANUARY, connect_as_reader, scratch_name, trained_database
+from .conftest import FEBRUARY, JANUARY, scratch_name, trained_database
 
 DAY = date(2023, 2, 14)
 RAW_TABLES = {"batches", "trips", "predictions", "models", "reference_trips", "dbt_test_runs",
@@ -130,7 +135,7 @@ def test_reader_reads_marts_made_after_init(ran: Settings) -> None:
     with db.connect(url, autocommit=True) as conn:  # as the pipeline role, as dbt creates marts
         conn.execute("create table marts.made_after_init as select 7 as answer")
     try:
-        with connect_as_reader(url) as reader:
+        with db.connect_as_reader(url) as reader:
             assert reader.execute("select answer from marts.made_after_init").fetchall() == [(7,)]
             assert reader.execute("select batch_date, status from marts.batch_health").fetchall() == [
                 (DAY, "passed")]
@@ -197,15 +202,92 @@ def pipeline_login(fresh_settings: Settings) -> Iterator[Settings]:
                 conn.execute(sql.SQL("alter role {} nologin").format(sql.Identifier(db.PIPELINE_ROLE)))
 
 
-def test_logged_in_as_the_role_everything_works_without_set_role(pipeline_login: Settings) -> None:
+def test_logged_in_as_the_role_everything_works_without_set_role(pipeline_login: Settings,
+                                                                 server_url: str) -> None:
     url = pipeline_login.database_url
     with db.connect(url) as conn:
         assert conn.execute("select current_user, session_user").fetchone() == (db.PIPELINE_ROLE,) * 2
+    # The server holds a SCRAM verifier of that very password (a trust server would let any password in).
+    assert _verifies(_stored_password(server_url, db.PIPELINE_ROLE), conninfo_to_dict(url)["password"])
     assert db.dbt_env(url)["MODELWATCH_DB_ROLE"] == ""
     pipeline.init(pipeline_login)  # may not manage roles, and need not: they exist
     pipeline.train(pipeline_login, JANUARY)
     assert _run_day(pipeline_login) == "passed"
     assert _not_owned_by(url, db.PIPELINE_ROLE) == 0
+
+
+def _stored_password(server_url: str, role: str) -> str:
+    """rolpassword as the server stores it (pg_authid: the admin login reads it)."""
+    with psycopg.connect(server_url) as conn:
+        return conn.execute("select rolpassword from pg_authid where rolname = %s", (role,)).fetchone()[0] or ""
+
+
+def _verifies(verifier: str, password: str) -> bool:
+    """Whether a SCRAM-SHA-256 verifier (RFC 5803: iterations:salt$StoredKey:ServerKey) is `password`'s."""
+    scheme, _, rest = verifier.partition("$")
+    iterations_salt, _, keys = rest.partition("$")
+    iterations, _, salt = iterations_salt.partition(":")
+    stored_key, _, server_key = keys.partition(":")
+    if scheme != "SCRAM-SHA-256":
+        return False
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(salt), int(iterations))
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    return (base64.b64encode(hashlib.sha256(client_key).digest()).decode() == stored_key
+            and base64.b64encode(hmac.new(salted, b"Server Key", "sha256").digest()).decode() == server_key)
+
+
+def test_role_passwords_are_sent_as_scram_verifiers(fresh_settings: Settings, server_url: str) -> None:
+    """init computes the verifier on the client: the password never reaches the server (or its log)."""
+    passwords = {db.READER_ROLE: uuid.uuid4().hex, db.PIPELINE_ROLE: uuid.uuid4().hex}
+    url = fresh_settings.database_url
+    with psycopg.connect(server_url) as conn:
+        could_login = conn.execute(
+            "select rolcanlogin from pg_roles where rolname = %s", (db.PIPELINE_ROLE,)).fetchone()
+    try:
+        with db.connect(url, as_pipeline=False) as conn:
+            db.init_schema(conn, passwords[db.READER_ROLE], passwords[db.PIPELINE_ROLE])
+        for role, password in passwords.items():
+            stored = _stored_password(server_url, role)
+            assert stored.startswith("SCRAM-SHA-256$"), role
+            assert _verifies(stored, password) and not _verifies(stored, password + "x"), role
+            with psycopg.connect(_url_as(url, role, password)) as conn:
+                assert conn.execute("select session_user").fetchone() == (role,)
+    finally:
+        if not (could_login and could_login[0]):  # the role is cluster-wide: leave it as found
+            with psycopg.connect(server_url, autocommit=True) as conn:
+                conn.execute(sql.SQL("alter role {} nologin").format(sql.Identifier(db.PIPELINE_ROLE)))
+
+
+@pytest.mark.parametrize("databases", [1, 2], ids=["one-database", "two-databases"])
+def test_concurrent_inits_both_succeed(server_url: str, databases: int) -> None:
+    """Two inits at once, on one database (its advisory lock serialises them) or on two (roles are
+    cluster-wide: the later ALTER ROLE failed with "tuple concurrently updated")."""
+    password = uuid.uuid4().hex  # ALTER ROLE ... PASSWORD on both sides: the statement that raced
+    with contextlib.ExitStack() as stack:
+        urls = [stack.enter_context(db.scratch_database(server_url, scratch_name("mw_init_race")))
+                for _ in range(databases)]
+        started = threading.Barrier(2)
+        failures: list[BaseException] = []
+
+        def init(url: str) -> None:
+            try:
+                with db.connect(url, as_pipeline=False) as conn:
+                    started.wait(timeout=30)
+                    db.init_schema(conn, password)  # the database half of pipeline.init (dbt's seed is per process)
+            except BaseException as exc:  # noqa: BLE001 (reported by the main thread)
+                failures.append(exc)
+
+        threads = [threading.Thread(target=init, args=(urls[i % databases],)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert not any(thread.is_alive() for thread in threads)
+        assert failures == []
+        for url in urls:
+            assert _not_owned_by(url, db.PIPELINE_ROLE) == 0
+            with db.connect(url) as conn:
+                assert conn.execute("select count(*) from raw.trips").fetchone() == (0,)
 
 
 @pytest.fixture

@@ -1,0 +1,79 @@
+{#-
+  Frequency tables: how many rows hold each value of each column. Every
+  distribution figure of a batch (missing counts, quantiles, mean and spread,
+  PSI bins, category shares) is derived from one, so a batch is read once for
+  all its columns instead of once (and sorted once) per column.
+-#}
+
+{#-
+  Rows of `relation` counted per key and value of each column, in one scan
+  (GROUPING SETS: one hash table per column), as long rows:
+  keys..., column_name, value (a numeric column's value, as float), category
+  (a categorical column's value, as text), row_count. A column's missing
+  values are its row with a null value and a null category.
+-#}
+{% macro value_counts(relation, keys, numeric_columns, categorical_columns) -%}
+    {%- set columns = numeric_columns + categorical_columns -%}
+    {%- set key_list = keys | join(', ') -%}
+    select
+        {{ key_list }},
+        cast(case
+            {%- for column in columns %}
+            when grouping({{ column }}) = 0 then '{{ column }}'
+            {%- endfor %}
+        end as {{ dbt.type_string() }}) as column_name,
+        {#- Only the grouped column is non-null in its set's rows: coalesce picks it. #}
+        {%- if numeric_columns %}
+        coalesce({% for column in numeric_columns %}cast({{ column }} as {{ dbt.type_float() }}){{ ', ' if not loop.last }}{% endfor %}) as value,
+        {%- else %}
+        cast(null as {{ dbt.type_float() }}) as value,
+        {%- endif %}
+        {%- if categorical_columns %}
+        coalesce({% for column in categorical_columns %}cast({{ column }} as {{ dbt.type_string() }}){{ ', ' if not loop.last }}{% endfor %}) as category,
+        {%- else %}
+        cast(null as {{ dbt.type_string() }}) as category,
+        {%- endif %}
+        count(*) as row_count
+    from {{ relation }}
+    group by grouping sets (
+        {%- for column in columns %}
+        ({{ key_list }}, {{ column }}){{ ',' if not loop.last }}
+        {%- endfor %}
+    )
+{%- endmacro %}
+
+{#-
+  percentile_cont of each of `quantiles` (percentages) per key, from a
+  frequency table `counts` (keys..., value, row_count; null values ignored):
+  the value at position q * (N - 1) of the N sorted values, interpolated
+  between the values either side as percentile_cont does (the same float8
+  arithmetic, so the same result to the last bit), read off the cumulative
+  counts instead of sorting every row. Columns: keys..., p<q> per quantile.
+-#}
+{% macro percentiles_from_counts(counts, keys, quantiles) -%}
+    {%- set key_list = keys | join(', ') -%}
+    {%- set float = dbt.type_float() -%}
+    select
+        {{ key_list }},
+        {%- for q in quantiles %}
+        {%- set position = 'cast(' ~ (q / 100) ~ ' as ' ~ float ~ ') * cast(max(rows_total) - 1 as ' ~ float ~ ')' %}
+        {%- set lower = 'min(value) filter (where rows_upto > floor(' ~ position | replace('max(rows_total)', 'rows_total') ~ '))' %}
+        {%- set upper = 'min(value) filter (where rows_upto > ceil(' ~ position | replace('max(rows_total)', 'rows_total') ~ '))' %}
+        case
+            when floor({{ position }}) = ceil({{ position }}) then {{ lower }}
+            else {{ lower }} + ({{ upper }} - {{ lower }}) * ({{ position }} - floor({{ position }}))
+        end as p{{ '%02d' % q }}{{ ',' if not loop.last }}
+        {%- endfor %}
+    from (
+        select
+            {{ key_list }},
+            value,
+            -- rows with a value up to this one, and in all: the k-th value (from 0) is the
+            -- smallest whose rows_upto exceeds k
+            cast(sum(row_count) over (partition by {{ key_list }} order by value rows unbounded preceding) as bigint) as rows_upto,
+            cast(sum(row_count) over (partition by {{ key_list }}) as bigint) as rows_total
+        from {{ counts }}
+        where value is not null
+    ) as cumulative
+    group by {{ key_list }}
+{%- endmacro %}

@@ -1,0 +1,119 @@
+"""The drift step's own process: it scores what the run loaded as the run itself would, its
+errors reach the run, and it never outlives the run. Real PostgreSQL, real Evidently."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from modelwatch import drift, drift_worker, pipeline
+from modelwatch.config import Settings
+from modelwatch.errors import DriftError, UsageError
+
+from .conftest import FEBRUARY, trained_database
+
+DAY = date(2023, 2, 14)
+
+
+@pytest.fixture(scope="module")
+def one_batch(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """A trained database with DAY run (its drift scored by the worker)."""
+    with trained_database(server_url, tmp_path_factory.mktemp("worker_home"), "worker") as settings:
+        pipeline.run_batch(settings, DAY, FEBRUARY)
+        yield settings
+
+
+def _stored(conn: psycopg.Connection, day: date) -> dict[str, tuple]:
+    return {row[0]: row[1:] for row in conn.execute(
+        "select column_name, method, threshold, score, drifted, reason from raw.drift_scores where batch_date = %s",
+        (day,)).fetchall()}
+
+
+def test_the_worker_stores_what_the_step_computes_in_process(one_batch: Settings) -> None:
+    with psycopg.connect(one_batch.database_url, autocommit=True) as conn:
+        stored = _stored(conn, DAY)
+        columns = drift.monitored_columns(one_batch.monitoring)
+        options = drift.DriftOptions.from_settings(one_batch)
+        version = drift.batch_model_version(conn, DAY)
+        in_process = drift.score_batch(drift.evidently_api(), DAY, version,
+                                       drift.read_reference(conn, version, columns, options),
+                                       drift.read_batch(conn, DAY, columns, options), columns, options)
+        dataset = conn.execute("select current_rows, columns_computed, columns_drifted from raw.drift_datasets"
+                               " where batch_date = %s", (DAY,)).fetchone()
+    assert len(stored) == 7
+    expected = {column.column: (column.method, column.threshold, column.score, column.drifted, column.reason)
+                for column in in_process.columns}
+    # Equal up to float summation order: Evidently's Jensen-Shannon sums over a set of the
+    # categories, whose order follows the process's string hash seed.
+    assert {name: (*row[:2], pytest.approx(row[2], rel=1e-12), *row[3:]) for name, row in stored.items()} == expected
+    assert dataset == (2_466, 7, in_process.columns_drifted)
+
+
+def test_an_error_in_the_worker_reaches_the_run_as_itself(one_batch: Settings) -> None:
+    with drift_worker.started(one_batch, one_batch.database_url) as worker:
+        worker.score([date(2023, 2, 15)])  # never loaded
+        with pytest.raises(UsageError, match="batch 2023-02-15 has not been loaded"):
+            worker.wait()
+        worker.score([DAY])  # the worker goes on serving
+        worker.wait()
+
+
+def test_a_worker_that_dies_is_an_error_naming_the_drift_step(one_batch: Settings) -> None:
+    worker = drift_worker.DriftWorker(one_batch, one_batch.database_url)
+    os.kill(worker._process.pid, signal.SIGKILL)
+    worker.score([DAY])
+    with pytest.raises(DriftError, match="the drift step stopped"):
+        worker.wait()
+    worker.close()
+
+
+def test_the_worker_dies_with_the_run(one_batch: Settings, tmp_path: Path) -> None:
+    """A run killed mid-way (SIGKILL: no clean-up runs) takes its worker with it."""
+    code = (
+        "import sys; from modelwatch import drift_worker; from modelwatch.config import Settings; "
+        f"w = drift_worker.DriftWorker(Settings.from_env(), {one_batch.database_url!r}); "
+        "print(w._process.pid, flush=True); sys.stdin.read()"
+    )
+    env = dict(os.environ, MODELWATCH_HOME=str(one_batch.home))
+    run = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+                           text=True)
+    worker_pid = int(run.stdout.readline())
+    assert _alive(worker_pid)
+    run.kill()
+    run.wait()
+    deadline = time.monotonic() + 10
+    while _alive(worker_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(worker_pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ")[-1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+def test_the_run_itself_never_imports_evidently(one_batch: Settings) -> None:
+    """Evidently's 2.5 s import happens in the worker, beside the run, not in it."""
+    code = (
+        "import sys; from datetime import date; from modelwatch import pipeline; "
+        "from modelwatch.config import Settings; "
+        f"pipeline.run_batch(Settings.from_env(), date(2023, 2, 15), {str(FEBRUARY)!r}); "
+        "print('evidently' in sys.modules)"
+    )
+    env = dict(os.environ, MODELWATCH_HOME=str(one_batch.home), MODELWATCH_DATABASE_URL=one_batch.database_url)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False"
+    with psycopg.connect(one_batch.database_url, autocommit=True) as conn:
+        assert len(_stored(conn, date(2023, 2, 15))) == 7
