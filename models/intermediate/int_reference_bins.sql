@@ -11,8 +11,9 @@
   - every column: a "null" bin, so a change in the share of missing values
     counts as drift.
   Shares are over all reference rows, nulls included: a column's shares sum
-  to 1. Incremental: a build bins only the model versions of its batches that
-  are not binned yet, or were binned with other settings (psi_binning_label).
+  to 1. Incremental: bins every model version with a reference set that is
+  not binned yet, or was binned with other settings (psi_binning_label);
+  `modelwatch train` builds it, so a model's bins exist before its first batch.
 -#}
 {{ config(materialized='incremental', incremental_strategy='delete+insert', unique_key='model_version') }}
 {%- set binning = modelwatch.psi_binning_label() -%}
@@ -21,11 +22,9 @@
 
 with versions as (
     select distinct model_version
-    from {{ ref('stg_batches') }}
-    where {{ modelwatch.in_batch_range('batch_date') }}
-      and model_version is not null
+    from {{ ref('stg_reference_trips') }}
     {%- if is_incremental() %}
-      and model_version not in (select model_version from {{ this }} where binning = '{{ binning }}')
+    where model_version not in (select model_version from {{ this }} where binning = '{{ binning }}')
     {%- endif %}
 ),
 

@@ -82,6 +82,7 @@ def train(settings: Settings, reference: Path | str) -> model.TrainedModel:
         load.save_reference(conn, trained, reference_rows)
     settings.models_dir.mkdir(parents=True, exist_ok=True)
     (settings.models_dir / f"{trained.version}.pkl").write_bytes(trained.artifact)
+    transform.bin_references(settings, url)  # the model's PSI bins, before its first batch
     return trained
 
 
