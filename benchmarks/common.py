@@ -268,26 +268,55 @@ def read_months(names: Sequence[str] = MONTHS) -> list[pa.Table]:
 @dataclass(frozen=True)
 class ChildRun:
     seconds: float
-    peak_rss_mb: float
+    peak_rss_mb: float  # the process and its children together (the drift worker), at their peak
     returncode: int
     stdout: str
     stderr: str
+    own_peak_rss_mb: float = 0.0  # the process alone (wait4's ru_maxrss)
+
+
+MEMORY_SAMPLE_S = 0.02
+
+
+def _tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and its descendants, now (0 for any that just exited)."""
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            for line in Path(f"/proc/{current}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) / 1024
+            pending += [int(child) for child in
+                        Path(f"/proc/{current}/task/{current}/children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
 
 
 def run_child(args: Sequence[str], env: dict[str, str] | None = None, cwd: Path | None = None,
               check: bool = True) -> ChildRun:
-    """Run a process; its wall time and peak RSS (wait4's ru_maxrss: the child's own high-water mark)."""
+    """Run a process: its wall time, and the peak resident memory of it and its children
+    together, sampled every 20 ms (a child's memory is not in the parent's ru_maxrss)."""
     out = tempfile.TemporaryFile()
     err = tempfile.TemporaryFile()
     clock = time.perf_counter()
     process = subprocess.Popen(list(args), env=env, cwd=cwd, stdout=out, stderr=err)
-    _, status, usage = os.wait4(process.pid, 0)
+    peak = 0.0
+    while True:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            break
+        peak = max(peak, _tree_rss_mb(process.pid))
+        time.sleep(MEMORY_SAMPLE_S)
     seconds = time.perf_counter() - clock
     process.returncode = os.waitstatus_to_exitcode(status)
     out.seek(0)
     err.seek(0)
-    run = ChildRun(seconds, usage.ru_maxrss / 1024, process.returncode,
-                   out.read().decode(errors="replace"), err.read().decode(errors="replace"))
+    own = usage.ru_maxrss / 1024
+    run = ChildRun(seconds, max(peak, own), process.returncode,
+                   out.read().decode(errors="replace"), err.read().decode(errors="replace"), own)
     out.close()
     err.close()
     if check and run.returncode != 0:

@@ -38,7 +38,7 @@
       below its operand: over the negated bounds, those at or above v, which
       the k bounds minus it turns into those below v.
     -#}
-    select {{ counted_keys | join(', ') }}, counted.column_name, bins.bin_index, sum(counted.row_count) as row_count
+    select {{ counted_keys | join(', ') }}, counted.column_name, binned.bin_index, sum(counted.row_count) as row_count
     from {{ counts }} as counted
     inner join (
         select
@@ -60,9 +60,9 @@
             else ranges.first_range_bin + cardinality(ranges.negated_bounds)
                  - width_bucket(-counted.value, ranges.negated_bounds)
         end as bin_index
-    ) as bins
+    ) as binned
     where counted.column_name in ('{{ numeric_columns | join("', '") }}')
-    group by {{ counted_keys | join(', ') }}, counted.column_name, bins.bin_index
+    group by {{ counted_keys | join(', ') }}, counted.column_name, binned.bin_index
     {%- endif %}
     {%- if numeric_columns and categorical_columns %}
     union all

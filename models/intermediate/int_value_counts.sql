@@ -6,7 +6,8 @@
   prediction has the most distinct values), so their quantiles, means and PSI
   bins are computed on those, not on every trip again.
 -#}
-{{ config(materialized='table', unlogged=true, post_hook='analyze {{ this }}') }}  {#- rebuilt by every build: no WAL #}
+{{ config(materialized='table', unlogged=true, pre_hook='{{ modelwatch.build_work_mem() }}',
+          post_hook='analyze {{ this }}') }}  {#- rebuilt by every build: no WAL #}
 {%- set monitoring = var('monitoring') -%}
 {%- set numeric_columns = [] -%}
 {%- for column in monitoring.numeric_features + [monitoring.prediction, monitoring.target] if column not in numeric_columns -%}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -29,7 +30,7 @@ from . import errors
 from .config import Settings
 from .errors import DriftError, ModelwatchError
 
-STOP_TIMEOUT_S = 30  # a worker scoring when the run ends finishes the batch it is on
+STOP_TIMEOUT_S = 30  # after its last answer the worker only has to read the end of its input
 
 class DriftWorker:
     """A `python -m modelwatch.drift_worker` process, one request at a time."""
@@ -44,9 +45,11 @@ class DriftWorker:
             [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=self._stderr, env=env, text=True,
         )
+        self._pending = False  # asked to score, not answered yet
 
     def score(self, days: list[date]) -> None:
         """Ask for these loaded batches to be scored; `wait` for the answer."""
+        self._pending = True
         try:
             self._process.stdin.write(json.dumps({"days": [day.isoformat() for day in days]}) + "\n")
             self._process.stdin.flush()
@@ -56,16 +59,17 @@ class DriftWorker:
     def wait(self) -> None:
         """Until the batches asked for are scored and stored; their error, if any."""
         line = self._process.stdout.readline()
+        self._pending = False
         if not line:
-            raise DriftError(f"the drift step stopped: {self._stderr_tail()}")
+            raise DriftError(f"the drift step stopped ({self._exit_status()}): {self._stderr_tail()}")
         reply = json.loads(line)
         if "error" in reply:
             raise getattr(errors, reply.get("type", ""), DriftError)(reply["error"])
 
     def close(self, failed: bool = False) -> None:
-        """Stop the worker: it ends when its stdin closes (after the batch it is on); at once
-        when the run failed, since nothing will read what it is scoring."""
-        if failed:
+        """Stop the worker: it ends when its stdin closes, once it has answered. At once when
+        the run failed or never asked it anything: nothing would read what it does."""
+        if failed or not self._pending:
             self._process.kill()
         try:
             self._process.stdin.close()
@@ -79,10 +83,17 @@ class DriftWorker:
         self._process.stdout.close()
         self._stderr.close()
 
+    def _exit_status(self) -> str:
+        try:
+            code = self._process.wait(timeout=5)  # its output ended: it is exiting
+        except subprocess.TimeoutExpired:
+            return "still running"
+        return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+
     def _stderr_tail(self) -> str:
         self._stderr.seek(0)
         lines = [line for line in self._stderr.read().decode(errors="replace").splitlines() if line.strip()]
-        return lines[-1].strip() if lines else f"exit code {self._process.poll()}"
+        return lines[-1].strip() if lines else "no message"
 
 
 @contextmanager
@@ -101,7 +112,6 @@ def _die_with_parent() -> None:
     orphan writes drift scores after it. Elsewhere the closed stdin ends the worker."""
     try:
         import ctypes
-        import signal
 
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -122,6 +132,7 @@ def _reply(exc: BaseException | None) -> dict:
 
 def main() -> None:
     _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the run, which stops the worker
     replies = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # whatever a library prints goes to stderr, not into the replies
     from . import db, drift  # after the pipe is set up: these imports take a second

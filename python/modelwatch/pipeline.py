@@ -1,7 +1,9 @@
 """One batch, or a range of them, end to end: read, load and score, build, record.
 
-Each day is loaded in its own transaction; the dbt build then covers the whole
-range in one invocation while the contract still decides batch by batch.
+Each day is loaded in its own transaction; the drift worker (its own process)
+scores them with Evidently while dbt builds the whole range (two invocations:
+the marts that do not read drift, then those that do), and the contract still
+decides batch by batch.
 """
 
 from __future__ import annotations
@@ -82,7 +84,8 @@ def train(settings: Settings, reference: Path | str) -> model.TrainedModel:
         load.save_reference(conn, trained, reference_rows)
     settings.models_dir.mkdir(parents=True, exist_ok=True)
     (settings.models_dir / f"{trained.version}.pkl").write_bytes(trained.artifact)
-    transform.bin_references(settings, url)  # the model's PSI bins, before its first batch
+    with db.connect(url, autocommit=True) as conn, db.build_lock(conn):  # no build runs dbt meanwhile
+        transform.bin_references(settings, url)  # the model's PSI bins, before its first batch
     return trained
 
 

@@ -60,8 +60,8 @@ def test_the_worker_stores_what_the_step_computes_in_process(one_batch: Settings
 
 def test_an_error_in_the_worker_reaches_the_run_as_itself(one_batch: Settings) -> None:
     with drift_worker.started(one_batch, one_batch.database_url) as worker:
-        worker.score([date(2023, 2, 15)])  # never loaded
-        with pytest.raises(UsageError, match="batch 2023-02-15 has not been loaded"):
+        worker.score([date(2023, 3, 15)])  # never loaded
+        with pytest.raises(UsageError, match="batch 2023-03-15 has not been loaded"):
             worker.wait()
         worker.score([DAY])  # the worker goes on serving
         worker.wait()
@@ -71,29 +71,36 @@ def test_a_worker_that_dies_is_an_error_naming_the_drift_step(one_batch: Setting
     worker = drift_worker.DriftWorker(one_batch, one_batch.database_url)
     os.kill(worker._process.pid, signal.SIGKILL)
     worker.score([DAY])
-    with pytest.raises(DriftError, match="the drift step stopped"):
+    with pytest.raises(DriftError, match=r"the drift step stopped \(killed by signal 9\)"):
         worker.wait()
     worker.close()
 
 
 def test_the_worker_dies_with_the_run(one_batch: Settings, tmp_path: Path) -> None:
-    """A run killed mid-way (SIGKILL: no clean-up runs) takes its worker with it."""
+    """A run killed mid-way (SIGKILL: no clean-up runs) takes its worker with it, by the
+    parent-death signal: a sleeper keeps the worker's stdin open, so no end of input stops it."""
     code = (
-        "import sys; from modelwatch import drift_worker; from modelwatch.config import Settings; "
+        "import subprocess, sys; from modelwatch import drift_worker; from modelwatch.config import Settings; "
         f"w = drift_worker.DriftWorker(Settings.from_env(), {one_batch.database_url!r}); "
-        "print(w._process.pid, flush=True); sys.stdin.read()"
+        "s = subprocess.Popen(['sleep', '60'], pass_fds=[w._process.stdin.fileno()]); "
+        "print(w._process.pid, s.pid, flush=True); sys.stdin.read()"
     )
     env = dict(os.environ, MODELWATCH_HOME=str(one_batch.home))
     run = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
                            text=True)
-    worker_pid = int(run.stdout.readline())
-    assert _alive(worker_pid)
-    run.kill()
-    run.wait()
-    deadline = time.monotonic() + 10
-    while _alive(worker_pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(worker_pid)
+    worker_pid, sleeper_pid = (int(pid) for pid in run.stdout.readline().split())
+    try:
+        time.sleep(0.5)
+        assert _alive(worker_pid)
+        run.kill()
+        run.wait()
+        deadline = time.monotonic() + 10
+        while _alive(worker_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(worker_pid)
+        assert _alive(sleeper_pid)  # its stdin was still open: the signal ended it, not EOF
+    finally:
+        os.kill(sleeper_pid, signal.SIGKILL)
 
 
 def _alive(pid: int) -> bool:
@@ -117,3 +124,27 @@ def test_the_run_itself_never_imports_evidently(one_batch: Settings) -> None:
     assert out.strip().splitlines()[-1] == "False"
     with psycopg.connect(one_batch.database_url, autocommit=True) as conn:
         assert len(_stored(conn, date(2023, 2, 15))) == 7
+
+
+def test_a_drift_step_failing_mid_run_marks_the_batch_and_exits_3(one_batch: Settings, tmp_path: Path) -> None:
+    """The worker dying (here killed as it starts, by a sitecustomize only its interpreter
+    acts on) fails the run with one line, exit 3, and leaves the batch 'error', unpublished."""
+    env = dict(os.environ, MODELWATCH_HOME=str(one_batch.home), MODELWATCH_DATABASE_URL=one_batch.database_url)
+    sitecustomize = tmp_path / "site"
+    sitecustomize.mkdir()
+    # Only the worker runs as `-m modelwatch.drift_worker`: it dies as it starts, the run does not.
+    (sitecustomize / "sitecustomize.py").write_text(
+        "import os, signal, sys\n"
+        "if sys.orig_argv[1:3] == ['-m', 'modelwatch.drift_worker']:\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(sitecustomize), env.get("PYTHONPATH")]))
+    run = subprocess.run([sys.executable, "-m", "modelwatch.cli", "run", "--batch-date", "2023-02-16",
+                          "--file", str(FEBRUARY)], capture_output=True, text=True, env=env)
+    assert run.returncode == 3, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert lines == ["Error: the drift step stopped (killed by signal 9): no message"]
+    with psycopg.connect(one_batch.database_url, autocommit=True) as conn:
+        status, error = conn.execute("select status, error from raw.batches where batch_date = '2023-02-16'").fetchone()
+        published = conn.execute("select count(*) from marts.published_batches where batch_date = '2023-02-16'"
+                                 ).fetchone()[0]
+    assert (status, error, published) == ("error", "the drift step stopped (killed by signal 9): no message", 0)

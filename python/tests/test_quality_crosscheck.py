@@ -80,3 +80,26 @@ def test_daily_trips_match_pandas(demo_settings: Settings, demo_conn) -> None:
         for column in columns:
             expected += [batch[column].mean(), batch[column].median()]
         assert marts[day] == pytest.approx(expected, abs=TOLERANCE), day
+
+
+def test_quantiles_from_counts_equal_percentile_cont_on_the_rows(demo_settings: Settings, demo_conn) -> None:
+    """column_quality reads its quantiles off the batch's frequency table: every one of them, for
+    every batch and numeric column, is exactly (==, not approximately) what percentile_cont gives
+    on the batch's rows, and its min, max and missing counts too."""
+    demo_conn.execute(
+        """create temporary view scored_rows as
+           select t.*, p.predicted_duration_min
+           from staging.stg_trips t join staging.stg_predictions p using (batch_date, trip_id)""")
+    selects = " union all ".join(
+        f"""select batch_date, '{column}', count(*) - count({column}), min({column}),
+                   percentile_cont(array[0.05, 0.25, 0.5, 0.75, 0.95]) within group (order by {column}),
+                   max({column})
+            from scored_rows group by batch_date"""
+        for column in demo_settings.monitoring.numeric_columns)
+    on_rows = {(day, column): (missing, low, *quantiles, high)
+               for day, column, missing, low, quantiles, high in demo_conn.execute(selects).fetchall()}
+    in_mart = {(day, column): tuple(rest) for day, column, *rest in demo_conn.execute(
+        """select batch_date, column_name, missing_count, min_value, p05, p25, p50, p75, p95, max_value
+           from marts.column_quality where column_kind = 'numeric'""").fetchall()}
+    assert len(on_rows) == 28 * len(demo_settings.monitoring.numeric_columns) == len(in_mart)
+    assert in_mart == on_rows
