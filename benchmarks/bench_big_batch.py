@@ -7,8 +7,9 @@ onto one day, keeping each trip's time of day and duration, repeated until
 initialised and trained database: read, load and score, Evidently drift (on a
 seeded sample: vars.drift.evidently_max_rows, recorded in raw.drift_datasets),
 SQL drift on all rows, the dbt build with the contract's tests, run results.
-Peak memory is the peak of that process's RSS and its drift worker's together
-(sampled every 20 ms); the PostgreSQL server's own memory is not in it. The baseline is PostgreSQL's own
+Peak memory is the peak of that process's and its drift worker's memory
+together (proportional set size, sampled every 200 ms); the PostgreSQL
+server's own memory is not in it. The baseline is PostgreSQL's own
 `COPY raw.trips FROM 'file'` of the same rows (the CSV text modelwatch's loader
 sends, batch_date and trip_id included), into the same table. Before each run
 the raw tables are emptied, so each run is a first run of the day.
@@ -100,7 +101,7 @@ def run(srv: Server, repeats: int = 3) -> list[Figure]:
                note=f"{details['modelwatch_seconds']['median']:.1f} s vs COPY {details['server_copy_seconds']['median']:.1f} s"),
         Figure(MEMORY_KEY, f"Peak RSS of `modelwatch run` and its drift worker on {ROWS / 1e6:g}M rows", memory, "MB", "< 2048",
                {"peak_rss_mb": memory.__dict__},
-               note="the modelwatch process and its drift worker together, sampled every 20 ms "
+               note="the modelwatch process and its drift worker together (PSS, sampled every 200 ms) "
                     f"(the process alone: {Spread.of([r.own_peak_rss_mb for r in runs]).median:.0f} MB); "
                     "the PostgreSQL server's memory is not included"),
     ]

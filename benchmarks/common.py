@@ -268,37 +268,40 @@ def read_months(names: Sequence[str] = MONTHS) -> list[pa.Table]:
 @dataclass(frozen=True)
 class ChildRun:
     seconds: float
-    peak_rss_mb: float  # the process and its children together (the drift worker), at their peak
+    peak_rss_mb: float  # the process and its children together (the drift worker): peak PSS sum
     returncode: int
     stdout: str
     stderr: str
     own_peak_rss_mb: float = 0.0  # the process alone (wait4's ru_maxrss)
 
 
-MEMORY_SAMPLE_S = 0.02
+MEMORY_SAMPLE_S = 0.2  # reading smaps_rollup of a 1 GB process takes milliseconds: not every 20
 
 
-def _tree_rss_mb(pid: int) -> float:
-    """Resident memory of a process and its descendants, now (0 for any that just exited)."""
+def _tree_pss_mb(pid: int) -> float:
+    """Memory of a process and its descendants now, as proportional set size: a page two of them
+    share counts once (a child between fork and exec shares all its parent's pages, and RSS
+    would count them twice). 0 for any that just exited."""
     total = 0.0
     pending = [pid]
     while pending:
         current = pending.pop()
         try:
-            for line in Path(f"/proc/{current}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+            for line in Path(f"/proc/{current}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
                     total += int(line.split()[1]) / 1024
             pending += [int(child) for child in
                         Path(f"/proc/{current}/task/{current}/children").read_text().split()]
-        except (FileNotFoundError, ProcessLookupError):
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
     return total
 
 
 def run_child(args: Sequence[str], env: dict[str, str] | None = None, cwd: Path | None = None,
               check: bool = True) -> ChildRun:
-    """Run a process: its wall time, and the peak resident memory of it and its children
-    together, sampled every 20 ms (a child's memory is not in the parent's ru_maxrss)."""
+    """Run a process: its wall time, and the peak memory of it and its children together
+    (proportional set size, sampled every 200 ms: a child's memory is not in the parent's
+    ru_maxrss)."""
     out = tempfile.TemporaryFile()
     err = tempfile.TemporaryFile()
     clock = time.perf_counter()
@@ -308,7 +311,7 @@ def run_child(args: Sequence[str], env: dict[str, str] | None = None, cwd: Path 
         pid, status, usage = os.wait4(process.pid, os.WNOHANG)
         if pid:
             break
-        peak = max(peak, _tree_rss_mb(process.pid))
+        peak = max(peak, _tree_pss_mb(process.pid))
         time.sleep(MEMORY_SAMPLE_S)
     seconds = time.perf_counter() - clock
     process.returncode = os.waitstatus_to_exitcode(status)

@@ -18,7 +18,7 @@ from psycopg.copy import QueuedLibpqWriter
 
 from . import pgbinary
 from .db import TRIP_COLUMNS
-from .model import TrainedModel, feature_frame
+from .model import TrainedModel
 from .source import TripFile
 
 COPY_CHUNK_ROWS = 100_000
@@ -94,7 +94,7 @@ def load_batch(
         "batch_date": batch_column,
         "trip_id": ids,
         "model_version": pa.array([model.version] * day_rows.num_rows, pa.string()),
-        "predicted_duration_min": pa.array(model.predict(feature_frame(day_rows, model.features)), pa.float64()),
+        "predicted_duration_min": pa.array(model.predict_table(day_rows), pa.float64()),
     })
     outside = trips.rows - day_rows.num_rows
     with conn.transaction():
@@ -129,7 +129,7 @@ def save_reference(conn: psycopg.Connection, model: TrainedModel, table: pa.Tabl
     reference = pa.Table.from_arrays(
         [pa.array([model.version] * table.num_rows, pa.string()), pa.array(np.arange(1, table.num_rows + 1))]
         + [table[name] for name, _ in TRIP_COLUMNS]
-        + [pa.array(model.predict(feature_frame(table, model.features)), pa.float64())],
+        + [pa.array(model.predict_table(table), pa.float64())],
         names=["model_version", "trip_id"] + [name for name, _ in TRIP_COLUMNS] + ["predicted_duration_min"],
     )
     conn.execute("delete from raw.reference_trips where model_version = %s", (model.version,))
