@@ -4,27 +4,30 @@ Importing Evidently takes about 2.5 s and scoring a batch about 0.1 s, nearly
 all of it Python holding the interpreter lock. In a process of its own,
 started when a run starts, Evidently imports while the batches load and scores
 while dbt builds the marts that do not read its results, on the other core,
-and the run's own process never imports it.
+and the run's own process never imports it. A process that runs batch after
+batch keeps its worker (one per dbt project), so Evidently is imported once.
 
-The protocol is one JSON line each way: the run sends {"days": [...]} once
-those batches are loaded (committed), the worker scores them
-(drift.score_batches: read from the database, scored, stored in raw) and
+The protocol is one JSON line each way: the run sends {"url": ..., "days":
+[...]} once those batches are loaded (committed), the worker scores them
+(drift.score_batches: read from that database, scored, stored in raw) and
 answers {"ok": true} or {"error": ..., "type": ...}. It serves requests until
-its stdin closes, and dies with the run's process.
+its stdin closes, and dies with the process that started it (Linux: with the
+thread that started it, so start runs from a thread that outlives them).
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
-from pathlib import Path
 
 from . import errors
 from .config import Settings
@@ -32,26 +35,34 @@ from .errors import DriftError, ModelwatchError
 
 STOP_TIMEOUT_S = 30  # after its last answer the worker only has to read the end of its input
 
+
 class DriftWorker:
     """A `python -m modelwatch.drift_worker` process, one request at a time."""
 
-    def __init__(self, settings: Settings, url: str) -> None:
+    def __init__(self, settings: Settings) -> None:
         self._stderr = tempfile.TemporaryFile()
-        env = dict(os.environ)
-        # The URL goes by the environment, not argv: ps shows argv, and it may hold a password.
-        env.update(MODELWATCH_DATABASE_URL=url, MODELWATCH_PROJECT_DIR=str(settings.project_dir),
-                   MODELWATCH_HOME=str(settings.home))
+        env = dict(os.environ, MODELWATCH_PROJECT_DIR=str(settings.project_dir), MODELWATCH_HOME=str(settings.home))
         self._process = subprocess.Popen(
             [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=self._stderr, env=env, text=True,
         )
-        self._pending = False  # asked to score, not answered yet
+        self.pending = False  # asked to score, not answered yet
+        self.in_use = threading.Lock()  # held by the run using it
+        self._closed = False
 
-    def score(self, days: list[date]) -> None:
-        """Ask for these loaded batches to be scored; `wait` for the answer."""
-        self._pending = True
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def alive(self) -> bool:
+        return not self._closed and self._process.poll() is None
+
+    def score(self, url: str, days: list[date]) -> None:
+        """Ask for these loaded batches of the database at `url` to be scored (the URL goes
+        by the pipe, not argv or the environment, which others may read); `wait` for it."""
+        self.pending = True
         try:
-            self._process.stdin.write(json.dumps({"days": [day.isoformat() for day in days]}) + "\n")
+            self._process.stdin.write(json.dumps({"url": url, "days": [day.isoformat() for day in days]}) + "\n")
             self._process.stdin.flush()
         except OSError:  # the worker is gone: wait() says why
             pass
@@ -59,7 +70,7 @@ class DriftWorker:
     def wait(self) -> None:
         """Until the batches asked for are scored and stored; their error, if any."""
         line = self._process.stdout.readline()
-        self._pending = False
+        self.pending = False
         if not line:
             raise DriftError(f"the drift step stopped ({self._exit_status()}): {self._stderr_tail()}")
         reply = json.loads(line)
@@ -68,8 +79,11 @@ class DriftWorker:
 
     def close(self, failed: bool = False) -> None:
         """Stop the worker: it ends when its stdin closes, once it has answered. At once when
-        the run failed or never asked it anything: nothing would read what it does."""
-        if failed or not self._pending:
+        the run failed or nothing is pending: nothing would read what it does."""
+        if self._closed:
+            return
+        self._closed = True
+        if failed or not self.pending:
             self._process.kill()
         try:
             self._process.stdin.close()
@@ -96,15 +110,41 @@ class DriftWorker:
         return lines[-1].strip() if lines else "no message"
 
 
+# This process's workers, by dbt project (its vars say what is monitored).
+_kept: dict[str, DriftWorker] = {}
+_kept_lock = threading.Lock()
+
+
 @contextmanager
-def started(settings: Settings, url: str) -> Iterator[DriftWorker]:
-    worker = DriftWorker(settings, url)
+def started(settings: Settings) -> Iterator[DriftWorker]:
+    """The drift worker for a run: this process's worker for the project, started on first use
+    and kept for the runs after (Evidently imported once per process, not once per run), or one
+    of the run's own while another thread's run uses that one. A run that fails while its
+    worker scores stops the worker; the next run starts another."""
+    with _kept_lock:
+        worker = _kept.get(str(settings.project_dir))
+        if worker is None or not worker.alive():
+            worker = _kept[str(settings.project_dir)] = DriftWorker(settings)
+        kept = worker.in_use.acquire(blocking=False)
+        if not kept:
+            worker = DriftWorker(settings)
     try:
         yield worker
     except BaseException:
-        worker.close(failed=True)
+        if worker.pending:
+            worker.close(failed=True)
         raise
-    worker.close()
+    finally:
+        if kept:
+            worker.in_use.release()
+        else:
+            worker.close()
+
+
+@atexit.register
+def _stop_kept() -> None:
+    for worker in _kept.values():
+        worker.close()
 
 
 def _die_with_parent() -> None:
@@ -137,16 +177,16 @@ def main() -> None:
     os.dup2(2, 1)  # whatever a library prints goes to stderr, not into the replies
     from . import db, drift  # after the pipe is set up: these imports take a second
 
-    settings = Settings.from_env()
+    settings = Settings.from_env()  # the project (what is monitored); the database comes with each request
     try:
         drift.evidently_api()  # import Evidently now, while the run loads its batches
     except Exception:  # noqa: BLE001 - reported when a batch is scored
         pass
-    url = db.database_url(settings)
     for line in sys.stdin:
-        days = [date.fromisoformat(day) for day in json.loads(line)["days"]]
+        request = json.loads(line)
+        days = [date.fromisoformat(day) for day in request["days"]]
         try:
-            with db.connect(url, autocommit=True) as conn:
+            with db.connect(request["url"], autocommit=True) as conn:
                 drift.score_batches(settings, conn, days)
             failure = None
         except Exception as exc:  # noqa: BLE001 - every failure goes back to the run

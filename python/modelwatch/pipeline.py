@@ -91,7 +91,7 @@ def train(settings: Settings, reference: Path | str) -> model.TrainedModel:
 
 def run_batch(settings: Settings, batch_date: date, file: Path | str) -> BatchOutcome:
     """One batch: the rows of `file` whose pickup falls on `batch_date`."""
-    with drift_worker.started(settings, db.database_url(settings)) as scorer:  # imports while the file is read
+    with drift_worker.started(settings) as scorer:  # imports while the file is read
         trips = read_trip_file(file)
         if load.rows_of_day(trips.table, batch_date).num_rows == 0:
             days = load.pickup_days(load.dominant_month_rows(trips.table))
@@ -117,7 +117,7 @@ def backfill(
     Days already finished from this same file (same sha256) are skipped unless
     `force`, so an interrupted backfill started again resumes where it stopped.
     """
-    with drift_worker.started(settings, db.database_url(settings)) as scorer:  # one for every chunk
+    with drift_worker.started(settings) as scorer:  # one for every chunk
         trips = read_trip_file(file)
         days = backfill_days(trips, start, end)
         done = {} if force else finished_batches(settings, trips, days)
@@ -194,7 +194,7 @@ def run_range(
     loaded: dict[date, load.LoadedBatch] = {}
     with ExitStack() as stack:
         if scorer is None:
-            scorer = stack.enter_context(drift_worker.started(settings, url))
+            scorer = stack.enter_context(drift_worker.started(settings))
         trips = file if isinstance(file, TripFile) else read_trip_file(file)
         conn = stack.enter_context(db.connect(url, autocommit=True))
         publish.check_initialised(conn)  # an older database fails here, before anything is loaded
@@ -215,7 +215,7 @@ def run_range(
                     progress(day)
             clock = time.perf_counter()
             load.analyze(conn)  # fresh statistics for the new batch dates, or the joins below go quadratic
-            scorer.score(days)  # Evidently's drift into raw, in its process, while dbt builds the rest
+            scorer.score(url, days)  # Evidently's drift into raw, in its process, while dbt builds the rest
             warming.join()
         except ModelwatchError as exc:
             _mark_all(conn, days, "error", str(exc))
@@ -355,7 +355,7 @@ def replay(
     already finished are redone. The pace is start to start: a batch that
     takes longer than `pace_s` is followed at once.
     """
-    with drift_worker.started(settings, db.database_url(settings)) as scorer:
+    with drift_worker.started(settings) as scorer:
         trips = read_trip_file(file)
         days = backfill_days(trips, start, end)
         batches: list[BatchOutcome] = []

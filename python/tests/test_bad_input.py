@@ -43,7 +43,7 @@ def _stored(url: str) -> tuple:
 def _project_with_monitoring(tmp_path: Path, **changes: object) -> Path:
     """A copy of the dbt project whose vars.monitoring differs."""
     project = tmp_path / "project"
-    for name in ("dbt_project.yml", "models", "macros", "seeds", "profiles", "tests"):
+    for name in ("dbt_project.yml", "selectors.yml", "models", "macros", "seeds", "profiles", "tests"):
         source = PROJECT_DIR / name
         if source.is_dir():
             shutil.copytree(source, project / name)

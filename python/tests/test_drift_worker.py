@@ -59,18 +59,38 @@ def test_the_worker_stores_what_the_step_computes_in_process(one_batch: Settings
 
 
 def test_an_error_in_the_worker_reaches_the_run_as_itself(one_batch: Settings) -> None:
-    with drift_worker.started(one_batch, one_batch.database_url) as worker:
-        worker.score([date(2023, 3, 15)])  # never loaded
+    with drift_worker.started(one_batch) as worker:
+        worker.score(one_batch.database_url, [date(2023, 3, 15)])  # never loaded
         with pytest.raises(UsageError, match="batch 2023-03-15 has not been loaded"):
             worker.wait()
-        worker.score([DAY])  # the worker goes on serving
+        worker.score(one_batch.database_url, [DAY])  # the worker goes on serving
         worker.wait()
 
 
+def test_runs_in_one_process_share_its_worker_until_one_fails_while_it_scores(one_batch: Settings) -> None:
+    """Evidently is imported once per process: later runs reuse the worker; a run that fails
+    while the worker scores for it stops it, and the next run gets a new one."""
+    with drift_worker.started(one_batch) as first:
+        pid = first.pid
+    with drift_worker.started(one_batch) as again:
+        assert again.pid == pid
+        with drift_worker.started(one_batch) as concurrent:  # the kept one is in use: one of its own
+            assert concurrent.pid != pid
+        assert not concurrent.alive()
+    with pytest.raises(RuntimeError), drift_worker.started(one_batch) as failing:
+        failing.score(one_batch.database_url, [DAY])
+        raise RuntimeError("the run failed while the worker scored")
+    assert not failing.alive()
+    with drift_worker.started(one_batch) as after:
+        assert after.pid != pid and after.alive()
+        after.score(one_batch.database_url, [DAY])
+        after.wait()
+
+
 def test_a_worker_that_dies_is_an_error_naming_the_drift_step(one_batch: Settings) -> None:
-    worker = drift_worker.DriftWorker(one_batch, one_batch.database_url)
-    os.kill(worker._process.pid, signal.SIGKILL)
-    worker.score([DAY])
+    worker = drift_worker.DriftWorker(one_batch)
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.score(one_batch.database_url, [DAY])
     with pytest.raises(DriftError, match=r"the drift step stopped \(killed by signal 9\)"):
         worker.wait()
     worker.close()
@@ -81,9 +101,9 @@ def test_the_worker_dies_with_the_run(one_batch: Settings, tmp_path: Path) -> No
     parent-death signal: a sleeper keeps the worker's stdin open, so no end of input stops it."""
     code = (
         "import subprocess, sys; from modelwatch import drift_worker; from modelwatch.config import Settings; "
-        f"w = drift_worker.DriftWorker(Settings.from_env(), {one_batch.database_url!r}); "
+        "w = drift_worker.DriftWorker(Settings.from_env()); "
         "s = subprocess.Popen(['sleep', '60'], pass_fds=[w._process.stdin.fileno()]); "
-        "print(w._process.pid, s.pid, flush=True); sys.stdin.read()"
+        "print(w.pid, s.pid, flush=True); sys.stdin.read()"
     )
     env = dict(os.environ, MODELWATCH_HOME=str(one_batch.home))
     run = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
