@@ -11,8 +11,7 @@ then hold a year of batches.
 
 Timed: `pipeline.run_batch` for the day after that year (February 15th 2023
 replayed), in process (one untimed run first on each side: dbt's parse of
-that database), the two databases alternating. Each run starts its own drift
-worker, which imports Evidently again: that cost is in both sides alike.
+that database, the process's drift worker), the two databases alternating.
 """
 
 from __future__ import annotations
