@@ -39,15 +39,11 @@ def make_files(srv: Server, rows: int) -> tuple[Path, Path, list[str]]:
     import pyarrow as pa
 
     from modelwatch import load
-    from modelwatch.db import TRIP_COLUMNS
 
     months = pa.concat_tables([timeshift.onto_day(month, DAY) for month in common.read_months()])
     table = pa.concat_tables([months] * (rows // months.num_rows + 1)).slice(0, rows).combine_chunks()
     parquet = timeshift.write_tlc_parquet(table, srv.scratch / "big_batch.parquet")
-    names = [name for name, _ in TRIP_COLUMNS]
-    as_loaded = pa.Table.from_arrays(
-        [pa.array([DAY] * rows, pa.date32()), pa.array(load.trip_ids(DAY, rows))] + [table[n] for n in names],
-        names=["batch_date", "trip_id"] + names)
+    as_loaded = load.trip_rows(DAY, table)
     csv = common.write_csv(as_loaded, srv.scratch / "big_batch.csv")
     return parquet, csv, as_loaded.column_names
 

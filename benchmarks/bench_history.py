@@ -54,29 +54,13 @@ def load_history(db: Database, last_day: date, days: int) -> list[date]:
     from psycopg import sql
 
     from modelwatch import drift, load, model, pipeline
-    from modelwatch.db import TRIP_COLUMNS
 
     first = last_day - timedelta(days=days)
     replay = timeshift.replay_days(timeshift.source_days(common.read_months()), first, days)
     with psycopg.connect(db.url, autocommit=True) as conn:
         trained = model.load_latest(conn)
-        batch_dates, trip_ids, tables = [], [], []
-        for day, rows in replay:
-            batch_dates.append(pa.array([day] * rows.num_rows, pa.date32()))
-            trip_ids.append(pa.array(load.trip_ids(day, rows.num_rows)))
-            tables.append(rows)
-        trips = pa.concat_tables(tables)
-        batch_column = pa.chunked_array(batch_dates)
-        id_column = pa.chunked_array(trip_ids)
-        names = [name for name, _ in TRIP_COLUMNS]
-        trips_table = pa.Table.from_arrays([batch_column, id_column] + [trips[name] for name in names],
-                                           names=["batch_date", "trip_id"] + names)
-        predictions = pa.table({
-            "batch_date": batch_column,
-            "trip_id": id_column,
-            "model_version": pa.array([trained.version] * trips.num_rows, pa.string()),
-            "predicted_duration_min": pa.array(trained.predict(model.feature_frame(trips, trained.features))),
-        })
+        trips_table = pa.concat_tables([load.trip_rows(day, rows) for day, rows in replay])
+        predictions = load.prediction_rows(trips_table, trained)
         with conn.transaction():
             load.copy_arrow(conn, sql.SQL("raw.trips"), trips_table)
             load.copy_arrow(conn, sql.SQL("raw.predictions"), predictions)

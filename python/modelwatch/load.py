@@ -76,6 +76,25 @@ def copy_arrow(conn: psycopg.Connection, target: sql.Composable, table: pa.Table
         copy.write(pgbinary.TRAILER)
 
 
+def trip_rows(batch_date: date, day_rows: pa.Table) -> pa.Table:
+    """A day's trips as raw.trips holds them: the batch date and trip id, then TRIP_COLUMNS."""
+    return pa.Table.from_arrays(
+        [pa.array([batch_date] * day_rows.num_rows, pa.date32()), pa.array(trip_ids(batch_date, day_rows.num_rows))]
+        + [day_rows[name] for name, _ in TRIP_COLUMNS],
+        names=["batch_date", "trip_id"] + [name for name, _ in TRIP_COLUMNS],
+    )
+
+
+def prediction_rows(trips: pa.Table, model: TrainedModel) -> pa.Table:
+    """raw.predictions' rows for trip_rows(...) scored by `model`."""
+    return pa.table({
+        "batch_date": trips["batch_date"],
+        "trip_id": trips["trip_id"],
+        "model_version": pa.array([model.version] * trips.num_rows, pa.string()),
+        "predicted_duration_min": pa.array(model.predict_table(trips), pa.float64()),
+    })
+
+
 def load_batch(
     conn: psycopg.Connection,
     trips: TripFile,
@@ -84,18 +103,8 @@ def load_batch(
     model: TrainedModel,
 ) -> LoadedBatch:
     """Replace the batch's trips and predictions and mark it loaded, atomically."""
-    ids = pa.array(trip_ids(batch_date, day_rows.num_rows))
-    batch_column = pa.array([batch_date] * day_rows.num_rows, pa.date32())
-    trips_table = pa.Table.from_arrays(
-        [batch_column, ids] + [day_rows[name] for name, _ in TRIP_COLUMNS],
-        names=["batch_date", "trip_id"] + [name for name, _ in TRIP_COLUMNS],
-    )
-    predictions = pa.table({
-        "batch_date": batch_column,
-        "trip_id": ids,
-        "model_version": pa.array([model.version] * day_rows.num_rows, pa.string()),
-        "predicted_duration_min": pa.array(model.predict_table(day_rows), pa.float64()),
-    })
+    trips_table = trip_rows(batch_date, day_rows)
+    predictions = prediction_rows(trips_table, model)
     outside = trips.rows - day_rows.num_rows
     with conn.transaction():
         for table, rows in (("trips", trips_table), ("predictions", predictions)):

@@ -105,11 +105,14 @@ def _manifest(settings: Settings, env: dict[str, str], command: str) -> Any:
     return _parsed[key]
 
 
+# What a dbt project is made of here: the files and folders dbt reads.
+PROJECT_PARTS = ("dbt_project.yml", "selectors.yml", "profiles", "models", "macros", "seeds", "tests",
+                 "snapshots", "analyses")
+
+
 def _project_files(project_dir: Path) -> tuple[tuple[str, int, int], ...]:
     """(path, size, mtime) of every file dbt parses, to notice an edited project."""
-    roots = [project_dir / "dbt_project.yml", project_dir / "selectors.yml"] + [project_dir / name for name in
-                                                 ("models", "macros", "seeds", "tests", "snapshots", "analyses",
-                                                  "profiles")]
+    roots = [project_dir / name for name in PROJECT_PARTS]
     files = [root for root in roots if root.is_file()]
     files += [path for root in roots if root.is_dir() for path in root.rglob("*") if path.is_file()]
     return tuple(sorted((str(path), (stat := path.stat()).st_size, stat.st_mtime_ns) for path in files))

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from modelwatch import pipeline
+from modelwatch import pipeline, transform
 from modelwatch.cli import main
 from modelwatch.config import PROJECT_DIR, Settings
 
@@ -43,7 +43,7 @@ def _stored(url: str) -> tuple:
 def _project_with_monitoring(tmp_path: Path, **changes: object) -> Path:
     """A copy of the dbt project whose vars.monitoring differs."""
     project = tmp_path / "project"
-    for name in ("dbt_project.yml", "selectors.yml", "models", "macros", "seeds", "profiles", "tests"):
+    for name in transform.PROJECT_PARTS:
         source = PROJECT_DIR / name
         if source.is_dir():
             shutil.copytree(source, project / name)
