@@ -37,6 +37,11 @@ SAMPLE_EVERY_S = 0.5
 # of one per batch or per 31-day build would be 8 to 240 more by the end.
 MEMORY_GROWTH_LIMIT_MB = 40  # allocator noise is ~10 MB
 TRANSIENT_FDS = 3
+# Connections also come and go within a build (dbt's threads, the one dbt_env opens to
+# find the role): a sample catching one more late than early is that, not a leak; a leak
+# of one per 31-day build would be 8 more by the end, and the cap below holds regardless.
+TRANSIENT_CONNECTIONS = 1
+MAX_CONNECTIONS = 7  # the pipeline's, dbt_env's, dbt's 4 threads' and the drift worker's
 
 
 @dataclass(frozen=True)
@@ -54,17 +59,34 @@ def _year_file(folder: Path) -> tuple[Path, dict[date, int]]:
     return path, {day: rows.num_rows for day, rows in replayed}
 
 
+class Exited(Exception):
+    """The process ended while it was being sampled."""
+
+
 def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError) as error:  # reaped
+        raise Exited(pid) from error
+    for line in status.splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS for process {pid}")
+    raise Exited(pid)  # a zombie (exited, not yet reaped) has no VmRSS
+
+
+def _open_fds(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except (FileNotFoundError, ProcessLookupError) as error:
+        raise Exited(pid) from error
 
 
 def _children(pid: int) -> list[int]:
     """The process's children (its drift worker)."""
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(child) for child in children.read_text().split()] if children.exists() else []
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (FileNotFoundError, ProcessLookupError):  # no such file without CONFIG_PROC_CHILDREN
+        return []
 
 
 def _sample(process: subprocess.Popen, conn: psycopg.Connection) -> Sample:
@@ -74,13 +96,13 @@ def _sample(process: subprocess.Popen, conn: psycopg.Connection) -> Sample:
                   (select count(*) from pg_stat_activity
                    where datname = current_database() and pid <> pg_backend_pid())"""
     ).fetchone()
-    rss = float(_rss_mb(process.pid))
-    fds = len(os.listdir(f"/proc/{process.pid}/fd"))
+    rss = _rss_mb(process.pid)
+    fds = _open_fds(process.pid)
     for child in _children(process.pid):
         try:
             rss += _rss_mb(child)
-            fds += len(os.listdir(f"/proc/{child}/fd"))
-        except (FileNotFoundError, AssertionError):  # it exited meanwhile
+            fds += _open_fds(child)
+        except Exited:  # the worker exited meanwhile
             pass
     return Sample(int(finished), rss, fds, int(connections))
 
@@ -91,7 +113,7 @@ def _watch(process: subprocess.Popen, url: str) -> list[Sample]:
         while process.poll() is None:
             try:
                 samples.append(_sample(process, conn))
-            except (FileNotFoundError, ProcessLookupError):  # it exited between poll and read
+            except Exited:  # it exited between poll and read
                 break
             time.sleep(SAMPLE_EVERY_S)
     return samples
@@ -135,5 +157,5 @@ def test_a_year_of_daily_batches_passes_without_leaks(trained_settings: Settings
           f"({seconds / DAYS:.2f} s a batch); early vs late peaks: {peak}")
     assert peak["rss_mb"][1] <= peak["rss_mb"][0] + MEMORY_GROWTH_LIMIT_MB
     assert peak["open_fds"][1] <= peak["open_fds"][0] + TRANSIENT_FDS
-    assert peak["connections"][1] <= peak["connections"][0]
-    assert max(s.connections for s in samples) <= 7  # the pipeline's, dbt's 4 threads' and the drift worker's
+    assert peak["connections"][1] <= peak["connections"][0] + TRANSIENT_CONNECTIONS
+    assert max(s.connections for s in samples) <= MAX_CONNECTIONS
