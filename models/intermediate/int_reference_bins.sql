@@ -162,7 +162,8 @@ reference_counts as (
     {{ modelwatch.value_counts('reference', ['model_version'], numeric_columns, categorical_columns) }}
 ),
 
-bin_counts as (
+{#- Materialized, as in feature_drift: a nested loop must not recount per bin. #}
+bin_counts as materialized (
     {{ modelwatch.psi_bin_counts('reference_counts', 'bins', ['model_version']) }}
 )
 

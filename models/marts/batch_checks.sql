@@ -9,7 +9,8 @@
 {%- set duration = contract['duration_out_of_range_share'] -%}
 {%- set numeric_types = ['double precision', 'real', 'numeric', 'bigint', 'integer', 'smallint'] -%}
 
-with scored as (
+{#- Read by two aggregates below: not materialized, or PostgreSQL would copy every trip first. #}
+with scored as not materialized (
     select * from {{ ref('int_trips_scored') }}
 ),
 
@@ -19,27 +20,55 @@ batches as (
     where {{ modelwatch.in_batch_range('batch_date') }}
 ),
 
+{#-
+  The shares are counted in one hashed pass over the trips, grouped by batch;
+  the duplicate count on its own: count(distinct) makes PostgreSQL sort its
+  input, and sorting only (batch_date, trip_id) costs a fraction of sorting
+  every trip's columns (1.2 s vs 4.4 s on 3 million rows).
+-#}
+{%- set shares = {
+    'negative_fare_share': 'fare_amount < 0',
+    'duration_out_of_range_share': 'duration_min <= ' ~ duration['min_minutes'] ~ ' or duration_min > ' ~ duration['max_minutes'],
+    'zero_distance_share': 'trip_distance = 0',
+    'pickup_outside_day_share': 'cast(pickup_datetime as date) <> batch_date',
+} -%}
+{%- for column in features + [monitoring.timestamp] -%}
+    {%- do shares.update({'missing_share__' ~ column: column ~ ' is null'}) -%}
+{%- endfor -%}
+{%- for column in monitoring.zone_columns -%}
+    {%- do shares.update({'known_zone_share__' ~ column:
+        column ~ ' in (select location_id from ' ~ ref('taxi_zones') ~ " where borough <> 'Unknown')"}) -%}
+{%- endfor %}
+
+trip_shares as (
+    select
+        batch_date,
+        count(*) as row_count,
+        {%- for name, condition in shares.items() %}
+        {{ modelwatch.share_where(condition) }} as {{ name }}{{ ',' if not loop.last }}
+        {%- endfor %}
+    from scored
+    group by batch_date
+),
+
+duplicates as (
+    select batch_date, count(trip_id) - count(distinct trip_id) as duplicate_trip_ids
+    from scored
+    group by batch_date
+),
+
+{#- Every batch of the range, a batch without trips included (0 rows, shares 0). -#}
 per_batch as (
     select
         batches.batch_date,
-        count(scored.trip_id) as row_count,
-        count(scored.trip_id) - count(distinct scored.trip_id) as duplicate_trip_ids,
-        {{ modelwatch.share_where('scored.fare_amount < 0') }} as negative_fare_share,
-        {{ modelwatch.share_where(
-            'scored.duration_min <= ' ~ duration['min_minutes'] ~ ' or scored.duration_min > ' ~ duration['max_minutes']
-        ) }} as duration_out_of_range_share,
-        {{ modelwatch.share_where('scored.trip_distance = 0') }} as zero_distance_share,
-        {{ modelwatch.share_where('cast(scored.pickup_datetime as date) <> scored.batch_date') }} as pickup_outside_day_share,
-        {% for column in features + [monitoring.timestamp] -%}
-        {{ modelwatch.share_where('scored.' ~ column ~ ' is null') }} as missing_share__{{ column }},
-        {% endfor -%}
-        {% for column in monitoring.zone_columns -%}
-        {{ modelwatch.share_where('scored.' ~ column ~ ' in (select location_id from ' ~ ref('taxi_zones') ~ " where borough <> 'Unknown')") }}
-            as known_zone_share__{{ column }}{{ ',' if not loop.last }}
-        {% endfor %}
+        coalesce(trip_shares.row_count, 0) as row_count,
+        coalesce(duplicates.duplicate_trip_ids, 0) as duplicate_trip_ids,
+        {%- for name in shares %}
+        coalesce(trip_shares.{{ name }}, 0) as {{ name }}{{ ',' if not loop.last }}
+        {%- endfor %}
     from batches
-    left join scored on scored.batch_date = batches.batch_date
-    group by batches.batch_date
+    left join trip_shares on trip_shares.batch_date = batches.batch_date
+    left join duplicates on duplicates.batch_date = batches.batch_date
 ),
 
 volume as (

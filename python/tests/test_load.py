@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -154,7 +155,8 @@ def test_a_year_of_daily_batches_passes_without_leaks(trained_settings: Settings
     peak = {name: (max(getattr(s, name) for s in early), max(getattr(s, name) for s in late))
             for name in ("rss_mb", "open_fds", "connections")}
     print(f"\n{DAYS} batches, {sum(expected.values()):,} trips in {seconds:.0f} s "
-          f"({seconds / DAYS:.2f} s a batch); early vs late peaks: {peak}")
+          f"({seconds / DAYS:.2f} s a batch); early vs late peaks: {peak}; connections seen early "
+          f"{sorted(Counter(s.connections for s in early).items())}, late {sorted(Counter(s.connections for s in late).items())}")
     assert peak["rss_mb"][1] <= peak["rss_mb"][0] + MEMORY_GROWTH_LIMIT_MB
     assert peak["open_fds"][1] <= peak["open_fds"][0] + TRANSIENT_FDS
     assert peak["connections"][1] <= peak["connections"][0] + TRANSIENT_CONNECTIONS
