@@ -14,7 +14,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from . import embedded, publish
+from . import embedded, publish, views
 from .config import Settings
 from .errors import DatabaseError
 from .roles import (
@@ -315,6 +315,8 @@ def init_schema(conn: psycopg.Connection, reader_password: str | None,
             hand_over(conn, owner)
         with acting_as(conn, owner):  # what is created from here on belongs to the owner
             conn.execute(RAW_DDL)
+            conn.execute(views.DDL)
+            views.forget(conn)  # the raw tables the views read may have changed: the next build makes them
             conn.execute(publish.DDL)
             publish.sync(conn)
             grant_reader(conn)

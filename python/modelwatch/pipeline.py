@@ -244,7 +244,7 @@ def build_batches(settings: Settings, conn: psycopg.Connection, url: str, days: 
     try:
         with _recording_errors(conn, days, "building"), db.build_lock(conn):
             publish.withdraw(conn, days)  # readers see these batches again once rebuilt whole
-            build = transform.build(settings, url, min(days), max(days), drift_scored)
+            build = transform.build(settings, url, conn, min(days), max(days), drift_scored)
             statuses = record_tests(conn, build, days)
             transform.build_run_results(settings, url, min(days), max(days))
     except ModelwatchError as exc:

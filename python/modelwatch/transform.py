@@ -17,6 +17,9 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
+from . import views
 from .config import Settings
 from .db import dbt_env
 from .errors import TransformError
@@ -62,7 +65,6 @@ def dbt_runner() -> Any:
 def invoke(settings: Settings, url: str, command: list[str], **options: Any) -> Any:
     """Run one dbt command in process; raise TransformError when dbt itself cannot run."""
     env = dbt_env(url)
-    os.environ.update(env)
     settings.dbt_dir.mkdir(parents=True, exist_ok=True)
     args = [*command, *_base_args(settings), *_LOG_ARGS]
     for name, value in options.items():
@@ -92,6 +94,7 @@ def _manifest(settings: Settings, env: dict[str, str], command: str) -> Any:
     (relations name their database) and the project files' sizes and times, so an edit
     re-parses.
     """
+    os.environ.update(env)  # what profiles.yml reads, for the parse and the invocation that follows
     key = (str(settings.project_dir), str(settings.dbt_dir), tuple(sorted(env.items())),
            _project_files(settings.project_dir))
     if key not in _parsed:
@@ -118,16 +121,38 @@ def _project_files(project_dir: Path) -> tuple[tuple[str, int, int], ...]:
     return tuple(sorted((str(path), (stat := path.stat()).st_size, stat.st_mtime_ns) for path in files))
 
 
+_digests: dict[tuple, str] = {}
+
+
+def _project_digest(settings: Settings) -> str:
+    """views.project_digest of the project, computed again only when a file's size or time changes."""
+    files = _project_files(settings.project_dir)
+    if files not in _digests:
+        from dbt.version import __version__ as dbt_version
+
+        _digests.clear()
+        _digests[files] = views.project_digest(settings.project_dir, [Path(path) for path, _, _ in files],
+                                               dbt_version)
+    return _digests[files]
+
+
+def _view_relations(manifest: Any) -> list[str]:
+    """The relations of the project's view models, as dbt names them (database.schema.name)."""
+    return [node.relation_name for node in manifest.nodes.values()
+            if node.resource_type == "model" and node.config.materialized == "view"]
+
+
 def batch_vars(start: date, end: date) -> str:
     return json.dumps({"batch_start": start.isoformat(), "batch_end": end.isoformat()})
 
 
 # selectors.yml: what a build runs while the drift step runs, and what reads its results.
 BEFORE_DRIFT_SELECTOR = "before_drift"
+BEFORE_DRIFT_KEEPING_VIEWS_SELECTOR = "before_drift_keeping_views"
 READS_DRIFT_SELECTOR = "reads_drift"
 
 
-def build(settings: Settings, url: str, start: date, end: date,
+def build(settings: Settings, url: str, conn: psycopg.Connection, start: date, end: date,
           drift_scored: Callable[[], None] = lambda: None) -> BuildResult:
     """`dbt build` for batches start..end, then the gated marts for the batches that passed.
 
@@ -136,14 +161,20 @@ def build(settings: Settings, url: str, start: date, end: date,
     (it waits for the step and raises its error), the drift marts and their tests.
     A failing contract test makes dbt skip the gated marts downstream of it; their SQL
     admits passing batches only, so running the skipped ones once more lets the gate
-    decide batch by batch.
+    decide batch by batch. The views are left out when the database (`conn`, the
+    pipeline's session) holds this project's already (modelwatch.views).
     """
     batch = batch_vars(start, end)
     # Unit tests check the SQL, not the batch: the test suite runs them, not every build. The
     # seed (the zone lookup) is loaded by `init`; its tests still run with every build.
     common = {"vars": batch, "exclude_resource_type": "unit_test seed"}
-    phases = [(invoke(settings, url, ["build"], selector=BEFORE_DRIFT_SELECTOR, **common), _invocation_id())]
+    digest = _project_digest(settings)
+    keep_views = views.current(conn, digest, _view_relations(_manifest(settings, dbt_env(url), "build")))
+    selector = BEFORE_DRIFT_KEEPING_VIEWS_SELECTOR if keep_views else BEFORE_DRIFT_SELECTOR
+    phases = [(invoke(settings, url, ["build"], selector=selector, **common), _invocation_id())]
     _raise_errors(phases[0][0])
+    if not keep_views:
+        views.record(conn, digest)
     drift_scored()
     phases.append((invoke(settings, url, ["build"], selector=READS_DRIFT_SELECTOR, **common), _invocation_id()))
     _raise_errors(phases[1][0])

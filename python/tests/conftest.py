@@ -8,6 +8,7 @@ that writes gets a database of its own on that server.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,8 +17,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from modelwatch import db, embedded, pipeline
-from modelwatch.config import PACKAGE_DATA_DIR, Settings
+from modelwatch import db, embedded, pipeline, transform
+from modelwatch.config import PACKAGE_DATA_DIR, PROJECT_DIR, Settings
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "nyc_tlc"
 JANUARY = PACKAGE_DATA_DIR / "green_tripdata_2023-01.parquet"
@@ -37,6 +38,18 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     url = os.environ.get("MODELWATCH_TEST_DATABASE_URL") or os.environ.get("MODELWATCH_DATABASE_URL")
     with embedded.admin_server(tmp_path_factory.mktemp("pg"), url) as admin_url:
         yield admin_url
+
+
+def copy_project(destination: Path) -> Path:
+    """A copy of the dbt project (what dbt reads of it) at `destination`, to edit."""
+    for name in transform.PROJECT_PARTS:
+        source = PROJECT_DIR / name
+        if source.is_dir():
+            shutil.copytree(source, destination / name)
+        elif source.exists():
+            destination.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, destination / name)
+    return destination
 
 
 def scratch_name(prefix: str) -> str:

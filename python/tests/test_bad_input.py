@@ -14,11 +14,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from modelwatch import pipeline, transform
+from modelwatch import pipeline
 from modelwatch.cli import main
 from modelwatch.config import PROJECT_DIR, Settings
 
-from .conftest import FEBRUARY
+from .conftest import FEBRUARY, copy_project
 
 DAY = date(2023, 2, 14)
 
@@ -42,14 +42,7 @@ def _stored(url: str) -> tuple:
 
 def _project_with_monitoring(tmp_path: Path, **changes: object) -> Path:
     """A copy of the dbt project whose vars.monitoring differs."""
-    project = tmp_path / "project"
-    for name in transform.PROJECT_PARTS:
-        source = PROJECT_DIR / name
-        if source.is_dir():
-            shutil.copytree(source, project / name)
-        elif source.exists():
-            project.mkdir(exist_ok=True)
-            shutil.copy(source, project / name)
+    project = copy_project(tmp_path / "project")
     config = yaml.safe_load((project / "dbt_project.yml").read_text())
     config["vars"]["monitoring"].update(changes)
     (project / "dbt_project.yml").write_text(yaml.safe_dump(config))
