@@ -89,6 +89,11 @@ class Rows:
 
     frame: pd.DataFrame
     total: int
+    # A reference's numeric values are handed to Evidently sorted: its Wasserstein distance sorts
+    # both sides on every call, and a sorted side costs a third (5 ms against 14 ms on 68,000 rows,
+    # five columns a batch). The distance is the same; the reference's standard deviation, which
+    # scales it, may differ in the last bits (another order of summation).
+    sort_numeric: bool = False
     # Evidently Datasets of these rows by column list: a reference serves every batch of its model
     datasets: dict[tuple[str, ...], Any] = field(default_factory=dict, compare=False, repr=False)
     # Each column's values as Evidently scores them, cleaned once: a reference serves every batch
@@ -107,7 +112,10 @@ class Rows:
             series = self.frame[name]
             if pd.api.types.is_float_dtype(series):
                 series = series.replace([np.inf, -np.inf], np.nan)
-            self.cleaned[name] = series.dropna()
+            series = series.dropna()
+            if self.sort_numeric and pd.api.types.is_float_dtype(series):
+                series = series.sort_values(ignore_index=True)
+            self.cleaned[name] = series
         return self.cleaned[name]
 
     def distinct_count(self, name: str) -> int:
@@ -258,7 +266,7 @@ def read_reference(conn: psycopg.Connection, model_version: str | None,
     query = sql.SQL("select {} from raw.reference_trips as r where r.model_version = %s").format(
         _select_list(columns, {"default": "r"}))
     rows = _read_sampled(conn, query, (model_version,), total, options, sql.Identifier("r", "trip_id"))
-    return Rows(_frame(rows, columns), int(total))
+    return Rows(_frame(rows, columns), int(total), sort_numeric=True)
 
 
 def read_batch(conn: psycopg.Connection, batch_date: date,

@@ -65,11 +65,12 @@ class RangeOutcome:
 
 
 def init(settings: Settings) -> str:
-    """Schemas, raw tables, roles and the dbt seed; idempotent. Returns the database URL."""
+    """Schemas, raw tables, roles, the dbt seed and views; idempotent. Returns the database URL."""
     url = db.database_url(settings)
     with db.connect(url, as_pipeline=False) as conn:  # the login's own rights: it manages the roles
         db.init_schema(conn, settings.reader_password, settings.pipeline_password)
     transform.seed(settings, url)
+    transform.create_views(settings, url)
     return url
 
 

@@ -21,7 +21,7 @@ import psycopg
 
 from . import views
 from .config import Settings
-from .db import dbt_env
+from .db import connect, dbt_env
 from .errors import TransformError
 
 RUN_RESULTS_TAG = "run_results"
@@ -217,6 +217,13 @@ def build_run_results(settings: Settings, url: str, start: date, end: date) -> N
 def bin_references(settings: Settings, url: str) -> None:
     """int_reference_bins: the PSI bins of every model version not binned yet (at train time)."""
     _run_models(settings, url, "+int_reference_bins")  # with the staging views it reads
+
+
+def create_views(settings: Settings, url: str) -> None:
+    """The project's views, recorded as this project's (at `init`, so that builds need not make them)."""
+    _run_models(settings, url, "config.materialized:view")
+    with connect(url, autocommit=True) as conn:
+        views.record(conn, _project_digest(settings))
 
 
 def _run_models(settings: Settings, url: str, select: str, **options: Any) -> None:

@@ -3,10 +3,10 @@
 A view holds no data, so re-creating the staging views in every build costs
 time and changes nothing: eight CREATE VIEWs, each a create, two renames and a
 drop, ahead of every table that reads them (about a second of a month's
-backfill). The database records the digest of the project that last created
-its views (raw.dbt_views); a build leaves the views out when that digest is the
-current project's and every view exists. `modelwatch init` clears the record,
-so the build after it creates them again.
+backfill). `modelwatch init` creates them, and the database records the digest
+of the project that last created its views (raw.dbt_views); a build leaves the
+views out when that digest is the current project's and every view exists, and
+creates them (and records the digest) otherwise.
 """
 
 from __future__ import annotations
@@ -55,5 +55,6 @@ def record(conn: psycopg.Connection, digest: str) -> None:
 
 
 def forget(conn: psycopg.Connection) -> None:
-    """The next build creates the views again (`init`: the raw tables they read may have changed)."""
+    """The next build creates the views again (`init`, until it has created them: the raw tables
+    they read may have changed)."""
     conn.execute("delete from raw.dbt_views")
