@@ -278,7 +278,12 @@ def read_batch(conn: psycopg.Connection, batch_date: date,
         " on p.batch_date = t.batch_date and p.trip_id = t.trip_id"
         " where t.batch_date = %s"
     ).format(_select_list(columns, {"default": "t", PREDICTION: "p"}))
-    rows = _read_sampled(conn, query, (batch_date,), total, options, sql.Identifier("t", "trip_id"))
+    with conn.transaction():
+        # A batch is read as soon as it is loaded, before the run refreshes the statistics: the
+        # planner may then think the day holds one row and join with a nested loop, quadratic in
+        # the batch's rows. A whole day is read: hash it.
+        conn.execute("set local enable_nestloop = off")
+        rows = _read_sampled(conn, query, (batch_date,), total, options, sql.Identifier("t", "trip_id"))
     return Rows(_frame(rows, columns), int(total))
 
 
@@ -420,12 +425,15 @@ def store(conn: psycopg.Connection, drift: BatchDrift, sample_seed: int) -> None
         )
 
 
-def score_batches(settings: Settings, conn: psycopg.Connection, days: Iterable[date]) -> list[BatchDrift]:
-    """Evidently drift for each batch (loaded and scored) against its model's reference; stored in raw."""
+def score_batches(settings: Settings, conn: psycopg.Connection, days: Iterable[date],
+                  references: dict[str | None, Rows] | None = None) -> list[BatchDrift]:
+    """Evidently drift for each batch (loaded and scored) against its model's reference; stored in raw.
+    `references`: the reference sets read so far, by model version, kept by a caller that scores
+    more batches of this database (a model version's reference set never changes)."""
     options = DriftOptions.from_settings(settings)
     columns = monitored_columns(settings.monitoring)
     api = evidently_api()
-    references: dict[str | None, Rows] = {}
+    references = {} if references is None else references
     results: list[BatchDrift] = []
     for day in days:
         version = batch_model_version(conn, day)

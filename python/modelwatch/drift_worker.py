@@ -8,11 +8,13 @@ and the run's own process never imports it. A process that runs batch after
 batch keeps its worker (one per dbt project), so Evidently is imported once.
 
 The protocol is one JSON line each way: the run sends {"url": ..., "days":
-[...]} once those batches are loaded (committed), the worker scores them
-(drift.score_batches: read from that database, scored, stored in raw) and
-answers {"ok": true} or {"error": ..., "type": ...}. It serves requests until
-its stdin closes, and dies with the process that started it (Linux: with the
-thread that started it, so start runs from a thread that outlives them).
+[...]} as soon as those batches are loaded (committed), one request per batch
+while the next ones load; the worker scores them in order (drift.score_batches:
+read from that database, scored, stored in raw) and answers each with
+{"ok": true} or {"error": ..., "type": ...}. It keeps the reference sets it has
+read for the database of its last request. It serves requests until its stdin
+closes, and dies with the process that started it (Linux: with the thread that
+started it, so start runs from a thread that outlives them).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ STOP_TIMEOUT_S = 30  # after its last answer the worker only has to read the end
 
 
 class DriftWorker:
-    """A `python -m modelwatch.drift_worker` process, one request at a time."""
+    """A `python -m modelwatch.drift_worker` process: requests queue in its pipe, answered in order."""
 
     def __init__(self, settings: Settings) -> None:
         self._stderr = tempfile.TemporaryFile()
@@ -46,7 +48,7 @@ class DriftWorker:
             [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=self._stderr, env=env, text=True,
         )
-        self.pending = False  # asked to score, not answered yet
+        self.pending = 0  # requests not answered yet
         self.in_use = threading.Lock()  # held by the run using it
         self._closed = False
 
@@ -59,8 +61,8 @@ class DriftWorker:
 
     def score(self, url: str, days: list[date]) -> None:
         """Ask for these loaded batches of the database at `url` to be scored (the URL goes
-        by the pipe, not argv or the environment, which others may read); `wait` for it."""
-        self.pending = True
+        by the pipe, not argv or the environment, which others may read); `wait` for them all."""
+        self.pending += 1
         try:
             self._process.stdin.write(json.dumps({"url": url, "days": [day.isoformat() for day in days]}) + "\n")
             self._process.stdin.flush()
@@ -68,14 +70,20 @@ class DriftWorker:
             pass
 
     def wait(self) -> None:
-        """Until the batches asked for are scored and stored; their error, if any."""
-        line = self._process.stdout.readline()
-        self.pending = False
-        if not line:
-            raise DriftError(f"the drift step stopped ({self._exit_status()}): {self._stderr_tail()}")
-        reply = json.loads(line)
-        if "error" in reply:
-            raise getattr(errors, reply.get("type", ""), DriftError)(reply["error"])
+        """Until every batch asked for is scored and stored; the first error, if any (after
+        reading every answer, so the next run's answers are its own)."""
+        failure: ModelwatchError | None = None
+        while self.pending:
+            line = self._process.stdout.readline()
+            if not line:
+                self.pending = 0
+                raise DriftError(f"the drift step stopped ({self._exit_status()}): {self._stderr_tail()}")
+            self.pending -= 1
+            reply = json.loads(line)
+            if "error" in reply and failure is None:
+                failure = getattr(errors, reply.get("type", ""), DriftError)(reply["error"])
+        if failure is not None:
+            raise failure
 
     def close(self, failed: bool = False) -> None:
         """Stop the worker: it ends when its stdin closes, once it has answered. At once when
@@ -182,15 +190,20 @@ def main() -> None:
         drift.evidently_api()  # import Evidently now, while the run loads its batches
     except Exception:  # noqa: BLE001 - reported when a batch is scored
         pass
+    references: dict = {}  # the reference sets read from the database of the last request
+    last_url = None
     for line in sys.stdin:
         request = json.loads(line)
         days = [date.fromisoformat(day) for day in request["days"]]
+        if request["url"] != last_url:
+            references, last_url = {}, request["url"]
         try:
             with db.connect(request["url"], autocommit=True) as conn:
-                drift.score_batches(settings, conn, days)
+                drift.score_batches(settings, conn, days, references)
             failure = None
         except Exception as exc:  # noqa: BLE001 - every failure goes back to the run
             failure = exc
+            references = {}  # read again: what failed may have been the database
         replies.write(json.dumps(_reply(failure)) + "\n")
     replies.close()
     # Nothing left to do: skip the interpreter's clean-up (half a second with Evidently loaded),

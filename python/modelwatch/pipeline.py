@@ -187,8 +187,9 @@ def run_range(
     progress: Progress | None = None,
     scorer: drift_worker.DriftWorker | None = None,
 ) -> RangeOutcome:
-    """Load and score `days` of the file, each in its own transaction, then drift and build
-    them together. `scorer`: the drift step's process, when the caller started it earlier."""
+    """Load and score `days` of the file, each in its own transaction and handed to the drift
+    step as soon as it is committed, then build them together. `scorer`: the drift step's
+    process, when the caller started it earlier."""
     check_monitoring(settings)
     url = db.database_url(settings)
     started: dict[date, float] = {}
@@ -211,12 +212,12 @@ def run_range(
                 day_rows = load.rows_of_day(trips.table, day)
                 load.start_batch(conn, trips, day)
                 loaded[day] = load.load_batch(conn, trips, day, day_rows, trained)
+                scorer.score(url, [day])  # committed: Evidently scores it in its process while the next load
                 started[day] = time.perf_counter() - clock
                 if progress:
                     progress(day)
             clock = time.perf_counter()
             load.analyze(conn)  # fresh statistics for the new batch dates, or the joins below go quadratic
-            scorer.score(url, days)  # Evidently's drift into raw, in its process, while dbt builds the rest
             warming.join()
         except ModelwatchError as exc:
             _mark_all(conn, days, "error", str(exc))

@@ -67,6 +67,24 @@ def test_an_error_in_the_worker_reaches_the_run_as_itself(one_batch: Settings) -
         worker.wait()
 
 
+def test_queued_requests_are_answered_in_order_and_the_first_error_comes_after_all(one_batch: Settings) -> None:
+    """A run sends each batch as soon as it is loaded: requests queue in the pipe. wait() reads
+    every answer, raises the first error, and leaves nothing unread for the next run."""
+    with psycopg.connect(one_batch.database_url, autocommit=True) as conn:
+        conn.execute("delete from raw.drift_scores where batch_date = %s", (DAY,))
+    with drift_worker.started(one_batch) as worker:
+        for day in (date(2023, 3, 15), DAY, date(2023, 3, 16)):  # the first and last were never loaded
+            worker.score(one_batch.database_url, [day])
+        assert worker.pending == 3
+        with pytest.raises(UsageError, match="batch 2023-03-15 has not been loaded"):
+            worker.wait()
+        assert worker.pending == 0
+        worker.score(one_batch.database_url, [DAY])
+        worker.wait()  # this request's own answer: no error left over from the queue
+    with psycopg.connect(one_batch.database_url, autocommit=True) as conn:
+        assert len(_stored(conn, DAY)) == 7  # the request between the failing ones was scored
+
+
 def test_runs_in_one_process_share_its_worker_until_one_fails_while_it_scores(one_batch: Settings) -> None:
     """Evidently is imported once per process: later runs reuse the worker; a run that fails
     while the worker scores for it stops it, and the next run gets a new one."""
