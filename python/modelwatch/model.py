@@ -8,10 +8,11 @@ course's monitoring loop did.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import pickle
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -22,7 +23,7 @@ import pyarrow.compute as pc
 from .errors import UsageError
 from .source import TripFile
 
-if TYPE_CHECKING:  # scikit-learn takes ~0.7 s to import: training imports it, unpickling a model too
+if TYPE_CHECKING:  # scikit-learn takes ~0.7 s to import: training imports it, scoring does not
     from sklearn.linear_model import LinearRegression
 
 FEATURES = ("passenger_count", "trip_distance", "fare_amount", "total_amount", "pu_location_id", "do_location_id")
@@ -31,10 +32,63 @@ VALIDATION_SHARE = 0.2
 SEED = 42
 
 
+class FittedLinearModel:
+    """A stored LinearRegression as scoring needs it: its coefficients and intercept.
+
+    Unpickled by _ArtifactUnpickler, which admits only this class and numpy's arrays, so a
+    run neither imports scikit-learn (0.7 s of every run's start) nor executes whatever an
+    altered artifact might ask for. predict() is LinearRegression.predict's arithmetic
+    (X @ coef_ + intercept_ on the same array), so its predictions are the same to the bit.
+    """
+
+    coef_: np.ndarray
+    intercept_: float
+
+    def predict(self, matrix: np.ndarray) -> np.ndarray:
+        coef = self.coef_
+        return matrix @ coef + self.intercept_ if coef.ndim == 1 else matrix @ coef.T + self.intercept_
+
+
+_LINEAR_REGRESSION = ("sklearn.linear_model._base", "LinearRegression")
+# What pickle needs to rebuild numpy arrays and scalars (numpy 1 and 2 module names).
+_NUMPY_NAMES = {
+    (module, name)
+    for module in ("numpy._core.multiarray", "numpy.core.multiarray", "numpy._core.numeric", "numpy.core.numeric",
+                   "numpy")
+    for name in ("_reconstruct", "scalar", "_frombuffer", "ndarray", "dtype")
+}
+
+
+class _ArtifactUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == _LINEAR_REGRESSION:
+            return FittedLinearModel
+        if (module, name) in _NUMPY_NAMES:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it refers to {module}.{name}")
+
+
+def read_artifact(version: str, artifact: bytes) -> FittedLinearModel:
+    """The stored estimator; UsageError when the artifact is anything but a LinearRegression."""
+    try:
+        estimator = _ArtifactUnpickler(io.BytesIO(artifact)).load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+        raise UsageError(f"model {version}: its artifact is not a scikit-learn LinearRegression "
+                         f"({_first_line(exc)}); run `modelwatch train` again") from None
+    if not isinstance(estimator, FittedLinearModel) or not hasattr(estimator, "coef_"):
+        raise UsageError(f"model {version}: its artifact is not a fitted scikit-learn LinearRegression; "
+                         "run `modelwatch train` again")
+    return estimator
+
+
+def _first_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
+
+
 @dataclass(frozen=True)
 class TrainedModel:
     version: str
-    estimator: LinearRegression
+    estimator: LinearRegression | FittedLinearModel  # trained here, or read back from the registry
     features: tuple[str, ...]
     train_rows: int
     validation_rows: int
@@ -131,7 +185,7 @@ def load_latest(conn: psycopg.Connection) -> TrainedModel:
     version, artifact, features, train_rows, validation_rows, train_mae, validation_mae = row
     return TrainedModel(
         version=version,
-        estimator=pickle.loads(artifact),  # our own artifact, from our own database
+        estimator=read_artifact(version, bytes(artifact)),
         features=tuple(features),
         train_rows=train_rows,
         validation_rows=validation_rows,

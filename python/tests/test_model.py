@@ -1,0 +1,71 @@
+"""The stored model: read back without scikit-learn, predicting as scikit-learn does to the bit,
+and an artifact that is anything else refused before it can run."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import pytest
+
+from modelwatch import model
+from modelwatch.config import Settings
+from modelwatch.errors import UsageError
+from modelwatch.source import read_trip_file
+
+from .conftest import FEBRUARY
+
+# Loads the latest model from the database in argv[1], scores February, and says whether
+# scikit-learn got imported on the way.
+_SCORE_IN_A_FRESH_PROCESS = """
+import sys, numpy as np, psycopg
+from modelwatch import model
+from modelwatch.source import read_trip_file
+with psycopg.connect(sys.argv[1]) as conn:
+    trained = model.load_latest(conn)
+np.save(sys.argv[2], trained.predict_table(read_trip_file(sys.argv[3]).table))
+print("sklearn" in sys.modules)
+"""
+
+
+def test_a_stored_model_predicts_as_scikit_learn_without_importing_it(trained_settings: Settings,
+                                                                       tmp_path: Path) -> None:
+    with psycopg.connect(trained_settings.database_url) as conn:
+        version, artifact = conn.execute("select version, artifact from raw.models").fetchone()
+    table = read_trip_file(FEBRUARY).table
+    expected = pickle.loads(artifact).predict(model.feature_matrix(table, model.FEATURES))  # scikit-learn's own
+    out = tmp_path / "predictions.npy"
+    run = subprocess.run([sys.executable, "-c", _SCORE_IN_A_FRESH_PROCESS, trained_settings.database_url,
+                          str(out), str(FEBRUARY)], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "False"  # scoring never imported scikit-learn
+    predictions = np.load(out)
+    assert predictions.shape == (64_809,)
+    assert predictions.tobytes() == expected.tobytes()  # the same to the bit
+    # ...and the same as scikit-learn's pandas path that training uses
+    frame = model.feature_frame(table, model.FEATURES)
+    assert predictions.tobytes() == model.predict(pickle.loads(artifact), model.FEATURES, frame).tobytes()
+
+
+class _Hostile:
+    def __reduce__(self) -> tuple:
+        return (os.system, ("touch hostile-artifact-ran",))
+
+
+def test_an_artifact_that_is_not_a_linear_regression_is_refused_unrun(trained_settings: Settings,
+                                                                       tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with psycopg.connect(trained_settings.database_url) as conn:
+        version = conn.execute("select version from raw.models").fetchone()[0]
+        conn.execute("update raw.models set artifact = %s", (pickle.dumps(_Hostile()),))
+        with pytest.raises(UsageError, match=f"model {version}: its artifact is not a scikit-learn "
+                                             r"LinearRegression \(it refers to (posix|os)\.system\)"):
+            model.load_latest(conn)
+        conn.execute("update raw.models set artifact = %s", (pickle.dumps({"coef_": [1.0]}),))
+        with pytest.raises(UsageError, match="not a fitted scikit-learn LinearRegression"):
+            model.load_latest(conn)
+    assert not (tmp_path / "hostile-artifact-ran").exists()
