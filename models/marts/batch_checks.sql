@@ -63,14 +63,15 @@ duplicates as (
     group by batch_date
 ),
 
-{#- Every batch of the range, a batch without trips included (0 rows, shares 0). -#}
+{#- Every batch of the range; one without trips has 0 rows (row_count_min fails it) and its
+    shares are null: nothing was measured. -#}
 per_batch as (
     select
         batches.batch_date,
         coalesce(trip_shares.row_count, 0) as row_count,
         coalesce(duplicates.duplicate_trip_ids, 0) as duplicate_trip_ids,
         {%- for name in shares %}
-        coalesce(trip_shares.{{ name }}, 0) as {{ name }}{{ ',' if not loop.last }}
+        trip_shares.{{ name }}{{ ',' if not loop.last }}
         {%- endfor %}
     from batches
     left join trip_shares on trip_shares.batch_date = batches.batch_date

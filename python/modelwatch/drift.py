@@ -425,6 +425,9 @@ def store(conn: psycopg.Connection, drift: BatchDrift, sample_seed: int) -> None
         )
 
 
+REFERENCES_KEPT = 2  # a caller's cache of reference sets: the current model and the one before
+
+
 def score_batches(settings: Settings, conn: psycopg.Connection, days: Iterable[date],
                   references: dict[str | None, Rows] | None = None) -> list[BatchDrift]:
     """Evidently drift for each batch (loaded and scored) against its model's reference; stored in raw.
@@ -438,6 +441,8 @@ def score_batches(settings: Settings, conn: psycopg.Connection, days: Iterable[d
     for day in days:
         version = batch_model_version(conn, day)
         if version not in references:  # read once per model version, not once per batch
+            while len(references) >= REFERENCES_KEPT:
+                del references[next(iter(references))]
             references[version] = read_reference(conn, version, columns, options)
         clock = time.perf_counter()
         current = read_batch(conn, day, columns, options)

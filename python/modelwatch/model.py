@@ -50,12 +50,13 @@ class FittedLinearModel:
 
 
 _LINEAR_REGRESSION = ("sklearn.linear_model._base", "LinearRegression")
-# What pickle needs to rebuild numpy arrays and scalars (numpy 1 and 2 module names).
+# What pickle needs to rebuild numpy arrays, dtypes and scalars (numpy 2 names, then numpy 1's).
 _NUMPY_NAMES = {
-    (module, name)
-    for module in ("numpy._core.multiarray", "numpy.core.multiarray", "numpy._core.numeric", "numpy.core.numeric",
-                   "numpy")
-    for name in ("_reconstruct", "scalar", "_frombuffer", "ndarray", "dtype")
+    ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
 }
 
 
@@ -69,13 +70,14 @@ class _ArtifactUnpickler(pickle.Unpickler):
 
 
 def read_artifact(version: str, artifact: bytes) -> FittedLinearModel:
-    """The stored estimator; UsageError when the artifact is anything but a LinearRegression."""
+    """The stored estimator; UsageError when the artifact is anything but a fitted LinearRegression."""
     try:
         estimator = _ArtifactUnpickler(io.BytesIO(artifact)).load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a damaged artifact fails in many ways; each is the same news
         raise UsageError(f"model {version}: its artifact is not a scikit-learn LinearRegression "
                          f"({_first_line(exc)}); run `modelwatch train` again") from None
-    if not isinstance(estimator, FittedLinearModel) or not hasattr(estimator, "coef_"):
+    if not (isinstance(estimator, FittedLinearModel) and isinstance(getattr(estimator, "coef_", None), np.ndarray)
+            and np.ndim(getattr(estimator, "intercept_", None)) in (0, 1)):
         raise UsageError(f"model {version}: its artifact is not a fitted scikit-learn LinearRegression; "
                          "run `modelwatch train` again")
     return estimator

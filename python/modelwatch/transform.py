@@ -21,7 +21,7 @@ import psycopg
 
 from . import views
 from .config import Settings
-from .db import connect, dbt_env
+from .db import build_lock, connect, dbt_env
 from .errors import TransformError
 
 RUN_RESULTS_TAG = "run_results"
@@ -109,8 +109,8 @@ def _manifest(settings: Settings, env: dict[str, str], command: str) -> Any:
 
 
 # What a dbt project is made of here: the files and folders dbt reads.
-PROJECT_PARTS = ("dbt_project.yml", "selectors.yml", "profiles", "models", "macros", "seeds", "tests",
-                 "snapshots", "analyses")
+PROJECT_PARTS = ("dbt_project.yml", "selectors.yml", "packages.yml", "dependencies.yml", "profiles", "models",
+                 "macros", "seeds", "tests", "snapshots", "analyses")
 
 
 def _project_files(project_dir: Path) -> tuple[tuple[str, int, int], ...]:
@@ -128,11 +128,12 @@ def _project_digest(settings: Settings) -> str:
     """views.project_digest of the project, computed again only when a file's size or time changes."""
     files = _project_files(settings.project_dir)
     if files not in _digests:
+        from dbt.adapters.postgres.__version__ import version as adapter_version
         from dbt.version import __version__ as dbt_version
 
         _digests.clear()
         _digests[files] = views.project_digest(settings.project_dir, [Path(path) for path, _, _ in files],
-                                               dbt_version)
+                                               f"dbt-core {dbt_version}, dbt-postgres {adapter_version}")
     return _digests[files]
 
 
@@ -173,7 +174,7 @@ def build(settings: Settings, url: str, conn: psycopg.Connection, start: date, e
     selector = BEFORE_DRIFT_KEEPING_VIEWS_SELECTOR if keep_views else BEFORE_DRIFT_SELECTOR
     phases = [(invoke(settings, url, ["build"], selector=selector, **common), _invocation_id())]
     _raise_errors(phases[0][0])
-    if not keep_views:
+    if not keep_views and _all_views_built(phases[0][0]):
         views.record(conn, digest)
     drift_scored()
     phases.append((invoke(settings, url, ["build"], selector=READS_DRIFT_SELECTOR, **common), _invocation_id()))
@@ -201,6 +202,13 @@ def build(settings: Settings, url: str, conn: psycopg.Connection, start: date, e
     return BuildResult(tests=tuple(tests))
 
 
+def _all_views_built(result: Any) -> bool:
+    """Whether the invocation created every view of the project (none skipped or failed)."""
+    built = [str(r.status) == "success" for r in result.result.results
+             if r.node.resource_type == "model" and r.node.config.materialized == "view"]
+    return bool(built) and all(built)
+
+
 def _raise_errors(result: Any) -> None:
     """TransformError naming each model that failed (a failing test is an outcome, not an error)."""
     errors = [f"{r.node.resource_type} {r.node.name}: {_first_line(r.message)}"
@@ -221,8 +229,8 @@ def bin_references(settings: Settings, url: str) -> None:
 
 def create_views(settings: Settings, url: str) -> None:
     """The project's views, recorded as this project's (at `init`, so that builds need not make them)."""
-    _run_models(settings, url, "config.materialized:view")
-    with connect(url, autocommit=True) as conn:
+    with connect(url, autocommit=True) as conn, build_lock(conn):  # builds re-create views too
+        _run_models(settings, url, "config.materialized:view")
         views.record(conn, _project_digest(settings))
 
 

@@ -26,9 +26,10 @@ create table if not exists raw.dbt_views (
 """
 
 
-def project_digest(project_dir: Path, files: Iterable[Path], dbt_version: str) -> str:
-    """What the views are made from: every project file's path and content, and dbt's version."""
-    digest = hashlib.sha256(dbt_version.encode())
+def project_digest(project_dir: Path, files: Iterable[Path], dbt_versions: str) -> str:
+    """What the views are made from: every project file's path and content, and dbt's versions
+    (dbt-core's and the adapter's, whose macros write the CREATE VIEW)."""
+    digest = hashlib.sha256(dbt_versions.encode())
     for path in sorted(files):
         digest.update(str(path.relative_to(project_dir)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()

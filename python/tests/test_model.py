@@ -60,12 +60,16 @@ def test_an_artifact_that_is_not_a_linear_regression_is_refused_unrun(trained_se
                                                                        tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     with psycopg.connect(trained_settings.database_url) as conn:
-        version = conn.execute("select version from raw.models").fetchone()[0]
+        version, artifact = conn.execute("select version, artifact from raw.models").fetchone()
         conn.execute("update raw.models set artifact = %s", (pickle.dumps(_Hostile()),))
         with pytest.raises(UsageError, match=f"model {version}: its artifact is not a scikit-learn "
                                              r"LinearRegression \(it refers to (posix|os)\.system\)"):
             model.load_latest(conn)
-        conn.execute("update raw.models set artifact = %s", (pickle.dumps({"coef_": [1.0]}),))
-        with pytest.raises(UsageError, match="not a fitted scikit-learn LinearRegression"):
+        for other in (pickle.dumps({"coef_": [1.0]}), pickle.dumps(np.arange(3.0))):  # no model in it
+            conn.execute("update raw.models set artifact = %s", (other,))
+            with pytest.raises(UsageError, match="not a fitted scikit-learn LinearRegression"):
+                model.load_latest(conn)
+        conn.execute("update raw.models set artifact = %s", (artifact[: len(artifact) // 2],))  # cut short
+        with pytest.raises(UsageError, match=f"model {version}: its artifact is not a scikit-learn LinearRegression"):
             model.load_latest(conn)
     assert not (tmp_path / "hostile-artifact-ran").exists()
