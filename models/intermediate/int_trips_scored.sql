@@ -1,9 +1,10 @@
 {#-
   The trips of the batches being built, each with its prediction: the join is
   done once per build and kept as a table (unlogged: rebuilt by every build, so
-  never worth WAL), which every mart then scans instead of joining again.
-  Only the columns the marts read: the monitored ones (vars.monitoring) and
-  those the contract and daily_trips use; half the width, half the writing.
+  never worth WAL), which int_value_counts and int_model_performance then scan
+  instead of joining again. Only the columns they and daily_trips read: the
+  monitored ones (vars.monitoring) and a few more; half the width, half the
+  writing. (batch_checks reads the trips themselves: no check needs a prediction.)
 -#}
 {{ config(materialized='table', unlogged=true, post_hook='analyze {{ this }}') }}  {#- statistics for the marts' plans #}
 {%- set monitoring = var('monitoring') -%}

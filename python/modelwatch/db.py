@@ -143,8 +143,8 @@ BUILD_LOCK_KEY = 0  # key of the lock that serialises dbt runs (batch keys are d
 
 @contextmanager
 def build_lock(conn: psycopg.Connection) -> Iterator[None]:
-    """Serialise dbt invocations across processes: concurrent builds would race on
-    dbt's temporary relation names when they re-create the staging views."""
+    """Serialise dbt invocations across processes: concurrent builds would race on dbt's
+    temporary relation names (the views' when they are re-created, the intermediate tables')."""
     conn.execute("select pg_advisory_lock(%s, %s)", (LOCK_CLASS, BUILD_LOCK_KEY))
     try:
         yield
