@@ -3,6 +3,7 @@ errors reach the run, and it never outlives the run. Real PostgreSQL, real Evide
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -17,9 +18,9 @@ import pytest
 
 from modelwatch import drift, drift_worker, pipeline
 from modelwatch.config import Settings
-from modelwatch.errors import DriftError, UsageError
+from modelwatch.errors import DriftError, TransformError, UsageError
 
-from .conftest import FEBRUARY, trained_database
+from .conftest import FEBRUARY, copy_project, trained_database
 
 DAY = date(2023, 2, 14)
 
@@ -186,3 +187,24 @@ def test_a_drift_step_failing_mid_run_marks_the_batch_and_exits_3(one_batch: Set
         published = conn.execute("select count(*) from marts.published_batches where batch_date = '2023-02-16'"
                                  ).fetchone()[0]
     assert (status, error, published) == ("error", "the drift step stopped (killed by signal 9): no message", 0)
+
+
+def test_a_range_whose_build_fails_stops_the_worker_it_queued_batches_for(one_batch: Settings,
+                                                                         tmp_path: Path) -> None:
+    """The batches went to the worker as they loaded; the build then fails. Nothing will read the
+    worker's answers, so the range stops it (before its batch locks go), and says what failed."""
+    project = copy_project(tmp_path / "project")
+    model = project / "models" / "intermediate" / "int_value_counts.sql"
+    model.write_text(model.read_text() + "\nwhere no_such_column > 0\n")
+    broken = dataclasses.replace(one_batch, project_dir=project)
+    worker = drift_worker.DriftWorker(broken)
+    try:
+        with pytest.raises(TransformError, match="int_value_counts"):
+            pipeline.run_range(broken, FEBRUARY, [date(2023, 2, 15), date(2023, 2, 16)], scorer=worker)
+        assert not worker.alive()
+    finally:
+        worker.close()
+    with psycopg.connect(one_batch.database_url) as conn:
+        statuses = dict(conn.execute("select batch_date, status from raw.batches where batch_date in (%s, %s)",
+                                     (date(2023, 2, 15), date(2023, 2, 16))).fetchall())
+    assert statuses == {date(2023, 2, 15): "error", date(2023, 2, 16): "error"}
