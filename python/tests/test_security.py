@@ -30,7 +30,7 @@ from .conftest import FEBRUARY, JANUARY, scratch_name, trained_database
 
 DAY = date(2023, 2, 14)
 RAW_TABLES = {"batches", "trips", "predictions", "models", "reference_trips", "dbt_test_runs",
-              "drift_scores", "drift_datasets"}
+              "drift_scores", "drift_datasets", "dbt_views"}
 
 
 def _owners(url: str) -> dict[tuple[str, str], int]:
