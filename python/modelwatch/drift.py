@@ -1,7 +1,8 @@
 """Evidently's drift per batch, against the reference set of the model that scored it.
 
-Runs in the drift worker (modelwatch.drift_worker) once a range of batches is
-loaded and scored, while dbt builds the marts that do not read it: per batch, Evidently's `ValueDrift` for every monitored feature and the
+Runs in the drift worker (modelwatch.drift_worker), each batch as soon as it is
+loaded and scored, while the next ones load and dbt builds the marts that do not
+read it: per batch, Evidently's `ValueDrift` for every monitored feature and the
 prediction (Evidently picks the method per column from its type, the row count
 and its distinct values) and `DriftedColumnsCount` for the batch, computed as
 those metrics do but without a Report and its figures (run_evidently).

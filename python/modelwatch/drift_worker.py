@@ -85,6 +85,12 @@ class DriftWorker:
         if failure is not None:
             raise failure
 
+    def abandon(self) -> None:
+        """The run failed: stop the worker if it still has batches to score for it (nothing would
+        read its answers, and the next run would read them as its own)."""
+        if self.pending:
+            self.close(failed=True)
+
     def close(self, failed: bool = False) -> None:
         """Stop the worker: it ends when its stdin closes, once it has answered. At once when
         the run failed or nothing is pending: nothing would read what it does."""
@@ -139,8 +145,7 @@ def started(settings: Settings) -> Iterator[DriftWorker]:
     try:
         yield worker
     except BaseException:
-        if worker.pending:
-            worker.close(failed=True)
+        worker.abandon()
         raise
     finally:
         if kept:
@@ -190,7 +195,7 @@ def main() -> None:
         drift.evidently_api()  # import Evidently now, while the run loads its batches
     except Exception:  # noqa: BLE001 - reported when a batch is scored
         pass
-    references: dict = {}  # the reference sets read from the database of the last request
+    references: dict[str | None, drift.Rows] = {}  # read from the database of the last request, by model
     last_url = None
     for line in sys.stdin:
         request = json.loads(line)

@@ -70,7 +70,8 @@ def init(settings: Settings) -> str:
     with db.connect(url, as_pipeline=False) as conn:  # the login's own rights: it manages the roles
         db.init_schema(conn, settings.reader_password, settings.pipeline_password)
     transform.seed(settings, url)
-    transform.create_views(settings, url)
+    with db.connect(url, autocommit=True) as conn, db.build_lock(conn):  # builds re-create views too
+        transform.create_views(settings, url, conn)
     return url
 
 
@@ -203,7 +204,8 @@ def run_range(
         trained = model.load_latest(conn)
         for day in sorted(days):  # in order, so two ranges never deadlock on their locks
             stack.enter_context(db.batch_lock(conn, day))
-        stack.push(_stopping_on_error(scorer))  # before the locks go: no drift written for batches others may take
+        # Before the locks go: a failing range stops the worker, so it writes no drift for batches others may take.
+        stack.push(lambda exc_type, *_: exc_type is not None and scorer.abandon())
         warming = threading.Thread(target=_import_dbt, name="modelwatch-imports", daemon=True)
         warming.start()  # dbt imports (~1.2 s) while the batches load, mostly waiting on COPY
         stack.callback(warming.join)  # never left importing while the process exits on an error
@@ -259,16 +261,6 @@ def build_batches(settings: Settings, conn: psycopg.Connection, url: str, days: 
             load.mark_batch(conn, day, statuses[day], "; ".join(failing.get(day, ())) or None)
         publish.publish(conn, days)
     return statuses, failing
-
-
-def _stopping_on_error(scorer: drift_worker.DriftWorker) -> Callable[..., bool]:
-    """An exit callback: a range that fails while the drift worker has batches to score stops it
-    (nothing would read its answers, and its next run would read them as its own)."""
-    def stop(exc_type: type[BaseException] | None, *_: object) -> bool:
-        if exc_type is not None and scorer.pending:
-            scorer.close(failed=True)
-        return False
-    return stop
 
 
 def _import_dbt() -> None:

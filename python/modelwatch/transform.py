@@ -21,7 +21,7 @@ import psycopg
 
 from . import views
 from .config import Settings
-from .db import build_lock, connect, dbt_env
+from .db import dbt_env
 from .errors import TransformError
 
 RUN_RESULTS_TAG = "run_results"
@@ -64,7 +64,11 @@ def dbt_runner() -> Any:
 
 def invoke(settings: Settings, url: str, command: list[str], **options: Any) -> Any:
     """Run one dbt command in process; raise TransformError when dbt itself cannot run."""
-    env = dbt_env(url)
+    return _invoke(settings, dbt_env(url), command, **options)
+
+
+def _invoke(settings: Settings, env: dict[str, str], command: list[str], **options: Any) -> Any:
+    """invoke() with the profile's environment (db.dbt_env) found already: it costs a query."""
     settings.dbt_dir.mkdir(parents=True, exist_ok=True)
     args = [*command, *_base_args(settings), *_LOG_ARGS]
     for name, value in options.items():
@@ -169,15 +173,16 @@ def build(settings: Settings, url: str, conn: psycopg.Connection, start: date, e
     # Unit tests check the SQL, not the batch: the test suite runs them, not every build. The
     # seed (the zone lookup) is loaded by `init`; its tests still run with every build.
     common = {"vars": batch, "exclude_resource_type": "unit_test seed"}
+    env = dbt_env(url)
     digest = _project_digest(settings)
-    keep_views = views.current(conn, digest, _view_relations(_manifest(settings, dbt_env(url), "build")))
+    keep_views = views.current(conn, digest, _view_relations(_manifest(settings, env, "build")))
     selector = BEFORE_DRIFT_KEEPING_VIEWS_SELECTOR if keep_views else BEFORE_DRIFT_SELECTOR
-    phases = [(invoke(settings, url, ["build"], selector=selector, **common), _invocation_id())]
+    phases = [(_invoke(settings, env, ["build"], selector=selector, **common), _invocation_id())]
     _raise_errors(phases[0][0])
     if not keep_views and _all_views_built(phases[0][0]):
         views.record(conn, digest)
     drift_scored()
-    phases.append((invoke(settings, url, ["build"], selector=READS_DRIFT_SELECTOR, **common), _invocation_id()))
+    phases.append((_invoke(settings, env, ["build"], selector=READS_DRIFT_SELECTOR, **common), _invocation_id()))
     _raise_errors(phases[1][0])
     tests: list[TestOutcome] = []
     skipped: list[str] = []
@@ -198,7 +203,7 @@ def build(settings: Settings, url: str, conn: psycopg.Connection, start: date, e
             elif status == "skipped" and GATED_TAG in node.tags:
                 skipped.append(node.name)
     if skipped:
-        _run_models(settings, url, " ".join(skipped), vars=batch)
+        _run_models(settings, env, " ".join(skipped), vars=batch)
     return BuildResult(tests=tuple(tests))
 
 
@@ -219,23 +224,23 @@ def _raise_errors(result: Any) -> None:
 
 def build_run_results(settings: Settings, url: str, start: date, end: date) -> None:
     """test_results and batch_health, once the tests' outcomes are recorded in raw."""
-    _run_models(settings, url, f"tag:{RUN_RESULTS_TAG}", vars=batch_vars(start, end))
+    _run_models(settings, dbt_env(url), f"tag:{RUN_RESULTS_TAG}", vars=batch_vars(start, end))
 
 
 def bin_references(settings: Settings, url: str) -> None:
     """int_reference_bins: the PSI bins of every model version not binned yet (at train time)."""
-    _run_models(settings, url, "+int_reference_bins")  # with the staging views it reads
+    _run_models(settings, dbt_env(url), "+int_reference_bins")  # with the staging views it reads
 
 
-def create_views(settings: Settings, url: str) -> None:
-    """The project's views, recorded as this project's (at `init`, so that builds need not make them)."""
-    with connect(url, autocommit=True) as conn, build_lock(conn):  # builds re-create views too
-        _run_models(settings, url, "config.materialized:view")
-        views.record(conn, _project_digest(settings))
+def create_views(settings: Settings, url: str, conn: psycopg.Connection) -> None:
+    """The project's views, recorded in the database at `conn` (the pipeline's session, holding
+    the build lock) as this project's: at `init`, so that builds need not make them."""
+    _run_models(settings, dbt_env(url), "config.materialized:view")
+    views.record(conn, _project_digest(settings))
 
 
-def _run_models(settings: Settings, url: str, select: str, **options: Any) -> None:
-    result = invoke(settings, url, ["run"], select=select, **options)
+def _run_models(settings: Settings, env: dict[str, str], select: str, **options: Any) -> None:
+    result = _invoke(settings, env, ["run"], select=select, **options)
     if not result.success:
         raise TransformError(f"dbt run of {select} failed: " + "; ".join(
             f"{r.node.name}: {_first_line(r.message)}" for r in result.result.results if str(r.status) == "error"
