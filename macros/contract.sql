@@ -1,17 +1,35 @@
 {#-
-  One row of batch_checks: a measured value and its bounds from
-  var('contract')[check_name]. `passed` is computed in batch_checks.
+  The contract's checks as rows of batch_checks: a measured value per batch and
+  its bounds, from the monitor's declaration (contract: built-in checks, with
+  per-column overrides under `columns`; checks: the monitor's own). `passed` is
+  computed in batch_checks.
 -#}
-{% macro contract_check(check_name, measured, from, column_name='') -%}
-    {%- set spec = var('contract')[check_name] -%}
+
+{#- A check's bounds and severity, a column's override merged over them. -#}
+{% macro check_spec(m, check_name, column_name=none) -%}
+    {%- set spec = (m.get('contract') or {}).get(check_name) or (m.get('checks') or {}).get(check_name) -%}
+    {%- if spec is none -%}
+        {{ exceptions.raise_compiler_error("monitor " ~ m.name ~ " has no check " ~ check_name) }}
+    {%- endif -%}
+    {%- set per_column = spec.get('columns') if spec.get('columns') is mapping else {} -%}
+    {%- if column_name and column_name in per_column -%}
+        {{ return(modelwatch.deep_merge(spec, per_column[column_name])) }}
+    {%- endif -%}
+    {{ return(spec) }}
+{%- endmacro %}
+
+{% macro contract_check(m, check_name, measured, from, column_name='') -%}
+    {%- set spec = modelwatch.check_spec(m, check_name, column_name) -%}
+    {%- set lower = spec.get('min') -%}
+    {%- set upper = spec.get('max') -%}
     select
         batch_date,
-        cast('{{ check_name }}' as text) as check_name,
-        cast('{{ column_name }}' as text) as column_name,
+        cast('{{ check_name }}' as {{ dbt.type_string() }}) as check_name,
+        cast('{{ column_name }}' as {{ dbt.type_string() }}) as column_name,
         cast({{ measured }} as {{ dbt.type_float() }}) as measured_value,
-        cast({{ spec.get('min', 'null') }} as {{ dbt.type_float() }}) as lower_bound,
-        cast({{ spec.get('max', 'null') }} as {{ dbt.type_float() }}) as upper_bound,
-        cast('{{ spec.severity }}' as text) as severity
+        cast({{ 'null' if lower is none else lower }} as {{ dbt.type_float() }}) as lower_bound,
+        cast({{ 'null' if upper is none else upper }} as {{ dbt.type_float() }}) as upper_bound,
+        cast('{{ spec.get('severity', 'error') }}' as {{ dbt.type_string() }}) as severity
     from {{ from }}
 {%- endmacro %}
 
@@ -20,11 +38,11 @@
     cast(count(*) filter (where {{ condition }}) as {{ dbt.type_float() }}) / nullif(count(*), 0)
 {%- endmacro %}
 
-{#- The batches of the range that pass every error-severity check: the gate. -#}
+{#- The monitor's batches of the range that pass every error-severity check: the gate. -#}
 {% macro passing_batches() -%}
     select batch_date
     from {{ ref('batch_checks') }}
-    where {{ modelwatch.in_batch_range('batch_date') }}
+    where monitor = '{{ var('monitor') }}' and {{ modelwatch.in_batch_range('batch_date') }}
     group by batch_date
     having bool_and(passed or severity <> 'error')
 {%- endmacro %}

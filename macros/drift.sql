@@ -1,19 +1,9 @@
 {#-
   Drift in SQL: the population stability index per batch and monitored column
   against bins of the reference set (int_reference_bins). The monitored columns
-  come from vars.monitoring, as in the Evidently step: numeric features and the
+  come from the monitor's declaration, as in the Evidently step: numeric features and the
   prediction are binned at reference deciles, categorical features by category.
 -#}
-
-{#- The columns PSI is computed for, by how they are binned. -#}
-{% macro drift_numeric_columns() -%}
-    {%- set monitoring = var('monitoring') -%}
-    {{ return(monitoring.numeric_features + [monitoring.prediction]) }}
-{%- endmacro %}
-
-{% macro drift_categorical_columns() -%}
-    {{ return(var('monitoring').categorical_features) }}
-{%- endmacro %}
 
 {#-
   A frequency table (macros/value_counts.sql: keys..., column_name, value,
@@ -22,7 +12,7 @@
   with lower_bound < value <= upper_bound (a null bound is open); a category
   in its own bin, else in "other"; a missing value in the "null" bin. The
   binning works on distinct values, not rows. `keys` must include
-  model_version.
+  reference_version.
 -#}
 {% macro psi_bin_counts(counts, bins, keys) -%}
     {%- set numeric_columns = modelwatch.drift_numeric_columns() -%}
@@ -42,7 +32,7 @@
     from {{ counts }} as counted
     inner join (
         select
-            model_version,
+            reference_version,
             column_name,
             coalesce(array_agg(-upper_bound order by -upper_bound) filter (where upper_bound is not null),
                      cast(array[] as {{ dbt.type_float() }}[])) as negated_bounds,
@@ -50,9 +40,9 @@
             min(bin_index) filter (where bin_kind = 'null') as null_bin
         from {{ bins }}
         where bin_kind in ('range', 'null')
-        group by model_version, column_name
+        group by reference_version, column_name
     ) as ranges
-        on ranges.model_version = counted.model_version
+        on ranges.reference_version = counted.reference_version
         and ranges.column_name = counted.column_name
     cross join lateral (
         select case
@@ -75,11 +65,11 @@
         sum(counted.row_count) as row_count
     from {{ counts }} as counted
     inner join {{ bins }} as bins
-        on bins.model_version = counted.model_version
+        on bins.reference_version = counted.reference_version
         and bins.column_name = counted.column_name
         and bins.bin_kind = case when counted.category is null then 'null' else 'other' end
     left join {{ bins }} as category_bins
-        on category_bins.model_version = counted.model_version
+        on category_bins.reference_version = counted.reference_version
         and category_bins.column_name = counted.column_name
         and category_bins.bin_kind = 'category'
         and category_bins.category = counted.category

@@ -13,10 +13,10 @@ begin
     if not exists (
         select 1 from pg_policies
         where schemaname = '{{ this.schema }}' and tablename = '{{ this.identifier }}'
-          and policyname = 'published_batches_only'
+          and policyname = 'published_monitor_batches_only'
     ) then
-        create policy published_batches_only on {{ this }} for select to modelwatch_reader
-            using (batch_date in (select batch_date from {{ this.schema }}.published_batches));
+        create policy published_monitor_batches_only on {{ this }} for select to modelwatch_reader
+            using ((monitor, batch_date) in (select monitor, batch_date from {{ this.schema }}.published_batches));
     end if;
     if not (select c.relrowsecurity from pg_class c join pg_namespace n on n.oid = c.relnamespace
             where n.nspname = '{{ this.schema }}' and c.relname = '{{ this.identifier }}') then

@@ -1,16 +1,17 @@
 {{ config(materialized='view') }}
 {#-
-  Each batch's rows against the median rows of up to 7 earlier batches (the
-  volume band). A view over the batch log, not filtered by the batch range, so
-  it can be unit tested; filters on batch_date push down into it.
+  Each batch's rows against the median rows of up to 7 earlier batches of its
+  monitor (the volume band). A view over the batch log, not filtered by the batch
+  range, so it can be unit tested; filters on monitor and batch_date push down into it.
 -#}
 with batches as (
-    select batch_date, rows_loaded
+    select monitor, batch_date, rows_loaded
     from {{ ref('stg_batches') }}
     where rows_loaded is not null
 )
 
 select
+    batches.monitor,
     batches.batch_date,
     batches.rows_loaded,
     history_stats.earlier_batches,
@@ -27,6 +28,7 @@ cross join lateral (
         select history.rows_loaded
         from {{ ref('stg_batches') }} as history
         where history.rows_loaded is not null
+          and history.monitor = batches.monitor
           and history.batch_date < batches.batch_date
         order by history.batch_date desc
         limit 7

@@ -1,6 +1,6 @@
 {#-
-  PSI bins per model version and monitored column, made once per model
-  version from its reference set, with each bin's share of the reference:
+  PSI bins per reference set (version) and monitored column of the monitor,
+  made once per reference version, with each bin's share of the reference:
   - numeric features and the prediction: ranges between the distinct
     reference deciles (percentile_disc, so every edge is a reference value),
     right-closed and open at both ends: (-inf, d1], (d1, d2], ..., (dk, +inf);
@@ -11,37 +11,41 @@
   - every column: a "null" bin, so a change in the share of missing values
     counts as drift.
   Shares are over all reference rows, nulls included: a column's shares sum
-  to 1. Incremental: bins every model version with a reference set that is
-  not binned yet, or was binned with other settings (psi_binning_label);
-  `modelwatch train` builds it, so a model's bins exist before its first batch.
+  to 1. Incremental: bins every reference version of the monitor that is not
+  binned yet, or was binned with other settings (psi_binning_label); storing a
+  reference set (`modelwatch reference`, `train`) builds it, so its bins exist
+  before its first batch.
 -#}
-{{ config(materialized='incremental', incremental_strategy='delete+insert', unique_key='model_version') }}
+{{ config(materialized='incremental', incremental_strategy='delete+insert',
+          unique_key=['monitor', 'reference_version'], tags=['reference']) }}
+{%- set m = modelwatch.monitor() -%}
 {%- set binning = modelwatch.psi_binning_label() -%}
 {%- set numeric_columns = modelwatch.drift_numeric_columns() -%}
 {%- set categorical_columns = modelwatch.drift_categorical_columns() -%}
 
 with versions as (
-    select distinct model_version
-    from {{ ref('stg_reference_trips') }}
+    select distinct reference_version
+    from {{ ref('int_reference_rows') }}
     {%- if is_incremental() %}
-    where model_version not in (select model_version from {{ this }} where binning = '{{ binning }}')
+    where reference_version not in (
+        select reference_version from {{ this }} where monitor = '{{ m.name }}' and binning = '{{ binning }}')
     {%- endif %}
 ),
 
 reference as (
-    select reference_trips.*
-    from {{ ref('stg_reference_trips') }} as reference_trips
-    inner join versions on versions.model_version = reference_trips.model_version
+    select reference_rows.*
+    from {{ ref('int_reference_rows') }} as reference_rows
+    inner join versions on versions.reference_version = reference_rows.reference_version
 ),
 
 reference_rows as (
-    select model_version, count(*) as row_count
+    select reference_version, count(*) as row_count
     from reference
-    group by model_version
+    group by reference_version
 ),
 
 monitored_columns as (
-    select reference_rows.model_version, monitored.column_name, monitored.column_kind
+    select reference_rows.reference_version, monitored.column_name, monitored.column_kind
     from reference_rows
     cross join (
         {% for column in numeric_columns + categorical_columns -%}
@@ -56,22 +60,22 @@ monitored_columns as (
 deciles as (
     {% for column in numeric_columns -%}
     select
-        model_version,
+        reference_version,
         cast('{{ column }}' as {{ dbt.type_string() }}) as column_name,
         {% for decile in range(1, 10) -%}
         percentile_disc({{ decile / 10 }}) within group (order by {{ column }}) as d{{ decile }}{{ ',' if not loop.last }}
         {% endfor -%}
     from reference
-    group by model_version
+    group by reference_version
     {{ 'union all' if not loop.last }}
     {% endfor -%}
 ),
 
 edges as (
-    select distinct model_version, column_name, edge
+    select distinct reference_version, column_name, edge
     from (
         {% for decile in range(1, 10) -%}
-        select model_version, column_name, cast(d{{ decile }} as {{ dbt.type_float() }}) as edge from deciles
+        select reference_version, column_name, cast(d{{ decile }} as {{ dbt.type_float() }}) as edge from deciles
         {{ 'union all' if not loop.last }}
         {% endfor -%}
     ) as decile_edges
@@ -81,33 +85,33 @@ edges as (
 range_bins as (
     -- (previous edge, edge], the lowest open below
     select
-        model_version,
+        reference_version,
         column_name,
-        lag(edge) over (partition by model_version, column_name order by edge) as lower_bound,
+        lag(edge) over (partition by reference_version, column_name order by edge) as lower_bound,
         edge as upper_bound
     from edges
 
     union all
 
     -- (highest edge, +inf); for a column with no values in the reference, the one range bin
-    select deciles.model_version, deciles.column_name, max(edges.edge), cast(null as {{ dbt.type_float() }})
+    select deciles.reference_version, deciles.column_name, max(edges.edge), cast(null as {{ dbt.type_float() }})
     from deciles
     left join edges
-        on edges.model_version = deciles.model_version
+        on edges.reference_version = deciles.reference_version
         and edges.column_name = deciles.column_name
-    group by deciles.model_version, deciles.column_name
+    group by deciles.reference_version, deciles.column_name
 ),
 
 category_counts as (
     {% for column in categorical_columns -%}
     select
-        model_version,
+        reference_version,
         cast('{{ column }}' as {{ dbt.type_string() }}) as column_name,
         cast({{ column }} as {{ dbt.type_string() }}) as category,
         count(*) as row_count
     from reference
     where {{ column }} is not null
-    group by model_version, cast({{ column }} as {{ dbt.type_string() }})
+    group by reference_version, cast({{ column }} as {{ dbt.type_string() }})
     {{ 'union all' if not loop.last }}
     {% endfor -%}
     {%- if not categorical_columns %}
@@ -119,7 +123,7 @@ category_counts as (
 
 all_bins as (
     select
-        model_version, column_name,
+        reference_version, column_name,
         cast('range' as {{ dbt.type_string() }}) as bin_kind,
         lower_bound, upper_bound,
         cast(null as {{ dbt.type_string() }}) as category
@@ -127,21 +131,21 @@ all_bins as (
 
     union all
 
-    select category_counts.model_version, category_counts.column_name, 'category', null, null, category_counts.category
+    select category_counts.reference_version, category_counts.column_name, 'category', null, null, category_counts.category
     from category_counts
-    inner join reference_rows on reference_rows.model_version = category_counts.model_version
+    inner join reference_rows on reference_rows.reference_version = category_counts.reference_version
     where cast(category_counts.row_count as {{ dbt.type_float() }}) / reference_rows.row_count
           >= {{ var('drift')['psi_min_category_share'] }}
 
     union all
 
-    select model_version, column_name, 'other', null, null, null
+    select reference_version, column_name, 'other', null, null, null
     from monitored_columns
     where column_kind = 'categorical'
 
     union all
 
-    select model_version, column_name, 'null', null, null, null
+    select reference_version, column_name, 'null', null, null, null
     from monitored_columns
 ),
 
@@ -149,7 +153,7 @@ bins as (
     select
         *,
         cast(row_number() over (
-            partition by model_version, column_name
+            partition by reference_version, column_name
             order by
                 case bin_kind when 'range' then 0 when 'category' then 1 when 'other' then 2 else 3 end,
                 upper_bound nulls last,
@@ -159,16 +163,17 @@ bins as (
 ),
 
 reference_counts as (
-    {{ modelwatch.value_counts('reference', ['model_version'], numeric_columns, categorical_columns) }}
+    {{ modelwatch.value_counts('reference', ['reference_version'], numeric_columns, categorical_columns) }}
 ),
 
 {#- Materialized, as in feature_drift: a nested loop must not recount per bin. #}
 bin_counts as materialized (
-    {{ modelwatch.psi_bin_counts('reference_counts', 'bins', ['model_version']) }}
+    {{ modelwatch.psi_bin_counts('reference_counts', 'bins', ['reference_version']) }}
 )
 
 select
-    bins.model_version,
+    cast('{{ m.name }}' as {{ dbt.type_string() }}) as monitor,
+    bins.reference_version,
     bins.column_name,
     bins.bin_index,
     bins.bin_kind,
@@ -179,8 +184,8 @@ select
     cast(coalesce(bin_counts.row_count, 0) as {{ dbt.type_float() }}) / reference_rows.row_count as reference_share,
     cast('{{ binning }}' as {{ dbt.type_string() }}) as binning
 from bins
-inner join reference_rows on reference_rows.model_version = bins.model_version
+inner join reference_rows on reference_rows.reference_version = bins.reference_version
 left join bin_counts
-    on bin_counts.model_version = bins.model_version
+    on bin_counts.reference_version = bins.reference_version
     and bin_counts.column_name = bins.column_name
     and bin_counts.bin_index = bins.bin_index

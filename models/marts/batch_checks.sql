@@ -1,107 +1,154 @@
 {#-
   The data contract, measured: one row per batch and check (and column where
-  the check is per column), with its bounds and verdict. dbt tests
-  (contract_check) assert on these rows for the batches being built.
+  the check is per column), with its bounds and verdict, for the monitor's
+  batches being built. Built-in checks apply to every monitor (bounds from
+  vars.monitor_defaults.contract, overridden by the monitor's `contract`); the
+  monitor's own `checks` bound the share of rows matching a SQL condition or
+  found in a lookup. dbt tests (contract_check) assert on these rows.
 -#}
-{%- set monitoring = var('monitoring') -%}
-{%- set features = monitoring.numeric_features + monitoring.categorical_features -%}
-{%- set contract = var('contract') -%}
-{%- set duration = contract['duration_out_of_range_share'] -%}
+{%- set m = modelwatch.monitor() -%}
+{%- set contract = m.get('contract') or {} -%}
+{%- set custom = m.get('checks') or {} -%}
+{%- set features = modelwatch.feature_columns(m) -%}
+{%- set probabilities = modelwatch.probability_columns(m) -%}
 {%- set numeric_types = ['double precision', 'real', 'numeric', 'bigint', 'integer', 'smallint'] -%}
+{#- Every monitor's lookups are refs at parse time, so that dbt knows what this model reads. #}
+{% for declared in var('monitors', {}).values() -%}
+{% for lookup in (declared.get('lookups') or {}).values() -%}
+-- depends_on: {{ ref(lookup.seed) }}
+{% endfor -%}
+{% endfor %}
 
 {#-
-  The trips themselves, not int_trips_scored: no check reads a prediction, so
-  this mart is built beside the trips-predictions join instead of after it
-  (on a 3-million-row batch, 5 s off the build's longest path). Read by two
-  aggregates below: not materialized, or PostgreSQL would copy every trip first.
+  The raw rows themselves, not int_batch_rows: a custom condition may name any
+  stored column, and this mart is then built beside int_batch_rows rather than
+  after it. Read by two aggregates below: not materialized, or PostgreSQL would
+  copy every row first.
 -#}
-with scored as not materialized (
-    select * from {{ ref('stg_trips') }}
-    where {{ modelwatch.in_batch_range('batch_date') }}
+with batch_rows as not materialized (
+    {{ modelwatch.monitor_rows(m, modelwatch.rows_relation(m), 'batch_date', modelwatch.in_batch_range('batch_date')) }}
 ),
 
 batches as (
-    select batch_date, rows_loaded
+    select batch_date, batch_end, reference_version, rows_loaded
     from {{ ref('stg_batches') }}
-    where {{ modelwatch.in_batch_range('batch_date') }}
+    where monitor = '{{ m.name }}' and {{ modelwatch.in_batch_range('batch_date') }}
 ),
 
-{#-
-  The shares are counted in one hashed pass over the trips, grouped by batch;
-  the duplicate count on its own: count(distinct) makes PostgreSQL sort its
-  input, and sorting only (batch_date, trip_id) costs a fraction of sorting
-  every trip's columns (1.2 s vs 4.4 s on 3 million rows).
--#}
-{%- set shares = {
-    'negative_fare_share': 'fare_amount < 0',
-    'duration_out_of_range_share': 'duration_min <= ' ~ duration['min_minutes'] ~ ' or duration_min > ' ~ duration['max_minutes'],
-    'zero_distance_share': 'trip_distance = 0',
-    'pickup_outside_day_share': 'cast(pickup_datetime as date) <> batch_date',
-} -%}
-{%- for column in features + [monitoring.timestamp] -%}
+{#- Shares of rows, counted in one hashed pass over the rows, grouped by batch. -#}
+{%- set shares = {} -%}
+{%- for column in features + [m.timestamp, m.prediction] + probabilities -%}
     {%- do shares.update({'missing_share__' ~ column: column ~ ' is null'}) -%}
 {%- endfor -%}
-{%- for column in monitoring.zone_columns -%}
-    {%- do shares.update({'known_zone_share__' ~ column:
-        column ~ ' in (select location_id from ' ~ ref('taxi_zones') ~ " where borough <> 'Unknown')"}) -%}
+{%- for column in probabilities -%}
+    {%- do shares.update({'probability_out_of_range_share__' ~ column: column ~ ' < 0 or ' ~ column ~ ' > 1'}) -%}
+{%- endfor -%}
+{%- if m.task == 'multiclass_classification' -%}
+    {%- do shares.update({'probability_sum_off_share':
+        'abs(' ~ probabilities | join(' + ') ~ ' - 1) > ' ~ modelwatch.check_spec(m, 'probability_sum_off_share').get('tolerance', 0.000001)}) -%}
+{%- endif -%}
+{%- for name, spec in custom.items() -%}
+    {%- if spec.get('where') -%}
+        {%- do shares.update({'custom__' ~ name: spec.where}) -%}
+    {%- else -%}
+        {%- set lookup = m.lookups[spec.lookup] -%}
+        {%- for column in spec.columns -%}
+            {%- do shares.update({'custom__' ~ name ~ '__' ~ column:
+                'cast(' ~ column ~ ' as ' ~ dbt.type_string() ~ ') in (select cast(' ~ lookup.key
+                ~ ' as ' ~ dbt.type_string() ~ ') from ' ~ ref(lookup.seed)
+                ~ (' where ' ~ spec.lookup_where if spec.get('lookup_where') else '') ~ ')'}) -%}
+        {%- endfor -%}
+    {%- endif -%}
 {%- endfor %}
 
-trip_shares as (
+row_shares as (
     select
-        batch_date,
+        batch_rows.batch_date,
         count(*) as row_count,
+        {{ modelwatch.share_where(m.timestamp ~ ' < batches.batch_date or ' ~ m.timestamp
+                                  ~ ' >= batches.batch_end + 1') }} as outside_period_share{{ ',' if shares }}
         {%- for name, condition in shares.items() %}
         {{ modelwatch.share_where(condition) }} as {{ name }}{{ ',' if not loop.last }}
         {%- endfor %}
-    from scored
-    group by batch_date
+    from batch_rows
+    inner join batches on batches.batch_date = batch_rows.batch_date
+    group by batch_rows.batch_date
 ),
 
+{#- count(distinct) sorts its input: only (batch_date, id), a fraction of every row's columns. -#}
 duplicates as (
-    select batch_date, count(trip_id) - count(distinct trip_id) as duplicate_trip_ids
-    from scored
+    select batch_date, count({{ m.id }}) - count(distinct {{ m.id }}) as duplicate_ids
+    from batch_rows
     group by batch_date
 ),
 
-{#- Every batch of the range; one without trips has 0 rows (row_count_min fails it) and its
+{#- Every batch of the range; one without rows has 0 rows (row_count_min fails it) and its
     shares are null: nothing was measured. -#}
 per_batch as (
     select
         batches.batch_date,
-        coalesce(trip_shares.row_count, 0) as row_count,
-        coalesce(duplicates.duplicate_trip_ids, 0) as duplicate_trip_ids,
+        coalesce(row_shares.row_count, 0) as row_count,
+        coalesce(duplicates.duplicate_ids, 0) as duplicate_ids,
+        row_shares.outside_period_share{{ ',' if shares }}
         {%- for name in shares %}
-        trip_shares.{{ name }}{{ ',' if not loop.last }}
+        row_shares.{{ name }}{{ ',' if not loop.last }}
         {%- endfor %}
     from batches
-    left join trip_shares on trip_shares.batch_date = batches.batch_date
+    left join row_shares on row_shares.batch_date = batches.batch_date
     left join duplicates on duplicates.batch_date = batches.batch_date
 ),
 
 volume as (
-    select batch_date, rows_vs_trailing_median
+    select
+        batch_date,
+        case when earlier_batches >= {{ modelwatch.check_spec(m, 'row_count_vs_trailing_median').get('min_history', 1) }}
+             then rows_vs_trailing_median end as rows_vs_trailing_median
     from {{ ref('int_batch_volume') }}
-    where {{ modelwatch.in_batch_range('batch_date') }}
+    where monitor = '{{ m.name }}' and {{ modelwatch.in_batch_range('batch_date') }}
 ),
 
-{#- The monitored columns the raw tables must have, with a type that fits their kind. -#}
+{#-
+  Against the batch's reference set: rows whose category the reference never
+  saw, and numbers outside its range, per feature, read off the batch's
+  frequency table (int_value_counts) rather than its rows.
+-#}
+reference_checks as (
+    select
+        counts.batch_date,
+        counts.column_name,
+        cast(coalesce(sum(counts.row_count) filter (
+            where (counts.category is not null and not exists (
+                    select 1 from {{ ref('int_reference_profile') }} as seen
+                    where seen.monitor = '{{ m.name }}' and seen.reference_version = batches.reference_version
+                      and seen.column_name = counts.column_name and seen.category = counts.category))
+               or (counts.value is not null and exists (
+                    select 1 from {{ ref('int_reference_profile') }} as range
+                    where range.monitor = '{{ m.name }}' and range.reference_version = batches.reference_version
+                      and range.column_name = counts.column_name
+                      and (counts.value < range.min_value or counts.value > range.max_value)))
+        ), 0) as {{ dbt.type_float() }}) / nullif(sum(counts.row_count), 0) as share_outside_reference
+    from {{ ref('int_value_counts') }} as counts
+    inner join batches on batches.batch_date = counts.batch_date
+    where counts.column_name in ('{{ features | join("', '") }}')
+    group by counts.batch_date, counts.column_name
+),
+
+{#- The declared columns the raw table must have, with a type that fits their role. -#}
 schema_check as (
     select
         batches.batch_date,
         (
             select count(*)
             from (
-                {% for column in monitoring.numeric_features %}
-                select '{{ column }}' as column_name, true as is_numeric union all
-                {% endfor %}
-                {% for column in monitoring.categorical_features %}
-                select '{{ column }}', false union all
-                {% endfor %}
-                select '{{ monitoring.timestamp }}', false
+                {% for column in modelwatch.stored_column_names(m) if column not in (m.get('derived') or {}) -%}
+                select '{{ column }}' as column_name,
+                       {{ 'true' if column in modelwatch.numeric_columns(m) else 'false' }} as is_numeric
+                {{ 'union all' if not loop.last }}
+                {% endfor -%}
             ) as expected
             left join information_schema.columns as actual
-                on actual.table_schema = '{{ source('raw', 'trips').schema }}'
-                and actual.table_name = '{{ source('raw', 'trips').identifier }}'
+                on actual.table_schema = '{{ modelwatch.rows_relation(m).schema }}'
+                and actual.table_name = '{{ modelwatch.rows_relation(m).identifier }}'
                 and actual.column_name = expected.column_name
             where actual.column_name is null
                or (expected.is_numeric and actual.data_type not in ('{{ numeric_types | join("', '") }}'))
@@ -110,32 +157,52 @@ schema_check as (
 ),
 
 checks as (
-    {{ modelwatch.contract_check('schema_mismatches', 'schema_mismatches', 'schema_check') }}
+    {{ modelwatch.contract_check(m, 'schema_mismatches', 'schema_mismatches', 'schema_check') }}
     union all
-    {{ modelwatch.contract_check('row_count_min', 'row_count', 'per_batch') }}
+    {{ modelwatch.contract_check(m, 'row_count_min', 'row_count', 'per_batch') }}
     union all
-    {{ modelwatch.contract_check('row_count_vs_trailing_median', 'rows_vs_trailing_median', 'volume') }}
+    {{ modelwatch.contract_check(m, 'row_count_vs_trailing_median', 'rows_vs_trailing_median', 'volume') }}
     union all
-    {{ modelwatch.contract_check('duplicate_trip_ids', 'duplicate_trip_ids', 'per_batch') }}
+    {{ modelwatch.contract_check(m, 'duplicate_ids', 'duplicate_ids', 'per_batch') }}
     union all
-    {{ modelwatch.contract_check('negative_fare_share', 'negative_fare_share', 'per_batch') }}
+    {{ modelwatch.contract_check(m, 'outside_period_share', 'outside_period_share', 'per_batch') }}
+    {%- for column in features + [m.timestamp, m.prediction] + probabilities %}
     union all
-    {{ modelwatch.contract_check('duration_out_of_range_share', 'duration_out_of_range_share', 'per_batch') }}
+    {{ modelwatch.contract_check(m, 'missing_share', 'missing_share__' ~ column, 'per_batch', column) }}
+    {%- endfor %}
+    {%- for column in probabilities %}
     union all
-    {{ modelwatch.contract_check('zero_distance_share', 'zero_distance_share', 'per_batch') }}
+    {{ modelwatch.contract_check(m, 'probability_out_of_range_share', 'probability_out_of_range_share__' ~ column, 'per_batch', column) }}
+    {%- endfor %}
+    {%- if m.task == 'multiclass_classification' %}
     union all
-    {{ modelwatch.contract_check('pickup_outside_day_share', 'pickup_outside_day_share', 'per_batch') }}
-    {% for column in features + [monitoring.timestamp] %}
+    {{ modelwatch.contract_check(m, 'probability_sum_off_share', 'probability_sum_off_share', 'per_batch') }}
+    {%- endif %}
+    {%- for column in m.features.get('categorical') or [] %}
     union all
-    {{ modelwatch.contract_check('missing_share', 'missing_share__' ~ column, 'per_batch', column) }}
-    {% endfor %}
-    {% for column in monitoring.zone_columns %}
+    {{ modelwatch.contract_check(m, 'unseen_category_share', 'share_outside_reference',
+                                 "reference_checks where column_name = '" ~ column ~ "'", column) }}
+    {%- endfor %}
+    {%- for column in m.features.get('numeric') or [] %}
     union all
-    {{ modelwatch.contract_check('known_zone_share', 'known_zone_share__' ~ column, 'per_batch', column) }}
-    {% endfor %}
+    {{ modelwatch.contract_check(m, 'out_of_reference_range_share', 'share_outside_reference',
+                                 "reference_checks where column_name = '" ~ column ~ "'", column) }}
+    {%- endfor %}
+    {%- for name, spec in custom.items() %}
+    {%- if spec.get('where') %}
+    union all
+    {{ modelwatch.contract_check(m, name, 'custom__' ~ name, 'per_batch') }}
+    {%- else %}
+    {%- for column in spec.columns %}
+    union all
+    {{ modelwatch.contract_check(m, name, 'custom__' ~ name ~ '__' ~ column, 'per_batch', column) }}
+    {%- endfor %}
+    {%- endif %}
+    {%- endfor %}
 )
 
 select
+    cast('{{ m.name }}' as text) as monitor,
     batch_date,
     check_name,
     column_name,
@@ -143,7 +210,7 @@ select
     lower_bound,
     upper_bound,
     severity,
-    -- a value that cannot be measured (no history for the band) passes
+    -- a value that cannot be measured (no history for the volume band) passes
     coalesce(
         (lower_bound is null or measured_value >= lower_bound)
         and (upper_bound is null or measured_value <= upper_bound),

@@ -3,16 +3,16 @@
 
 with batches as (
     select * from {{ ref('stg_batches') }}
-    where {{ modelwatch.in_batch_range('batch_date') }}
+    where monitor = '{{ var('monitor') }}' and {{ modelwatch.in_batch_range('batch_date') }}
 ),
 
 latest_tests as (
     select *
     from {{ ref('stg_dbt_test_runs') }} as runs
-    where {{ modelwatch.in_batch_range('runs.batch_date') }}
+    where runs.monitor = '{{ var('monitor') }}' and {{ modelwatch.in_batch_range('runs.batch_date') }}
       and runs.executed_at = (
           select max(latest.executed_at) from {{ ref('stg_dbt_test_runs') }} as latest
-          where latest.batch_date = runs.batch_date
+          where latest.monitor = runs.monitor and latest.batch_date = runs.batch_date
       )
 ),
 
@@ -29,6 +29,7 @@ test_counts as (
 )
 
 select
+    batches.monitor,
     batches.batch_date,
     cast(
         case
@@ -44,6 +45,7 @@ select
     coalesce(test_counts.tests_failed, 0) as tests_failed,
     test_counts.failing_tests,
     batches.model_version,
+    batches.reference_version,
     test_counts.tested_at
 from batches
 left join test_counts on test_counts.batch_date = batches.batch_date

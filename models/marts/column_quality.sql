@@ -1,13 +1,14 @@
 {#-
-  One row per batch and monitored column: completeness and distribution,
+  One row per batch and profiled column of the monitor (features, prediction,
+  target, probabilities): completeness and distribution,
   derived from the batch's frequency table (int_value_counts), not from its
   rows: the quantiles come from cumulative counts (macros/value_counts.sql,
   equal to percentile_cont's), the mean and standard deviation from
   value x count sums, so no column of a 3-million-row batch is sorted.
 -#}
-{%- set monitoring = var('monitoring') -%}
-{%- set numeric_columns = monitoring.numeric_features + [monitoring.prediction, monitoring.target] -%}
-{%- set categorical_columns = monitoring.categorical_features -%}
+{%- set m = modelwatch.monitor() -%}
+{%- set numeric_columns = modelwatch.numeric_columns(m) -%}
+{%- set categorical_columns = modelwatch.categorical_columns(m) -%}
 {%- set quantiles = [5, 25, 50, 75, 95] -%}
 {%- set float = dbt.type_float() -%}
 
@@ -56,12 +57,6 @@ numeric_quantiles as (
     {{ modelwatch.percentiles_from_counts('numeric_counts', ['batch_date', 'column_name'], quantiles) }}
 ){%- if categorical_columns %},
 
-known_zones as (
-    select cast(location_id as text) as value
-    from {{ ref('taxi_zones') }}
-    where borough <> 'Unknown'
-),
-
 categorical_profile as (
     select
         counts.batch_date,
@@ -70,22 +65,14 @@ categorical_profile as (
         cast(coalesce(sum(counts.row_count) filter (where counts.category is null), 0) as bigint) as missing_count,
         cast(count(counts.category) as bigint) as distinct_count,
         cast(max(counts.row_count) filter (where counts.category is not null) as {{ float }})
-            / nullif(sum(counts.row_count) filter (where counts.category is not null), 0) as top_value_share,
-        {% if monitoring.zone_columns -%}
-        case when counts.column_name in ('{{ monitoring.zone_columns | join("', '") }}') then
-            cast(sum(counts.row_count) filter (where counts.category is not null and known_zones.value is null) as {{ float }})
-            / nullif(sum(counts.row_count) filter (where counts.category is not null), 0)
-        end
-        {%- else -%}
-        cast(null as {{ float }})
-        {%- endif %} as unknown_zone_share
+            / nullif(sum(counts.row_count) filter (where counts.category is not null), 0) as top_value_share
     from counts
-    left join known_zones on known_zones.value = counts.category
     where counts.column_name in ('{{ categorical_columns | join("', '") }}')
     group by counts.batch_date, counts.column_name
 ){%- endif %}
 
 select
+    cast('{{ m.name }}' as text) as monitor,
     numeric_profile.batch_date,
     cast(numeric_profile.column_name as text) as column_name,
     cast('numeric' as text) as column_kind,
@@ -100,8 +87,7 @@ select
     cast(numeric_profile.mean_value as {{ float }}) as mean_value,
     cast(numeric_spread.stddev_value as {{ float }}) as stddev_value,
     cast(null as bigint) as distinct_count,
-    cast(null as {{ float }}) as top_value_share,
-    cast(null as {{ float }}) as unknown_zone_share
+    cast(null as {{ float }}) as top_value_share
 from numeric_profile
 left join numeric_quantiles
     on numeric_quantiles.batch_date = numeric_profile.batch_date
@@ -113,6 +99,7 @@ left join numeric_spread
 {% if categorical_columns %}
 union all
 select
+    cast('{{ m.name }}' as text) as monitor,
     batch_date,
     cast(column_name as text) as column_name,
     cast('categorical' as text) as column_kind,
@@ -123,7 +110,6 @@ select
     cast(null as {{ float }}) as {{ name }},
     {% endfor -%}
     distinct_count,
-    top_value_share,
-    cast(unknown_zone_share as {{ float }}) as unknown_zone_share
+    top_value_share
 from categorical_profile
 {% endif %}

@@ -6,23 +6,24 @@
   alongside for comparison. A batch the drift step has not scored has nulls.
 -#}
 {{ config(tags=['gated']) }}
-{%- set prediction = var('monitoring').prediction -%}
+{%- set m = modelwatch.monitor() -%}
+{%- set prediction = m.prediction -%}
 
 with batches as (
     select batch_date
     from {{ ref('stg_batches') }}
-    where {{ modelwatch.in_batch_range('batch_date') }}
+    where monitor = '{{ m.name }}' and {{ modelwatch.in_batch_range('batch_date') }}
       and batch_date in ({{ modelwatch.passing_batches() }})
 ),
 
 datasets as (
     select * from {{ ref('stg_drift_datasets') }}
-    where {{ modelwatch.in_batch_range('batch_date') }}
+    where monitor = '{{ m.name }}' and {{ modelwatch.in_batch_range('batch_date') }}
 ),
 
 feature_drift as (
     select * from {{ ref('feature_drift') }}
-    where {{ modelwatch.in_batch_range('batch_date') }}
+    where monitor = '{{ m.name }}' and {{ modelwatch.in_batch_range('batch_date') }}
 ),
 
 prediction_evidently as (
@@ -42,6 +43,7 @@ psi_summary as (
 )
 
 select
+    cast('{{ m.name }}' as text) as monitor,
     batches.batch_date,
     datasets.columns_monitored,
     datasets.columns_computed,

@@ -6,18 +6,19 @@
     column; a column it could not score (empty or constant) has a null score
     and verdict and says why in `reason`;
   - source 'sql_psi': the population stability index computed here, against
-    the reference bins of the model that scored the batch (int_reference_bins):
+    the reference bins of the batch's reference set (int_reference_bins):
     PSI = sum over bins of (current - reference) * ln(current / reference),
     shares over all rows (the null bin included), an empty bin's share counted
     as vars.drift.psi_epsilon; drifted when PSI >= vars.drift.psi_threshold.
 -#}
 {{ config(tags=['gated']) }}
+{%- set m = modelwatch.monitor() -%}
 {%- set drift = var('drift') -%}
 
 with batches as (
-    select batch_date, model_version
+    select batch_date, reference_version
     from {{ ref('stg_batches') }}
-    where {{ modelwatch.in_batch_range('batch_date') }}
+    where monitor = '{{ m.name }}' and {{ modelwatch.in_batch_range('batch_date') }}
       and batch_date in ({{ modelwatch.passing_batches() }})
 ),
 
@@ -33,11 +34,12 @@ evidently as (
         scores.not_computed_reason as reason
     from {{ ref('stg_drift_scores') }} as scores
     inner join batches on batches.batch_date = scores.batch_date
+    where scores.monitor = '{{ m.name }}'
 ),
 
-{#- The batches' frequency table (int_value_counts), with the model version each batch is binned by. -#}
+{#- The batches' frequency table (int_value_counts), with the reference version each batch is binned by. -#}
 current_counts as (
-    select batches.model_version, counts.*
+    select batches.reference_version, counts.*
     from {{ ref('int_value_counts') }} as counts
     inner join batches on batches.batch_date = counts.batch_date
     where counts.column_name in ('{{ (modelwatch.drift_numeric_columns() + modelwatch.drift_categorical_columns()) | join("', '") }}')
@@ -46,20 +48,21 @@ current_counts as (
 bins as (
     select reference_bins.*
     from {{ ref('int_reference_bins') }} as reference_bins
-    where reference_bins.model_version in (select model_version from batches)
+    where reference_bins.monitor = '{{ m.name }}'
+      and reference_bins.reference_version in (select reference_version from batches)
 ),
 
 {#- Materialized: the join below is planned on guesses (a CTE has no statistics) and may be a
     nested loop, which would otherwise recompute the counts once per bin (PostgreSQL 18 did:
     8 s on a 3-million-row batch instead of 0.5 s). #}
 bin_counts as materialized (
-    {{ modelwatch.psi_bin_counts('current_counts', 'bins', ['batch_date', 'model_version']) }}
+    {{ modelwatch.psi_bin_counts('current_counts', 'bins', ['batch_date', 'reference_version']) }}
 ),
 
 batch_rows as (
     select batch_date, sum(row_count) as row_count
     from current_counts
-    where column_name = '{{ var('monitoring').prediction }}'  -- every column's counts add up to the batch's rows
+    where column_name = '{{ m.prediction }}'  -- every column's counts add up to the batch's rows
     group by batch_date
 ),
 
@@ -72,7 +75,7 @@ shares as (
         cast(coalesce(bin_counts.row_count, 0) as {{ dbt.type_float() }}) / batch_rows.row_count as current_share
     from batches
     inner join batch_rows on batch_rows.batch_date = batches.batch_date
-    inner join bins on bins.model_version = batches.model_version
+    inner join bins on bins.reference_version = batches.reference_version
     left join bin_counts
         on bin_counts.batch_date = batches.batch_date
         and bin_counts.column_name = bins.column_name
@@ -108,6 +111,7 @@ unioned as (
 )
 
 select
+    cast('{{ m.name }}' as text) as monitor,
     batch_date,
     cast(column_name as text) as column_name,
     cast(source as text) as source,

@@ -2,13 +2,14 @@
 {{ config(tags=['run_results']) }}
 
 select
+    monitor,
     batch_date,
     invocation_id,
     executed_at,
     test_name,
-    column_name,
+    coalesce(column_name, '') as column_name,
     test_status,
     failure_count,
     message
 from {{ ref('stg_dbt_test_runs') }}
-where {{ modelwatch.in_batch_range('batch_date') }}
+where monitor = '{{ var('monitor') }}' and {{ modelwatch.in_batch_range('batch_date') }}

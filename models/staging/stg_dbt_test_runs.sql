@@ -4,6 +4,7 @@ with source as (
 
 renamed as (
     select
+        monitor,
         invocation_id,
         executed_at,
         batch_date,

@@ -5,8 +5,9 @@ with source as (
 renamed as (
     select
         -- keys
+        monitor,
         batch_date,
-        model_version,
+        reference_version,
 
         -- rows compared (Evidently sees a seeded sample above evidently_max_rows)
         reference_rows,

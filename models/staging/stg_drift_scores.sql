@@ -5,6 +5,7 @@ with source as (
 renamed as (
     select
         -- keys
+        monitor,
         batch_date,
         column_name,
         column_kind,

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import db, embedded, pipeline, status
+from . import db, embedded, pipeline, schema, status
 from .config import Settings
 from .errors import ModelwatchError
 
@@ -65,6 +65,10 @@ class IsoDate(click.ParamType):
 
 
 ISO_DATE = IsoDate()
+
+MONITOR_OPTION = click.option(
+    "--monitor", "monitor", default=None, metavar="NAME",
+    help="The monitor (a key of vars.monitors in dbt_project.yml; default: vars.default_monitor).")
 
 
 def settings() -> Settings:
@@ -121,18 +125,19 @@ def db_status() -> None:
 @main.command()
 @handle_errors
 def init() -> None:
-    """Create schemas, tables and roles and load the dbt seed (idempotent)."""
+    """Create schemas, roles, shared tables and each declared monitor's tables; load the dbt seeds (idempotent)."""
     url = pipeline.init(settings())
     console.print(f"initialised {db.describe(url)}")
 
 
 @main.command()
 @click.option("--reference", "reference", required=True, type=click.Path(path_type=Path),
-              help="TLC parquet file to train on; its rows become the drift reference.")
+              help="File (parquet or CSV) to train on; its rows become the drift reference.")
+@MONITOR_OPTION
 @handle_errors
-def train(reference: Path) -> None:
-    """Train the baseline duration model and register it."""
-    trained = pipeline.train(settings(), reference)
+def train(reference: Path, monitor: str | None) -> None:
+    """Train the monitor's own model (the taxi's baseline) and register it with its reference set."""
+    trained = pipeline.train(settings(), reference, monitor)
     console.print(
         f"model {trained.version}: {trained.train_rows} training rows, train MAE {trained.train_mae:.3f}, "
         f"validation MAE {trained.validation_mae:.3f} ({trained.validation_rows} rows)"
@@ -140,12 +145,28 @@ def train(reference: Path) -> None:
 
 
 @main.command()
-@click.option("--batch-date", required=True, type=ISO_DATE, help="The day to process.")
-@click.option("--file", "file", required=True, type=click.Path(path_type=Path), help="TLC parquet file.")
+@click.option("--file", "file", required=True, type=click.Path(path_type=Path),
+              help="File (parquet or CSV) with the monitor's features, predictions (and targets, where known).")
+@MONITOR_OPTION
 @handle_errors
-def run(batch_date: date, file: Path) -> None:
-    """Load, score, build and test one daily batch."""
-    outcome = pipeline.run_batch(settings(), batch_date, file)
+def reference(file: Path, monitor: str | None) -> None:
+    """Store the monitor's reference set, which its batches' drift is measured against."""
+    stored = pipeline.reference(settings(), monitor, file)
+    console.print(f"monitor {stored.monitor}: reference {stored.version} stored, {stored.rows:,} rows from "
+                  f"{stored.file.name}", soft_wrap=True, highlight=False)
+    if stored.coercions:
+        console.print("coerced: " + "; ".join(stored.coercions), soft_wrap=True, highlight=False)
+
+
+@main.command()
+@click.option("--batch-date", required=True, type=ISO_DATE,
+              help="The batch: any day of its period (the monitor's batch_period).")
+@click.option("--file", "file", required=True, type=click.Path(path_type=Path), help="File (parquet or CSV).")
+@MONITOR_OPTION
+@handle_errors
+def run(batch_date: date, file: Path, monitor: str | None) -> None:
+    """Load, score, build and test one batch."""
+    outcome = pipeline.run_batch(settings(), batch_date, file, monitor)
     _print_batches([outcome])
     if outcome.status == "failed":
         raise_contract(outcome)
@@ -158,32 +179,42 @@ def raise_contract(outcome: pipeline.BatchOutcome) -> None:
 
 
 @main.command()
-@click.option("--file", "file", required=True, type=click.Path(path_type=Path), help="TLC parquet file.")
-@click.option("--start", type=ISO_DATE, default=None, help="First day (default: first day of the file's month).")
-@click.option("--end", type=ISO_DATE, default=None, help="Last day (default: last day of the file's month).")
-@click.option("--force", is_flag=True, help="Redo days already finished from this same file.")
+@click.option("--file", "file", required=True, type=click.Path(path_type=Path), help="File (parquet or CSV).")
+@click.option("--start", type=ISO_DATE, default=None,
+              help="First batch (default: the first of the file's main months).")
+@click.option("--end", type=ISO_DATE, default=None, help="Last batch (default: the last of the file's main months).")
+@click.option("--force", is_flag=True, help="Redo batches already finished from this same file.")
 @click.option("--pace", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
-              help="Replay: one batch every SECONDS, each its own build, to watch Grafana fill (redoes days).")
+              help="Replay: one batch every SECONDS, each its own build, to watch Grafana fill (redoes batches).")
+@MONITOR_OPTION
 @handle_errors
-def backfill(file: Path, start: date | None, end: date | None, force: bool, pace: float | None) -> None:
-    """Run every day of a file, in order (resuming: finished days are skipped)."""
+def backfill(file: Path, start: date | None, end: date | None, force: bool, pace: float | None,
+             monitor: str | None) -> None:
+    """Run every batch of a file, in order (resuming: finished batches are skipped)."""
     if pace is not None:
-        outcome = _with_progress(lambda progress: pipeline.replay(settings(), file, pace, start, end, progress))
+        outcome = _with_progress(
+            lambda progress: pipeline.replay(settings(), file, pace, start, end, progress, monitor_name=monitor))
         _finish_range(outcome)
         return
     outcome = _with_progress(
-        lambda progress: pipeline.backfill(settings(), file, start, end, progress=progress, force=force)
+        lambda progress: pipeline.backfill(settings(), file, start, end, progress=progress, force=force,
+                                           monitor_name=monitor)
     )
     _finish_range(outcome)
 
 
 @main.command(name="status")
-@click.option("--limit", default=30, show_default=True, help="How many recent batches.")
+@click.option("--limit", default=30, show_default=True, type=click.IntRange(min=0),
+              help="How many recent batches.")
+@MONITOR_OPTION
 @handle_errors
-def status_command(limit: int) -> None:
-    """The recent batches."""
-    with db.connect(db.database_url(settings())) as conn:
-        rows = status.recent_batches(conn, limit)
+def status_command(limit: int, monitor: str | None) -> None:
+    """The monitor's recent batches."""
+    current = settings()
+    name = current.monitor(monitor).name
+    with db.connect(db.database_url(current)) as conn:
+        schema.check_version(conn)
+        rows = status.recent_batches(conn, name, limit)
     table = Table("batch", "status", "rows loaded", "rows in file", "file", "seconds", "error")
     for row in rows:
         table.add_row(str(row.batch_date), row.status, _n(row.rows_loaded), _n(row.rows_in_file), row.file_name,
@@ -227,17 +258,18 @@ def fetch(month: str, out_dir: Path | None, base_url: str | None) -> None:
 @main.command()
 @click.option("--out", "out", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="HTML file to write (default: MODELWATCH_HOME/reports/dashboard.html).")
+@MONITOR_OPTION
 @handle_errors
-def dashboard(out: Path | None) -> None:
+def dashboard(out: Path | None, monitor: str | None) -> None:
     """The Grafana overview's charts as one static HTML page (same SQL, no Grafana needed)."""
     current = settings()
-    _print_dashboard(_render_dashboard(current, out or current.reports_dir / "dashboard.html"))
+    _print_dashboard(_render_dashboard(current, out or current.reports_dir / "dashboard.html", monitor))
 
 
-def _render_dashboard(current: Settings, out: Path) -> Any:  # -> modelwatch.dashboard.DashboardPage
+def _render_dashboard(current: Settings, out: Path, monitor: str | None = None) -> Any:
     from .dashboard import render_overview  # plotly loads only for this command
 
-    return render_overview(current, out)
+    return render_overview(current, out, current.monitor(monitor).name)
 
 
 def _print_dashboard(page: Any) -> None:
@@ -247,15 +279,16 @@ def _print_dashboard(page: Any) -> None:
 
 
 @main.command()
-@click.option("--batch-date", required=True, type=ISO_DATE, help="The batch to report on.")
+@click.option("--batch-date", required=True, type=ISO_DATE, help="The batch to report on (any day of its period).")
 @click.option("--out", "out", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="HTML file to write (default: MODELWATCH_HOME/reports/drift_<date>.html).")
+              help="HTML file to write (default: MODELWATCH_HOME/reports/drift_<monitor>_<date>.html).")
+@MONITOR_OPTION
 @handle_errors
-def report(batch_date: date, out: Path | None) -> None:
+def report(batch_date: date, out: Path | None, monitor: str | None) -> None:
     """Write Evidently's HTML report (drift, data summary, tests) for a batch against its reference."""
     from .report import write_report
 
-    console.print(str(write_report(settings(), batch_date, out)), soft_wrap=True, highlight=False)
+    console.print(str(write_report(settings(), batch_date, out, monitor)), soft_wrap=True, highlight=False)
 
 
 def _with_progress(work: Callable[[pipeline.Progress], pipeline.RangeOutcome]) -> pipeline.RangeOutcome:
@@ -274,9 +307,9 @@ def _with_progress(work: Callable[[pipeline.Progress], pipeline.RangeOutcome]) -
 def _finish_range(outcome: pipeline.RangeOutcome, exit_on_failure: bool = True) -> None:
     _print_batches(list(outcome.batches))
     console.print(
-        f"{len(outcome.batches)} batches from {outcome.file.name}: {outcome.rows_in_file} rows in the file, "
-        f"{outcome.rows_in_file - outcome.rows_in_no_batch} loaded, {outcome.rows_in_no_batch} in no batch "
-        "(pickups outside the days processed)."
+        f"{len(outcome.batches)} batches of {outcome.monitor} from {outcome.file.name}: {outcome.rows_in_file} "
+        f"rows in the file, {outcome.rows_in_file - outcome.rows_in_no_batch} loaded, {outcome.rows_in_no_batch} "
+        "in no batch (outside the periods processed)."
     )
     if outcome.skipped:
         console.print(f"{len(outcome.skipped)} batches were already done from this file and were skipped "

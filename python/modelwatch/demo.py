@@ -1,4 +1,4 @@
-"""The demo: train on January 2023, run February 2023 as 28 daily batches."""
+"""The demo: the nyc_taxi monitor trained on January 2023, February 2023 run as 28 daily batches."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from . import pipeline
 from .config import PACKAGE_DATA_DIR, Settings
 
+MONITOR = "nyc_taxi"
 REFERENCE_FILE = PACKAGE_DATA_DIR / "green_tripdata_2023-01.parquet"
 BATCH_FILE = PACKAGE_DATA_DIR / "green_tripdata_2023-02.parquet"
 
@@ -22,8 +23,8 @@ def run_demo(
     on_step("preparing the database (schemas, tables, roles, seed)")
     pipeline.init(settings)
     on_step(f"training the baseline model on {reference.name}")
-    trained = pipeline.train(settings, reference)
+    trained = pipeline.train(settings, reference, MONITOR)
     on_step(f"model {trained.version}: validation MAE {trained.validation_mae:.2f} min")
     on_step(f"running the days of {batches.name} as daily batches")
-    return pipeline.backfill(settings, batches, progress=progress)
+    return pipeline.backfill(settings, batches, progress=progress, monitor_name=MONITOR)
 

@@ -1,9 +1,9 @@
-"""Evidently's drift per batch, against the reference set of the model that scored it.
+"""Evidently's drift per batch of a monitor, against the batch's reference set.
 
 Runs in the drift worker (modelwatch.drift_worker), each batch as soon as it is
 loaded and scored, while the next ones load and dbt builds the marts that do not
-read it: per batch, Evidently's `ValueDrift` for every monitored feature and the
-prediction (Evidently picks the method per column from its type, the row count
+read it: per batch, Evidently's `ValueDrift` for every monitored feature, the
+prediction and the probabilities (Evidently picks the method per column from its type, the row count
 and its distinct values) and `DriftedColumnsCount` for the batch, computed as
 those metrics do but without a Report and its figures (run_evidently).
 Results go to raw.drift_scores (batch x column) and raw.drift_datasets
@@ -30,8 +30,9 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
-from .config import Monitoring, Settings
+from .config import Settings
 from .errors import UsageError
+from .monitors import Monitor
 
 NUMERIC, CATEGORICAL, PREDICTION = "numeric", "categorical", "prediction"
 
@@ -75,13 +76,9 @@ class MonitoredColumn:
         return self.kind != CATEGORICAL
 
 
-def monitored_columns(monitoring: Monitoring) -> tuple[MonitoredColumn, ...]:
-    """The features and the prediction; the target is model performance, not drift."""
-    return (
-        tuple(MonitoredColumn(name, NUMERIC) for name in monitoring.numeric_features)
-        + tuple(MonitoredColumn(name, CATEGORICAL) for name in monitoring.categorical_features)
-        + (MonitoredColumn(monitoring.prediction, PREDICTION),)
-    )
+def monitored_columns(monitor: Monitor) -> tuple[MonitoredColumn, ...]:
+    """The features, the prediction and the probabilities; the target is model performance, not drift."""
+    return tuple(MonitoredColumn(name, kind) for name, kind in monitor.drift_columns)
 
 
 @dataclass(frozen=True)
@@ -152,8 +149,9 @@ class ColumnDrift:
 
 @dataclass(frozen=True)
 class BatchDrift:
+    monitor: str
     batch_date: date
-    model_version: str | None
+    reference_version: str | None
     reference_rows: int
     reference_rows_used: int
     current_rows: int
@@ -209,29 +207,37 @@ def evidently_api() -> EvidentlyApi:
 # ---------------------------------------------------------------- reading
 
 
-def batch_model_version(conn: psycopg.Connection, batch_date: date) -> str | None:
-    """The model that scored the batch; UsageError when the batch was never loaded."""
-    row = conn.execute("select model_version from raw.batches where batch_date = %s", (batch_date,)).fetchone()
+def batch_reference_version(conn: psycopg.Connection, monitor: Monitor, batch_date: date) -> str | None:
+    """The reference set the batch is compared with; UsageError when the batch was never loaded."""
+    row = conn.execute("select reference_version from raw.batches where monitor = %s and batch_date = %s",
+                       (monitor.name, batch_date)).fetchone()
     if row is None:
-        raise UsageError(f"batch {batch_date} has not been loaded: "
-                         f"run `modelwatch run --batch-date {batch_date}` first")
+        raise UsageError(f"monitor {monitor.name}: batch {batch_date} has not been loaded: "
+                         f"run `modelwatch run --monitor {monitor.name} --batch-date {batch_date}` first")
     return row[0]
 
 
-def _select_list(columns: Iterable[MonitoredColumn], table_of: Mapping[str, str]) -> sql.Composable:
+def _column_expression(monitor: Monitor, column: MonitoredColumn) -> sql.Composable:
+    """A column as the models read it: stored, or derived (SQL over the stored columns)."""
+    if column.name in monitor.derived:
+        return sql.SQL("({})").format(sql.SQL(monitor.derived[column.name]))
+    return sql.Identifier(column.name)
+
+
+def _select_list(monitor: Monitor, columns: Iterable[MonitoredColumn]) -> sql.Composable:
     """Numeric columns as double precision, categorical ones as text (the categories dbt bins on)."""
     parts = []
     for column in columns:
-        ref = sql.Identifier(table_of.get(column.kind, table_of["default"]), column.name)
         cast = "double precision" if column.numeric else "text"
-        parts.append(sql.SQL("cast({} as {}) as {}").format(ref, sql.SQL(cast), sql.Identifier(column.name)))
+        parts.append(sql.SQL("cast({} as {}) as {}").format(
+            _column_expression(monitor, column), sql.SQL(cast), sql.Identifier(column.name)))
     return sql.SQL(", ").join(parts)
 
 
 def _read_sampled(conn: psycopg.Connection, query: sql.Composable, params: tuple, total: int,
-                  options: DriftOptions, trip_id: sql.Composable) -> list[tuple]:
+                  options: DriftOptions, row_hash: sql.Composable) -> list[tuple]:
     """The rows of `query` (which ends with its WHERE clause); above max_rows a seeded sample:
-    the rows with the smallest hashes of their trip id.
+    the rows with the smallest hashes of their id (`row_hash`, seeded by its placeholder).
 
     Only rows under a hash bound reach the sort, a bound that lets ~10% (and 6 sigma) more
     rows through than the sample needs: on 3 million rows PostgreSQL sorts ~110,000, not
@@ -241,15 +247,21 @@ def _read_sampled(conn: psycopg.Connection, query: sql.Composable, params: tuple
     if total <= options.max_rows:
         return conn.execute(query, params).fetchall()
     seed, size = options.sample_seed, options.max_rows
-    ordered = sql.SQL(" order by hashint8extended({}, %s) limit %s").format(trip_id)
+    ordered = sql.SQL(" order by {} limit %s").format(row_hash)
     share = (size * 1.1 + 6 * math.sqrt(size)) / total
     if share < 1:
-        bound = int(-(2**63) + share * 2**64)  # hashint8extended is uniform over the int8 range
-        below = sql.SQL(" and hashint8extended({}, %s) < %s").format(trip_id)
+        bound = int(-(2**63) + share * 2**64)  # the hash is uniform over the int8 range
+        below = sql.SQL(" and {} < %s").format(row_hash)
         rows = conn.execute(query + below + ordered, (*params, seed, bound, seed, size)).fetchall()
         if len(rows) == size:
             return rows
     return conn.execute(query + ordered, (*params, seed, size)).fetchall()
+
+
+def _row_hash(monitor: Monitor) -> sql.Composable:
+    """A seeded 64-bit hash of a row's id (one placeholder: the seed)."""
+    function = "hashint8extended" if monitor.id_type == "bigint" else "hashtextextended"
+    return sql.SQL("{}({}, %s)").format(sql.SQL(function), sql.Identifier(monitor.id))
 
 
 def _frame(cursor_rows: list[tuple], columns: tuple[MonitoredColumn, ...]) -> pd.DataFrame:
@@ -259,32 +271,25 @@ def _frame(cursor_rows: list[tuple], columns: tuple[MonitoredColumn, ...]) -> pd
     return frame
 
 
-def read_reference(conn: psycopg.Connection, model_version: str | None,
+def read_reference(conn: psycopg.Connection, monitor: Monitor, version: str | None,
                    columns: tuple[MonitoredColumn, ...], options: DriftOptions) -> Rows:
-    """The reference set stored by `train` for this model version."""
-    total = conn.execute("select count(*) from raw.reference_trips where model_version = %s",
-                         (model_version,)).fetchone()[0]
-    query = sql.SQL("select {} from raw.reference_trips as r where r.model_version = %s").format(
-        _select_list(columns, {"default": "r"}))
-    rows = _read_sampled(conn, query, (model_version,), total, options, sql.Identifier("r", "trip_id"))
+    """The monitor's reference set of this version."""
+    table = sql.Identifier("raw", monitor.reference_table)
+    total = conn.execute(sql.SQL("select count(*) from {} where reference_version = %s").format(table),
+                         (version,)).fetchone()[0]
+    query = sql.SQL("select {} from {} where reference_version = %s").format(_select_list(monitor, columns), table)
+    rows = _read_sampled(conn, query, (version,), total, options, _row_hash(monitor))
     return Rows(_frame(rows, columns), int(total), sort_numeric=True)
 
 
-def read_batch(conn: psycopg.Connection, batch_date: date,
+def read_batch(conn: psycopg.Connection, monitor: Monitor, batch_date: date,
                columns: tuple[MonitoredColumn, ...], options: DriftOptions) -> Rows:
-    """The batch's trips with their predictions (a trip without one has a null prediction)."""
-    total = conn.execute("select count(*) from raw.trips where batch_date = %s", (batch_date,)).fetchone()[0]
-    query = sql.SQL(
-        "select {} from raw.trips as t left join raw.predictions as p"
-        " on p.batch_date = t.batch_date and p.trip_id = t.trip_id"
-        " where t.batch_date = %s"
-    ).format(_select_list(columns, {"default": "t", PREDICTION: "p"}))
-    with conn.transaction():
-        # A batch is read as soon as it is loaded, before the run refreshes the statistics: the
-        # planner may then think the day holds one row and join with a nested loop, quadratic in
-        # the batch's rows. A whole day is read: hash it.
-        conn.execute("set local enable_nestloop = off")
-        rows = _read_sampled(conn, query, (batch_date,), total, options, sql.Identifier("t", "trip_id"))
+    """The batch's rows."""
+    table = sql.Identifier("raw", monitor.rows_table)
+    total = conn.execute(sql.SQL("select count(*) from {} where batch_date = %s").format(table),
+                         (batch_date,)).fetchone()[0]
+    query = sql.SQL("select {} from {} where batch_date = %s").format(_select_list(monitor, columns), table)
+    rows = _read_sampled(conn, query, (batch_date,), total, options, _row_hash(monitor))
     return Rows(_frame(rows, columns), int(total))
 
 
@@ -301,7 +306,7 @@ def skip_reason(column: MonitoredColumn, reference: Rows, current: Rows) -> str 
     if current.frame.empty:
         return "the batch has no rows"
     if reference.frame.empty:
-        return "the reference set has no rows for this model version"
+        return "the reference set has no rows"
     current_values, reference_values = current.values(column.name), reference.values(column.name)
     if current_values.empty:
         return f"empty in the batch: all {current.used} values are null"
@@ -360,7 +365,8 @@ def run_evidently(api: EvidentlyApi, reference: Rows, current: Rows,
     return scored, {"columns_drifted": drifted, "share_drifted": share, "dataset_drift": share >= drift_share}
 
 
-def score_batch(api: EvidentlyApi, batch_date: date, model_version: str | None, reference: Rows, current: Rows,
+def score_batch(api: EvidentlyApi, monitor: str, batch_date: date, reference_version: str | None,
+                reference: Rows, current: Rows,
                 columns: tuple[MonitoredColumn, ...], options: DriftOptions,
                 started: float | None = None) -> BatchDrift:
     """Score one batch; `started` (perf_counter) is when reading it began, for its seconds."""
@@ -382,8 +388,9 @@ def score_batch(api: EvidentlyApi, batch_date: date, model_version: str | None, 
         for column in columns
     )
     return BatchDrift(
+        monitor=monitor,
         batch_date=batch_date,
-        model_version=model_version,
+        reference_version=reference_version,
         reference_rows=reference.total,
         reference_rows_used=reference.used,
         current_rows=current.total,
@@ -404,50 +411,54 @@ def score_batch(api: EvidentlyApi, batch_date: date, model_version: str | None, 
 
 def store(conn: psycopg.Connection, drift: BatchDrift, sample_seed: int) -> None:
     """Replace the batch's rows in raw.drift_scores and raw.drift_datasets, atomically."""
+    key = (drift.monitor, drift.batch_date)
     with conn.transaction(), conn.cursor() as cursor:
-        cursor.execute("delete from raw.drift_scores where batch_date = %s", (drift.batch_date,))
-        cursor.execute("delete from raw.drift_datasets where batch_date = %s", (drift.batch_date,))
+        cursor.execute("delete from raw.drift_scores where monitor = %s and batch_date = %s", key)
+        cursor.execute("delete from raw.drift_datasets where monitor = %s and batch_date = %s", key)
         cursor.executemany(
-            """insert into raw.drift_scores (batch_date, column_name, column_kind, computed, method, threshold,
-                                             score, drifted, reason, evidently_version)
-               values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
-            [(drift.batch_date, column.column, column.kind, column.computed, column.method, column.threshold,
+            """insert into raw.drift_scores (monitor, batch_date, column_name, column_kind, computed, method,
+                                             threshold, score, drifted, reason, evidently_version)
+               values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+            [(*key, column.column, column.kind, column.computed, column.method, column.threshold,
               column.score, column.drifted, column.reason, drift.evidently_version) for column in drift.columns],
         )
         cursor.execute(
-            """insert into raw.drift_datasets (batch_date, model_version, reference_rows, reference_rows_used,
-                   current_rows, current_rows_used, sample_seed, columns_monitored, columns_computed,
-                   columns_drifted, share_drifted, drift_share, dataset_drift, evidently_version, seconds)
-               values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
-            (drift.batch_date, drift.model_version, drift.reference_rows, drift.reference_rows_used,
+            """insert into raw.drift_datasets (monitor, batch_date, reference_version, reference_rows,
+                   reference_rows_used, current_rows, current_rows_used, sample_seed, columns_monitored,
+                   columns_computed, columns_drifted, share_drifted, drift_share, dataset_drift, evidently_version,
+                   seconds)
+               values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+            (*key, drift.reference_version, drift.reference_rows, drift.reference_rows_used,
              drift.current_rows, drift.current_rows_used, sample_seed if drift.sampled else None,
              len(drift.columns), sum(column.computed for column in drift.columns), drift.columns_drifted,
              drift.share_drifted, drift.drift_share, drift.dataset_drift, drift.evidently_version, drift.seconds),
         )
 
 
-REFERENCES_KEPT = 2  # a caller's cache of reference sets: the current model and the one before
+REFERENCES_KEPT = 2  # a caller's cache of reference sets: the current one and the one before
 
 
-def score_batches(settings: Settings, conn: psycopg.Connection, days: Iterable[date],
-                  references: dict[str | None, Rows] | None = None) -> list[BatchDrift]:
-    """Evidently drift for each batch (loaded and scored) against its model's reference; stored in raw.
-    `references`: the reference sets read so far, by model version, kept by a caller that scores
-    more batches of this database (a model version's reference set never changes)."""
+def score_batches(settings: Settings, conn: psycopg.Connection, monitor: Monitor, days: Iterable[date],
+                  references: dict[tuple[str, str | None], Rows] | None = None) -> list[BatchDrift]:
+    """Evidently drift for each loaded batch of the monitor against its reference; stored in raw.
+    `references`: the reference sets read so far, by (monitor, version), kept by a caller that
+    scores more batches of this database (a reference version's rows never change)."""
     options = DriftOptions.from_settings(settings)
-    columns = monitored_columns(settings.monitoring)
+    columns = monitored_columns(monitor)
     api = evidently_api()
     references = {} if references is None else references
     results: list[BatchDrift] = []
     for day in days:
-        version = batch_model_version(conn, day)
-        if version not in references:  # read once per model version, not once per batch
+        version = batch_reference_version(conn, monitor, day)
+        key = (monitor.name, version)
+        if key not in references:  # read once per reference version, not once per batch
             while len(references) >= REFERENCES_KEPT:
                 del references[next(iter(references))]
-            references[version] = read_reference(conn, version, columns, options)
+            references[key] = read_reference(conn, monitor, version, columns, options)
         clock = time.perf_counter()
-        current = read_batch(conn, day, columns, options)
-        drift = score_batch(api, day, version, references[version], current, columns, options, started=clock)
+        current = read_batch(conn, monitor, day, columns, options)
+        drift = score_batch(api, monitor.name, day, version, references[key], current, columns, options,
+                            started=clock)
         store(conn, drift, options.sample_seed)
         results.append(drift)
     return results

@@ -7,8 +7,8 @@ while dbt builds the marts that do not read its results, on the other core,
 and the run's own process never imports it. A process that runs batch after
 batch keeps its worker (one per dbt project), so Evidently is imported once.
 
-The protocol is one JSON line each way: the run sends {"url": ..., "days":
-[...]} as soon as those batches are loaded (committed), one request per batch
+The protocol is one JSON line each way: the run sends {"url": ..., "monitor":
+..., "days": [...]} as soon as those batches are loaded (committed), one request per batch
 while the next ones load; the worker scores them in order (drift.score_batches:
 read from that database, scored, stored in raw) and answers each with
 {"ok": true} or {"error": ..., "type": ...}. It keeps the reference sets it has
@@ -59,12 +59,14 @@ class DriftWorker:
     def alive(self) -> bool:
         return not self._closed and self._process.poll() is None
 
-    def score(self, url: str, days: list[date]) -> None:
-        """Ask for these loaded batches of the database at `url` to be scored (the URL goes
-        by the pipe, not argv or the environment, which others may read); `wait` for them all."""
+    def score(self, url: str, monitor: str, days: list[date]) -> None:
+        """Ask for these loaded batches of the monitor in the database at `url` to be scored (the
+        URL goes by the pipe, not argv or the environment, which others may read); `wait` for
+        them all."""
         self.pending += 1
         try:
-            self._process.stdin.write(json.dumps({"url": url, "days": [day.isoformat() for day in days]}) + "\n")
+            request = {"url": url, "monitor": monitor, "days": [day.isoformat() for day in days]}
+            self._process.stdin.write(json.dumps(request) + "\n")
             self._process.stdin.flush()
         except OSError:  # the worker is gone: wait() says why
             pass
@@ -195,7 +197,7 @@ def main() -> None:
         drift.evidently_api()  # import Evidently now, while the run loads its batches
     except Exception:  # noqa: BLE001 - reported when a batch is scored
         pass
-    references: dict[str | None, drift.Rows] = {}  # read from the database of the last request, by model
+    references: dict[tuple[str, str | None], drift.Rows] = {}  # of the last request's database, by reference
     last_url = None
     for line in sys.stdin:
         request = json.loads(line)
@@ -204,7 +206,7 @@ def main() -> None:
             references, last_url = {}, request["url"]
         try:
             with db.connect(request["url"], autocommit=True) as conn:
-                drift.score_batches(settings, conn, days, references)
+                drift.score_batches(settings, conn, settings.monitor(request["monitor"]), days, references)
             failure = None
         except Exception as exc:  # noqa: BLE001 - every failure goes back to the run
             failure = exc

@@ -6,8 +6,10 @@ a crash midway leaves the previous version of the batch intact.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import date
+from typing import Any
 
 import numpy as np
 import psycopg
@@ -16,46 +18,47 @@ import pyarrow.compute as pc
 from psycopg import sql
 from psycopg.copy import QueuedLibpqWriter
 
-from . import pgbinary
-from .db import TRIP_COLUMNS
-from .model import TrainedModel
-from .source import TripFile
+from . import pgbinary, periods
+from .monitors import Monitor
+from .periods import Batch
+from .source import BatchFile
 
 COPY_CHUNK_ROWS = 100_000
-_TRIP_ID_EPOCH = date(2000, 1, 1)
-_TRIP_IDS_PER_DAY = 100_000_000
+_ID_EPOCH = date(2000, 1, 1)
+_IDS_PER_DAY = 100_000_000
 
 
 @dataclass(frozen=True)
 class LoadedBatch:
-    batch_date: date
+    batch: Batch
     rows_loaded: int
-    rows_outside_day: int
+    rows_outside_period: int
 
 
-def rows_of_day(table: pa.Table, batch_date: date) -> pa.Table:
-    """The rows whose pickup falls on batch_date."""
-    start = datetime.combine(batch_date, time())
-    pickup = table["pickup_datetime"]
-    in_day = pc.and_(
-        pc.greater_equal(pickup, pa.scalar(start, pa.timestamp("us"))),
-        pc.less(pickup, pa.scalar(start + timedelta(days=1), pa.timestamp("us"))),
+def rows_in(table: pa.Table, monitor: Monitor, batch: Batch) -> pa.Table:
+    """The rows whose timestamp falls in the batch's period."""
+    start, until = batch.bounds
+    stamps = table[monitor.timestamp]
+    inside = pc.and_(
+        pc.greater_equal(stamps, pa.scalar(start, pa.timestamp("us"))),
+        pc.less(stamps, pa.scalar(until, pa.timestamp("us"))),
     )
-    in_day = pc.fill_null(in_day, False)
-    if pc.all(in_day).as_py():  # a file of that one day: no copy (a 3-million-row day is 0.5 GB)
+    inside = pc.fill_null(inside, False)
+    if pc.all(inside).as_py():  # a file of that one period: no copy (a 3-million-row day is 0.5 GB)
         return table
-    return table.filter(in_day)
+    return table.filter(inside)
 
 
-def pickup_days(table: pa.Table) -> list[date]:
-    """The distinct pickup days of a file, in order."""
-    days = pc.unique(pc.cast(table["pickup_datetime"], pa.date32())).to_pylist()
-    return sorted(day for day in days if day is not None)
+def batch_starts(table: pa.Table, monitor: Monitor) -> list[date]:
+    """The distinct period starts of a file's rows, in order."""
+    starts = pc.unique(periods.period_starts(monitor.batch_period, table[monitor.timestamp])).to_pylist()
+    return sorted(start for start in starts if start is not None)
 
 
-def trip_ids(batch_date: date, count: int) -> np.ndarray:
-    """Surrogate ids, stable across re-runs of the same file: day number, then row number."""
-    base = (batch_date - _TRIP_ID_EPOCH).days * _TRIP_IDS_PER_DAY
+def generated_ids(batch: Batch, count: int) -> np.ndarray:
+    """Surrogate ids, stable across re-runs of the same file: the period's first day number, then
+    the row number."""
+    base = (batch.start - _ID_EPOCH).days * _IDS_PER_DAY
     return base + np.arange(1, count + 1, dtype="int64")
 
 
@@ -76,103 +79,141 @@ def copy_arrow(conn: psycopg.Connection, target: sql.Composable, table: pa.Table
         copy.write(pgbinary.TRAILER)
 
 
-def trip_rows(batch_date: date, day_rows: pa.Table) -> pa.Table:
-    """A day's trips as raw.trips holds them: the batch date and trip id, then TRIP_COLUMNS."""
-    return pa.Table.from_arrays(
-        [pa.array([batch_date] * day_rows.num_rows, pa.date32()), pa.array(trip_ids(batch_date, day_rows.num_rows))]
-        + [day_rows[name] for name, _ in TRIP_COLUMNS],
-        names=["batch_date", "trip_id"] + [name for name, _ in TRIP_COLUMNS],
-    )
+def stored_rows(monitor: Monitor, rows: pa.Table, model: Any | None, first_column: tuple[str, pa.Array],
+                ids: np.ndarray | None = None) -> pa.Table:
+    """Rows as the monitor's raw tables hold them: `first_column` (batch_date or reference_version),
+    then the stored columns, the id generated and the prediction made by `model` where the
+    monitor says so."""
+    arrays: dict[str, pa.Array | pa.ChunkedArray] = {first_column[0]: first_column[1]}
+    for name, _ in monitor.stored_columns:
+        if name == monitor.id and monitor.generate_id:
+            arrays[name] = pa.array(ids if ids is not None else np.arange(1, rows.num_rows + 1, dtype="int64"))
+        elif name == monitor.prediction and monitor.model:
+            arrays[name] = pa.array(model.predict_table(rows), pa.float64())
+        else:
+            arrays[name] = rows[name]
+    return pa.table(arrays)
 
 
-def prediction_rows(trips: pa.Table, model: TrainedModel) -> pa.Table:
-    """raw.predictions' rows for trip_rows(...) scored by `model`."""
-    return pa.table({
-        "batch_date": trips["batch_date"],
-        "trip_id": trips["trip_id"],
-        "model_version": pa.array([model.version] * trips.num_rows, pa.string()),
-        "predicted_duration_min": pa.array(model.predict_table(trips), pa.float64()),
-    })
+def batch_rows(monitor: Monitor, batch: Batch, rows: pa.Table, model: Any | None) -> pa.Table:
+    """A batch's rows as raw.<monitor>__rows holds them."""
+    return stored_rows(monitor, rows, model, ("batch_date", pa.array([batch.start] * rows.num_rows, pa.date32())),
+                       generated_ids(batch, rows.num_rows))
 
 
-def load_batch(
-    conn: psycopg.Connection,
-    trips: TripFile,
-    batch_date: date,
-    day_rows: pa.Table,
-    model: TrainedModel,
-) -> LoadedBatch:
-    """Replace the batch's trips and predictions and mark it loaded, atomically."""
-    trips_table = trip_rows(batch_date, day_rows)
-    predictions = prediction_rows(trips_table, model)
-    outside = trips.rows - day_rows.num_rows
+def load_batch(conn: psycopg.Connection, monitor: Monitor, file: BatchFile, batch: Batch, rows: pa.Table,
+               model: Any | None) -> LoadedBatch:
+    """Replace the batch's rows and mark it loaded, atomically."""
+    table = batch_rows(monitor, batch, rows, model)
+    outside = file.rows - rows.num_rows
+    target = sql.Identifier("raw", monitor.rows_table)
     with conn.transaction():
-        for table, rows in (("trips", trips_table), ("predictions", predictions)):
-            target = sql.SQL("raw.{}").format(sql.Identifier(table))
-            conn.execute(sql.SQL("delete from {} where batch_date = %s").format(target), (batch_date,))
-            copy_arrow(conn, target, rows)
+        conn.execute(sql.SQL("delete from {} where batch_date = %s").format(target), (batch.start,))
+        copy_arrow(conn, target, table)
         conn.execute(
-            """update raw.batches set status = 'loaded', rows_loaded = %s, rows_outside_day = %s,
-                      model_version = %s
-               where batch_date = %s""",
-            (day_rows.num_rows, outside, model.version, batch_date),
+            """update raw.batches set status = 'loaded', rows_loaded = %s, rows_outside_period = %s
+               where monitor = %s and batch_date = %s""",
+            (rows.num_rows, outside, monitor.name, batch.start),
         )
-    return LoadedBatch(batch_date=batch_date, rows_loaded=day_rows.num_rows, rows_outside_day=outside)
+    return LoadedBatch(batch=batch, rows_loaded=rows.num_rows, rows_outside_period=outside)
 
 
-def analyze(conn: psycopg.Connection) -> None:
-    """Refresh the planner's statistics of the raw tables once batches are loaded.
+def analyze(conn: psycopg.Connection, monitor: Monitor) -> None:
+    """Refresh the planner's statistics of the monitor's rows once batches are loaded.
 
     A new batch_date lies past the histogram of the last ANALYZE, so PostgreSQL
-    estimates one row for it and joins trips to predictions with a nested loop:
-    quadratic in the batch's rows, and the cost of a daily batch grew with the
-    history (autovacuum analyzes only after 10% of the table changes).
+    estimates one row for it and may plan a nested loop: quadratic in the batch's
+    rows, and the cost of a batch grew with the history (autovacuum analyzes only
+    after 10% of the table changes).
     """
-    # Only the columns the joins and filters on a batch use: a tenth of the cost of all of them
-    # (1.2 s against 0.3 s on a 3-million-row batch); the others' statistics barely move.
-    conn.execute("analyze raw.trips (batch_date, trip_id), raw.predictions (batch_date, trip_id)")
+    # Only the column the filters on a batch use: a fraction of the cost of all of them.
+    conn.execute(sql.SQL("analyze {} (batch_date)").format(sql.Identifier("raw", monitor.rows_table)))
 
 
-def save_reference(conn: psycopg.Connection, model: TrainedModel, table: pa.Table) -> int:
-    """The reference set for drift: the reference file's rows with this model's predictions."""
-    reference = pa.Table.from_arrays(
-        [pa.array([model.version] * table.num_rows, pa.string()), pa.array(np.arange(1, table.num_rows + 1))]
-        + [table[name] for name, _ in TRIP_COLUMNS]
-        + [pa.array(model.predict_table(table), pa.float64())],
-        names=["model_version", "trip_id"] + [name for name, _ in TRIP_COLUMNS] + ["predicted_duration_min"],
-    )
-    conn.execute("delete from raw.reference_trips where model_version = %s", (model.version,))
-    copy_arrow(conn, sql.SQL("raw.reference_trips"), reference)
-    return reference.num_rows
+def reference_version(table: pa.Table) -> str:
+    """A reference set's version: the hash of its rows as stored (the same rows, the same version)."""
+    digest = hashlib.sha256()
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    digest.update(sink.getvalue().to_pybytes())
+    return digest.hexdigest()[:12]
 
 
-def mark_batch(conn: psycopg.Connection, batch_date: date, status: str, error: str | None = None) -> None:
+def save_reference(conn: psycopg.Connection, monitor: Monitor, file: BatchFile, rows: pa.Table,
+                   model: Any | None = None, version: str | None = None) -> tuple[str, int]:
+    """Store a reference set for drift (its rows, scored by `model` where the monitor has one) and
+    register it; returns its version and rows. The same rows again replace themselves."""
+    placeholder = ("reference_version", pa.array([""] * rows.num_rows, pa.string()))
+    stored = stored_rows(monitor, rows, model, placeholder)
+    version = version or reference_version(stored)
+    stored = stored.set_column(0, "reference_version", pa.array([version] * rows.num_rows, pa.string()))
+    target = sql.Identifier("raw", monitor.reference_table)
+    conn.execute(sql.SQL("delete from {} where reference_version = %s").format(target), (version,))
+    copy_arrow(conn, target, stored)
     conn.execute(
-        "update raw.batches set status = %s, error = %s, finished_at = now() where batch_date = %s",
-        (status, error, batch_date),
+        """insert into raw.references (monitor, version, file_name, file_sha256, row_count, model_version)
+           values (%s, %s, %s, %s, %s, %s)
+           on conflict (monitor, version) do update set file_name = excluded.file_name,
+               file_sha256 = excluded.file_sha256, created_at = now(), model_version = excluded.model_version""",
+        (monitor.name, version, file.path.name, file.sha256, rows.num_rows, getattr(model, "version", None)),
+    )
+    return version, rows.num_rows
+
+
+def latest_reference(conn: psycopg.Connection, monitor: Monitor) -> str | None:
+    row = conn.execute("select version from raw.references where monitor = %s order by created_at desc limit 1",
+                       (monitor.name,)).fetchone()
+    return row[0] if row else None
+
+
+def mark_batch(conn: psycopg.Connection, batch: Batch, status: str, error: str | None = None) -> None:
+    conn.execute(
+        "update raw.batches set status = %s, error = %s, finished_at = now() where monitor = %s and batch_date = %s",
+        (status, error, batch.monitor, batch.start),
     )
 
 
-def start_batch(conn: psycopg.Connection, trips: TripFile, batch_date: date) -> None:
+def start_batch(conn: psycopg.Connection, file: BatchFile, batch: Batch, model_version: str | None,
+                reference: str | None) -> None:
     """Record the attempt before touching data, so an interrupted run is visible in the log."""
     conn.execute(
         """
-        insert into raw.batches (batch_date, file_name, file_sha256, rows_in_file, coercions, status, started_at)
-        values (%s, %s, %s, %s, %s, 'loading', now())
-        on conflict (batch_date) do update set
-            file_name = excluded.file_name, file_sha256 = excluded.file_sha256,
+        insert into raw.batches (monitor, batch_date, batch_end, file_name, file_sha256, rows_in_file, coercions,
+                                 model_version, reference_version, status, started_at)
+        values (%s, %s, %s, %s, %s, %s, %s, %s, %s, 'loading', now())
+        on conflict (monitor, batch_date) do update set
+            batch_end = excluded.batch_end, file_name = excluded.file_name, file_sha256 = excluded.file_sha256,
             rows_in_file = excluded.rows_in_file, coercions = excluded.coercions,
+            model_version = excluded.model_version, reference_version = excluded.reference_version,
             status = 'loading', started_at = now(), finished_at = null, error = null
         """,
-        (batch_date, trips.path.name, trips.sha256, trips.rows, "; ".join(trips.coercions) or None),
+        (batch.monitor, batch.start, batch.end, file.path.name, file.sha256, file.rows,
+         "; ".join(file.coercions) or None, model_version, reference),
     )
 
 
-def dominant_month_rows(table: pa.Table) -> pa.Table:
-    """Rows in the file's most common pickup month (drops strays such as 2008 pickups)."""
-    months = pc.strftime(table["pickup_datetime"], format="%Y-%m")
-    counts = [item for item in pc.value_counts(months).to_pylist() if item["values"] is not None]
+def main_period_rows(table: pa.Table, monitor: Monitor) -> pa.Table:
+    """The rows of the file that are not strays: those of the file's busiest month and the
+    months next to it that hold at least a tenth as many rows (a TLC month file holds a few
+    trips of 2008; a file of a year of weekly batches holds all its months)."""
+    months = pc.strftime(table[monitor.timestamp], format="%Y-%m")
+    counts = {item["values"]: item["counts"] for item in pc.value_counts(months).to_pylist()
+              if item["values"] is not None}
     if not counts:
         return table.slice(0, 0)
-    best = max(counts, key=lambda item: item["counts"])["values"]
-    return table.filter(pc.fill_null(pc.equal(months, best), False))
+    ordered = sorted(counts)
+    busiest = max(ordered, key=lambda month: counts[month])
+    floor = counts[busiest] / 10
+    first = last = ordered.index(busiest)
+    while first > 0 and counts[ordered[first - 1]] >= floor and _adjacent(ordered[first - 1], ordered[first]):
+        first -= 1
+    while last < len(ordered) - 1 and counts[ordered[last + 1]] >= floor and _adjacent(ordered[last], ordered[last + 1]):
+        last += 1
+    kept = pa.array(ordered[first:last + 1], pa.string())
+    return table.filter(pc.fill_null(pc.is_in(months, value_set=kept), False))
+
+
+def _adjacent(month: str, following: str) -> bool:
+    year, number = int(month[:4]), int(month[5:])
+    return following == (f"{year + 1}-01" if number == 12 else f"{year}-{number + 1:02d}")

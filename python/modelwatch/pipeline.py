@@ -1,6 +1,7 @@
-"""One batch, or a range of them, end to end: read, load and score, build, record.
+"""A monitor's batch, or a range of them, end to end: read, load (and score, for a monitor
+with a model of modelwatch's), build, record.
 
-Each day is loaded in its own transaction; the drift worker (its own process)
+Each batch is loaded in its own transaction; the drift worker (its own process)
 scores them with Evidently while dbt builds the whole range (two invocations:
 the marts that do not read drift, then those that do), and the contract still
 decides batch by batch.
@@ -8,6 +9,7 @@ decides batch by batch.
 
 from __future__ import annotations
 
+import importlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,30 +17,35 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import psycopg
-from psycopg import sql
 
-from . import db, drift_worker, load, model, publish, transform
+from . import db, drift_worker, load, publish, results, schema, transform
 from .config import Settings
 from .errors import InputError, ModelwatchError, UsageError
-from .source import TripFile, read_trip_file
+from .monitors import Monitor
+from .periods import Batch, batch_of
+from .source import BatchFile, read_batch_file
 
 Progress = Callable[[date], None]
 
 
 @dataclass(frozen=True)
 class BatchOutcome:
+    monitor: str
     batch_date: date
     status: str  # passed | warned | failed
     rows_loaded: int
-    rows_outside_day: int
+    rows_outside_period: int
     seconds: float
     failing_checks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class RangeOutcome:
+    monitor: str
     batches: tuple[BatchOutcome, ...]
     file: Path
     rows_in_file: int
@@ -47,15 +54,16 @@ class RangeOutcome:
     skipped: tuple[date, ...] = field(default=())  # finished before, not redone
 
     @classmethod
-    def of(cls, trips: TripFile, batches: list[BatchOutcome] | tuple[BatchOutcome, ...],
+    def of(cls, monitor: Monitor, file: BatchFile, batches: list[BatchOutcome] | tuple[BatchOutcome, ...],
            skipped: tuple[date, ...] = ()) -> RangeOutcome:
         ordered = tuple(sorted(batches, key=lambda batch: batch.batch_date))
         return cls(
+            monitor=monitor.name,
             batches=ordered,
-            file=trips.path,
-            rows_in_file=trips.rows,
-            rows_in_no_batch=trips.rows - sum(batch.rows_loaded for batch in ordered),
-            coercions=trips.coercions,
+            file=file.path,
+            rows_in_file=file.rows,
+            rows_in_no_batch=file.rows - sum(batch.rows_loaded for batch in ordered),
+            coercions=file.coercions,
             skipped=skipped,
         )
 
@@ -65,45 +73,107 @@ class RangeOutcome:
 
 
 def init(settings: Settings) -> str:
-    """Schemas, raw tables, roles, the dbt seed and views; idempotent. Returns the database URL."""
+    """Schemas, shared tables, every declared monitor's tables, roles, the dbt seeds and views;
+    idempotent. Returns the database URL."""
+    monitors = list(settings.monitors)  # a wrong declaration fails here, before anything is created
+    for monitor in monitors:
+        model_module(monitor)
     url = db.database_url(settings)
     with db.connect(url, as_pipeline=False) as conn:  # the login's own rights: it manages the roles
-        db.init_schema(conn, settings.reader_password, settings.pipeline_password)
+        schema.init_schema(conn, monitors, settings.reader_password, settings.pipeline_password)
     transform.seed(settings, url)
     with db.connect(url, autocommit=True) as conn, db.build_lock(conn):  # builds re-create views too
         transform.create_views(settings, url, conn)
     return url
 
 
-def train(settings: Settings, reference: Path | str) -> model.TrainedModel:
-    """Train the baseline on a reference file; store artifact, registry row and reference set."""
+def model_module(monitor: Monitor) -> ModuleType | None:
+    """The module of the monitor's model (its `model` key), or None: its predictions are in its files."""
+    if not monitor.model:
+        return None
+    try:
+        module = importlib.import_module(monitor.model)
+    except ImportError as exc:
+        raise UsageError(f"monitor {monitor.name}: model {monitor.model!r} cannot be imported ({exc})") from None
+    for name in ("train", "save", "load_latest"):
+        if not callable(getattr(module, name, None)):
+            raise UsageError(f"monitor {monitor.name}: model module {monitor.model!r} has no function {name}()")
+    return module
+
+
+def train(settings: Settings, reference: Path | str, monitor_name: str | None = None) -> Any:
+    """Train the monitor's model on a reference file; store the artifact, its registry row and
+    the reference set (the file's rows of its main months) scored by it."""
+    monitor = settings.monitor(monitor_name)
+    module = model_module(monitor)
+    if module is None:
+        raise UsageError(f"monitor {monitor.name} declares no model for modelwatch to train: its files bring "
+                         f"their predictions (store its reference with `modelwatch reference --monitor "
+                         f"{monitor.name} --file FILE`)")
     url = db.database_url(settings)
-    trips = read_trip_file(reference)
-    trained = model.train(trips)
-    reference_rows = load.dominant_month_rows(trips.table)
+    with db.connect(url) as conn:
+        schema.check_version(conn)
+    file = read_batch_file(reference, monitor)
+    trained = module.train(file)
+    reference_rows = load.main_period_rows(file.table, monitor)
     with db.connect(url) as conn, conn.transaction():
-        model.save(conn, trained, trips)
-        load.save_reference(conn, trained, reference_rows)
+        module.save(conn, monitor.name, trained, file)
+        load.save_reference(conn, monitor, file, reference_rows, trained)
     settings.models_dir.mkdir(parents=True, exist_ok=True)
     (settings.models_dir / f"{trained.version}.pkl").write_bytes(trained.artifact)
-    with db.connect(url, autocommit=True) as conn, db.build_lock(conn):  # no build runs dbt meanwhile
-        transform.bin_references(settings, url)  # the model's PSI bins, before its first batch
+    _bin_references(settings, url, monitor)
     return trained
 
 
-def run_batch(settings: Settings, batch_date: date, file: Path | str) -> BatchOutcome:
-    """One batch: the rows of `file` whose pickup falls on `batch_date`."""
+@dataclass(frozen=True)
+class StoredReference:
+    monitor: str
+    version: str
+    rows: int
+    file: Path
+    coercions: tuple[str, ...]
+
+
+def reference(settings: Settings, monitor_name: str | None, file: Path | str) -> StoredReference:
+    """Store the monitor's reference set from a file (every row; scored by its latest model
+    for a monitor with one) and bin it for PSI; its batches are compared with it from now on."""
+    monitor = settings.monitor(monitor_name)
+    module = model_module(monitor)
+    url = db.database_url(settings)
+    with db.connect(url) as conn:
+        schema.check_version(conn)
+        read = read_batch_file(file, monitor)
+        if read.rows == 0:
+            raise InputError(f"{read.path}: the file holds no rows")
+        trained = module.load_latest(conn, monitor.name) if module else None
+        with conn.transaction():
+            version, rows = load.save_reference(conn, monitor, read, read.table, trained)
+    _bin_references(settings, url, monitor)
+    return StoredReference(monitor.name, version, rows, read.path, read.coercions)
+
+
+def _bin_references(settings: Settings, url: str, monitor: Monitor) -> None:
+    with db.connect(url, autocommit=True) as conn, db.build_lock(conn):  # no build runs dbt meanwhile
+        transform.bin_references(settings, url, monitor.name)  # its PSI bins, before its first batch
+
+
+def run_batch(settings: Settings, batch_date: date, file: Path | str, monitor_name: str | None = None) -> BatchOutcome:
+    """One batch: the rows of `file` whose timestamp falls in the period holding `batch_date`."""
+    monitor = settings.monitor(monitor_name)
+    batch = batch_of(monitor.name, monitor.batch_period, batch_date)
     with drift_worker.started(settings) as scorer:  # imports while the file is read
-        trips = read_trip_file(file)
-        if load.rows_of_day(trips.table, batch_date).num_rows == 0:
-            days = load.pickup_days(load.dominant_month_rows(trips.table))
-            span = f"its pickups run from {days[0]} to {days[-1]}" if days else "it holds no pickups"
-            raise InputError(f"{trips.path}: no trips with a pickup on {batch_date} ({span})")
-        outcome = run_range(settings, trips, [batch_date], scorer=scorer)
+        read = read_batch_file(file, monitor)
+        if load.rows_in(read.table, monitor, batch).num_rows == 0:
+            starts = load.batch_starts(load.main_period_rows(read.table, monitor), monitor)
+            span = (f"its rows' {monitor.batch_period}s run from {starts[0]} to {starts[-1]}" if starts
+                    else f"it holds no {monitor.timestamp}")
+            raise InputError(f"{read.path}: no rows with a {monitor.timestamp} in the {monitor.batch_period} of "
+                             f"{batch} ({span})")
+        outcome = run_range(settings, monitor, read, [batch], scorer=scorer)
     return outcome.batches[0]
 
 
-BACKFILL_CHUNK_DAYS = 31  # days per dbt build: one invocation per month, resumable by month
+BACKFILL_CHUNK_BATCHES = 31  # batches per dbt build: one invocation per month of days, resumable by chunk
 
 
 def backfill(
@@ -113,153 +183,153 @@ def backfill(
     end: date | None = None,
     progress: Progress | None = None,
     force: bool = False,
+    monitor_name: str | None = None,
 ) -> RangeOutcome:
-    """Every day of the file (by default, of its main month) from start to end, in order.
+    """Every batch of the file (by default, those of its main months) from start to end, in order.
 
-    Days already finished from this same file (same sha256) are skipped unless
+    Batches already finished from this same file (same sha256) are skipped unless
     `force`, so an interrupted backfill started again resumes where it stopped.
     """
+    monitor = settings.monitor(monitor_name)
     with drift_worker.started(settings) as scorer:  # one for every chunk
-        trips = read_trip_file(file)
-        days = backfill_days(trips, start, end)
-        done = {} if force else finished_batches(settings, trips, days)
-        todo = [day for day in days if day not in done]
-        outcomes: list[BatchOutcome] = [done[day] for day in days if day in done]
+        read = read_batch_file(file, monitor)
+        batches = backfill_batches(monitor, read, start, end)
+        done = {} if force else finished_batches(settings, monitor, read, batches)
+        todo = [batch for batch in batches if batch.start not in done]
+        outcomes: list[BatchOutcome] = [done[batch.start] for batch in batches if batch.start in done]
         if progress:
             for day in sorted(done):
                 progress(day)
-        for first in range(0, len(todo), BACKFILL_CHUNK_DAYS):
-            chunk = todo[first:first + BACKFILL_CHUNK_DAYS]
-            outcomes += run_range(settings, trips, chunk, progress, scorer=scorer).batches
-    return RangeOutcome.of(trips, outcomes, skipped=tuple(sorted(done)))
+        for first in range(0, len(todo), BACKFILL_CHUNK_BATCHES):
+            chunk = todo[first:first + BACKFILL_CHUNK_BATCHES]
+            outcomes += run_range(settings, monitor, read, chunk, progress, scorer=scorer).batches
+    return RangeOutcome.of(monitor, read, outcomes, skipped=tuple(sorted(done)))
 
 
-def backfill_days(trips: TripFile, start: date | None, end: date | None) -> list[date]:
-    """The file's pickup days from start to end; by default its main month, so strays
+def backfill_batches(monitor: Monitor, read: BatchFile, start: date | None, end: date | None) -> list[Batch]:
+    """The file's batches from start to end; by default those of its main months, so strays
     (pickups in 2008 in a 2023 file) are counted, not run as batches."""
-    main_month = load.pickup_days(load.dominant_month_rows(trips.table))
-    if not main_month:
-        raise InputError(f"{trips.path}: the file holds no trips with a pickup time")
-    start = start or main_month[0]
-    end = end or main_month[-1]
-    days = [day for day in load.pickup_days(trips.table) if start <= day <= end]
-    if not days:
-        raise InputError(f"{trips.path}: no pickups between {start} and {end}")
-    return days
+    main = load.batch_starts(load.main_period_rows(read.table, monitor), monitor)
+    if not main:
+        raise InputError(f"{read.path}: the file holds no rows with a {monitor.timestamp}")
+    first = batch_of(monitor.name, monitor.batch_period, start).start if start else main[0]
+    last = batch_of(monitor.name, monitor.batch_period, end).start if end else main[-1]
+    starts = [day for day in load.batch_starts(read.table, monitor) if first <= day <= last]
+    if not starts:
+        raise InputError(f"{read.path}: no rows with a {monitor.timestamp} between {start or first} and "
+                         f"{end or last}")
+    return [batch_of(monitor.name, monitor.batch_period, day) for day in starts]
 
 
-def finished_batches(settings: Settings, trips: TripFile, days: list[date]) -> dict[date, BatchOutcome]:
-    """Batches of `days` already built from this very file (passed, warned or failed)."""
+def finished_batches(settings: Settings, monitor: Monitor, read: BatchFile,
+                     batches: list[Batch]) -> dict[date, BatchOutcome]:
+    """Batches already built from this very file (passed, warned or failed)."""
     with db.connect(db.database_url(settings)) as conn:
+        schema.check_version(conn)
         rows = conn.execute(
-            """select batch_date, status, rows_loaded, rows_outside_day,
+            """select batch_date, status, rows_loaded, rows_outside_period,
                       extract(epoch from finished_at - started_at), error
                from raw.batches
-               where batch_date = any(%s) and file_sha256 = %s and status = any(%s)""",
-            (days, trips.sha256, list(publish.FINISHED)),
+               where monitor = %s and batch_date = any(%s) and file_sha256 = %s and status = any(%s)""",
+            (monitor.name, [batch.start for batch in batches], read.sha256, list(publish.FINISHED)),
         ).fetchall()
     return {
-        day: BatchOutcome(day, status, loaded, outside, float(seconds or 0.0), tuple((error or "").split("; ")) if error else ())
+        day: BatchOutcome(monitor.name, day, status, loaded, outside, float(seconds or 0.0),
+                          tuple((error or "").split("; ")) if error else ())
         for day, status, loaded, outside, seconds, error in rows
     }
 
 
-# Columns the staging and intermediate models derive (dbt), beside raw.trips' own.
-DERIVED_COLUMNS = ("duration_min", "predicted_duration_min")
-
-
-def check_monitoring(settings: Settings) -> None:
-    """Every monitored column in dbt_project.yml must be a plain name the data has, before any SQL runs."""
-    available = {name for name, _ in db.TRIP_COLUMNS} | set(DERIVED_COLUMNS)
-    monitoring = settings.monitoring  # raises UsageError for a name that is not a plain identifier
-    for column in (monitoring.timestamp, *monitoring.features, monitoring.prediction, monitoring.target,
-                   *monitoring.zone_columns):
-        if column not in available:
-            raise UsageError(
-                f"{settings.project_dir / 'dbt_project.yml'}: monitored column '{column}' is not a column of the "
-                f"data (known: {', '.join(sorted(available))})"
-            )
-
-
 def run_range(
     settings: Settings,
-    file: Path | str | TripFile,
-    days: list[date],
+    monitor: Monitor,
+    file: Path | str | BatchFile,
+    batches: list[Batch],
     progress: Progress | None = None,
     scorer: drift_worker.DriftWorker | None = None,
 ) -> RangeOutcome:
-    """Load and score `days` of the file, each in its own transaction and handed to the drift
-    step as soon as it is committed, then build them together. `scorer`: the drift step's
-    process, when the caller started it earlier."""
-    check_monitoring(settings)
+    """Load (and score) `batches` of the file, each in its own transaction and handed to the
+    drift step as soon as it is committed, then build them together. `scorer`: the drift
+    step's process, when the caller started it earlier."""
     url = db.database_url(settings)
+    module = model_module(monitor)
     started: dict[date, float] = {}
     loaded: dict[date, load.LoadedBatch] = {}
+    batches = sorted(batches)
     with ExitStack() as stack:
         if scorer is None:
             scorer = stack.enter_context(drift_worker.started(settings))
-        trips = file if isinstance(file, TripFile) else read_trip_file(file)
+        read = file if isinstance(file, BatchFile) else read_batch_file(file, monitor)
         conn = stack.enter_context(db.connect(url, autocommit=True))
-        publish.check_initialised(conn)  # an older database fails here, before anything is loaded
-        trained = model.load_latest(conn)
-        for day in sorted(days):  # in order, so two ranges never deadlock on their locks
-            stack.enter_context(db.batch_lock(conn, day))
+        schema.check_version(conn)  # an older database fails here, before anything is loaded
+        trained = module.load_latest(conn, monitor.name) if module else None
+        reference_version = load.latest_reference(conn, monitor)
+        if reference_version is None:
+            raise UsageError(f"monitor {monitor.name} has no reference set: store one with `modelwatch reference "
+                             f"--monitor {monitor.name} --file FILE`" + (" (or `modelwatch train`)" if module else ""))
+        for batch in batches:  # in order, so two ranges never deadlock on their locks
+            stack.enter_context(db.batch_lock(conn, monitor.name, batch.start))
         # Before the locks go: a failing range stops the worker, so it writes no drift for batches others may take.
         stack.push(lambda exc_type, *_: exc_type is not None and scorer.abandon())
         warming = threading.Thread(target=_import_dbt, name="modelwatch-imports", daemon=True)
         warming.start()  # dbt imports (~1.2 s) while the batches load, mostly waiting on COPY
         stack.callback(warming.join)  # never left importing while the process exits on an error
         try:
-            for day in days:
+            for batch in batches:
                 clock = time.perf_counter()
-                day_rows = load.rows_of_day(trips.table, day)
-                load.start_batch(conn, trips, day)
-                loaded[day] = load.load_batch(conn, trips, day, day_rows, trained)
-                scorer.score(url, [day])  # committed: Evidently scores it in its process while the next load
-                started[day] = time.perf_counter() - clock
+                rows = load.rows_in(read.table, monitor, batch)
+                load.start_batch(conn, read, batch, getattr(trained, "version", None), reference_version)
+                loaded[batch.start] = load.load_batch(conn, monitor, read, batch, rows, trained)
+                scorer.score(url, monitor.name, [batch.start])  # committed: Evidently scores it while the next load
+                started[batch.start] = time.perf_counter() - clock
                 if progress:
-                    progress(day)
+                    progress(batch.start)
             clock = time.perf_counter()
-            load.analyze(conn)  # fresh statistics for the new batch dates, or the joins below go quadratic
+            load.analyze(conn, monitor)  # fresh statistics for the new batch dates
             warming.join()
         except ModelwatchError as exc:
-            _mark_all(conn, days, "error", str(exc))
+            _mark_all(conn, monitor, batches, "error", str(exc))
             raise
-        statuses, failing = build_batches(settings, conn, url, days, drift_scored=scorer.wait)
-        build_share = (time.perf_counter() - clock) / len(days)
+        statuses, failing = build_batches(settings, conn, url, monitor, batches, drift_scored=scorer.wait)
+        build_share = (time.perf_counter() - clock) / len(batches)
     outcomes = tuple(
         BatchOutcome(
-            batch_date=day,
-            status=statuses[day],
-            rows_loaded=loaded[day].rows_loaded,
-            rows_outside_day=loaded[day].rows_outside_day,
-            seconds=started[day] + build_share,
-            failing_checks=tuple(failing.get(day, ())),
+            monitor=monitor.name,
+            batch_date=batch.start,
+            status=statuses[batch.start],
+            rows_loaded=loaded[batch.start].rows_loaded,
+            rows_outside_period=loaded[batch.start].rows_outside_period,
+            seconds=started[batch.start] + build_share,
+            failing_checks=tuple(failing.get(batch.start, ())),
         )
-        for day in days
+        for batch in batches
     )
-    return RangeOutcome.of(trips, outcomes)
+    return RangeOutcome.of(monitor, read, outcomes)
 
 
-def build_batches(settings: Settings, conn: psycopg.Connection, url: str, days: list[date],
+def build_batches(settings: Settings, conn: psycopg.Connection, url: str, monitor: Monitor, batches: list[Batch],
                   drift_scored: Callable[[], None] = lambda: None) -> tuple[dict[date, str], dict[date, list[str]]]:
     """The dbt half of a range whose batches are loaded: build and test them (the drift marts once
     `drift_scored` returns), record each batch's verdict and failing checks, then show them to
     readers. Returns both."""
+    days = [batch.start for batch in batches]
+    first, last = min(days), max(days)
     try:
-        with _recording_errors(conn, days, "building"), db.build_lock(conn):
-            publish.withdraw(conn, days)  # readers see these batches again once rebuilt whole
-            build = transform.build(settings, url, conn, min(days), max(days), drift_scored)
-            statuses = record_tests(conn, build, days)
-            transform.build_run_results(settings, url, min(days), max(days))
+        with _recording_errors(conn, monitor, batches, "building"), db.build_lock(conn):
+            if not transform.references_binned(conn, monitor.name, first, last):
+                transform.bin_references(settings, url, monitor.name)
+            publish.withdraw(conn, monitor.name, days)  # readers see these batches again once rebuilt whole
+            build = transform.build(settings, url, conn, monitor.name, first, last, drift_scored)
+            statuses = results.record_tests(conn, monitor.name, build, batches)
+            transform.build_run_results(settings, url, monitor.name, first, last)
     except ModelwatchError as exc:
-        _mark_all(conn, days, "error", str(exc))
+        _mark_all(conn, monitor, batches, "error", str(exc))
         raise
-    failing = failing_checks(conn, min(days), max(days))
+    failing = results.failing_checks(conn, monitor.name, first, last)
     with conn.transaction():
-        for day in days:
-            load.mark_batch(conn, day, statuses[day], "; ".join(failing.get(day, ())) or None)
-        publish.publish(conn, days)
+        for batch in batches:
+            load.mark_batch(conn, batch, statuses[batch.start], "; ".join(failing.get(batch.start, ())) or None)
+        publish.publish(conn, monitor.name, days)
     return statuses, failing
 
 
@@ -272,78 +342,19 @@ def _import_dbt() -> None:
 
 
 @contextmanager
-def _recording_errors(conn: psycopg.Connection, days: list[date], status: str) -> Iterator[None]:
+def _recording_errors(conn: psycopg.Connection, monitor: Monitor, batches: list[Batch], status: str) -> Iterator[None]:
     """Mark the batches with `status` while a step runs, so a crash leaves a trace in the log."""
-    _mark_all(conn, days, status, None, finished=False)
+    _mark_all(conn, monitor, batches, status, None, finished=False)
     yield
 
 
-def _mark_all(conn: psycopg.Connection, days: list[date], status: str, error: str | None, finished: bool = True) -> None:
+def _mark_all(conn: psycopg.Connection, monitor: Monitor, batches: list[Batch], status: str, error: str | None,
+              finished: bool = True) -> None:
     conn.execute(
         "update raw.batches set status = %s, error = %s, finished_at = case when %s then now() end"
-        " where batch_date = any(%s)",
-        (status, error, finished, days),
+        " where monitor = %s and batch_date = any(%s)",
+        (status, error, finished, monitor.name, [batch.start for batch in batches]),
     )
-
-
-def record_tests(conn: psycopg.Connection, build: transform.BuildResult, days: list[date]) -> dict[date, str]:
-    """Store each test's outcome per batch in raw.dbt_test_runs; return each batch's verdict."""
-    rows: list[tuple] = []
-    verdict = {day: "passed" for day in days}
-    for test in build.tests:
-        per_batch = _failures_per_batch(conn, test, days)
-        for day in days:
-            failures = per_batch[day]
-            # A failing or warning test passes for the batches it found nothing in.
-            status = test.status if failures or test.status in ("error", "skipped") else "pass"
-            rows.append((test.invocation_id, day, test.name, test.column, status, failures, test.message))
-            if status in ("fail", "error"):
-                verdict[day] = "failed"
-            elif status == "warn" and verdict[day] == "passed":
-                verdict[day] = "warned"
-    with conn.transaction(), conn.cursor() as cursor:
-        cursor.executemany(
-            """insert into raw.dbt_test_runs
-               (invocation_id, executed_at, batch_date, test_name, column_name, status, failures, message)
-               values (%s, now(), %s, %s, %s, %s, %s, %s)""",
-            rows,
-        )
-    return verdict
-
-
-def _failures_per_batch(conn: psycopg.Connection, test: transform.TestOutcome, days: list[date]) -> dict[date, int]:
-    """A contract test's failing rows carry their batch; other tests count for every batch."""
-    counts = {day: 0 for day in days}
-    if test.status not in ("fail", "warn"):
-        return counts
-    if test.relation is None:
-        return {day: test.failures for day in days}
-    schema, table = (part.strip('"') for part in test.relation.split(".")[-2:])
-    query = sql.SQL("select batch_date, count(*) from {}.{} group by batch_date").format(
-        sql.Identifier(schema), sql.Identifier(table)
-    )
-    for day, count in conn.execute(query).fetchall():
-        if day in counts:
-            counts[day] = int(count)
-    return counts
-
-
-def failing_checks(conn: psycopg.Connection, start: date, end: date) -> dict[date, list[str]]:
-    """Human-readable failing checks per batch, from marts.batch_checks."""
-    rows = conn.execute(
-        """select batch_date, check_name, column_name, measured_value, lower_bound, upper_bound, severity
-           from marts.batch_checks
-           where batch_date between %s and %s and not passed
-           order by batch_date, severity, check_name, column_name""",
-        (start, end),
-    ).fetchall()
-    found: dict[date, list[str]] = {}
-    for day, check, column, measured, lower, upper, severity in rows:
-        name = f"{check}[{column}]" if column else check
-        bound = " and ".join(part for part in (
-            f">= {lower:g}" if lower is not None else "", f"<= {upper:g}" if upper is not None else "") if part)
-        found.setdefault(day, []).append(f"{name} = {measured:.4g}, expected {bound} ({severity})")
-    return found
 
 
 def replay(
@@ -353,19 +364,21 @@ def replay(
     start: date | None = None,
     end: date | None = None,
     progress: Progress | None = None,
+    monitor_name: str | None = None,
 ) -> RangeOutcome:
-    """The days of a file one at a time, one every `pace_s` seconds, each its own build.
+    """The batches of a file one at a time, one every `pace_s` seconds, each its own build.
 
-    For watching Grafana fill batch by batch, as the course's loop did; days
+    For watching Grafana fill batch by batch, as the course's loop did; batches
     already finished are redone. The pace is start to start: a batch that
     takes longer than `pace_s` is followed at once.
     """
+    monitor = settings.monitor(monitor_name)
     with drift_worker.started(settings) as scorer:
-        trips = read_trip_file(file)
-        days = backfill_days(trips, start, end)
-        batches: list[BatchOutcome] = []
+        read = read_batch_file(file, monitor)
+        batches = backfill_batches(monitor, read, start, end)
+        outcomes: list[BatchOutcome] = []
         began = time.monotonic()
-        for index, day in enumerate(days):
+        for index, batch in enumerate(batches):
             time.sleep(max(0.0, began + index * pace_s - time.monotonic()))
-            batches += run_range(settings, trips, [day], progress, scorer=scorer).batches
-    return RangeOutcome.of(trips, batches)
+            outcomes += run_range(settings, monitor, read, [batch], progress, scorer=scorer).batches
+    return RangeOutcome.of(monitor, read, outcomes)

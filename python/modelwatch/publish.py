@@ -19,8 +19,10 @@ FINISHED = ("passed", "warned", "failed")  # a failed batch is shown, as failed
 
 DDL = """
 create table if not exists marts.published_batches (
-    batch_date date primary key,
-    published_at timestamptz not null default now()
+    monitor text not null,
+    batch_date date not null,
+    published_at timestamptz not null default now(),
+    primary key (monitor, batch_date)
 );
 """
 
@@ -30,26 +32,28 @@ def check_initialised(conn: psycopg.Connection) -> None:
     conn.execute("select from marts.published_batches limit 0")
 
 
-def withdraw(conn: psycopg.Connection, days: list[date]) -> None:
-    """Hide the batches from readers while their marts are rebuilt."""
-    conn.execute("delete from marts.published_batches where batch_date = any(%s)", (days,))
+def withdraw(conn: psycopg.Connection, monitor: str, days: list[date]) -> None:
+    """Hide the monitor's batches from readers while their marts are rebuilt."""
+    conn.execute("delete from marts.published_batches where monitor = %s and batch_date = any(%s)",
+                 (monitor, days))
 
 
-def publish(conn: psycopg.Connection, days: list[date]) -> None:
-    """Show the batches that finished (in the caller's transaction, with their status)."""
+def publish(conn: psycopg.Connection, monitor: str, days: list[date]) -> None:
+    """Show the monitor's batches that finished (in the caller's transaction, with their status)."""
     conn.execute(
-        """insert into marts.published_batches (batch_date)
-           select batch_date from raw.batches where batch_date = any(%s) and status = any(%s)
-           on conflict (batch_date) do update set published_at = now()""",
-        (days, list(FINISHED)),
+        """insert into marts.published_batches (monitor, batch_date)
+           select monitor, batch_date from raw.batches
+           where monitor = %s and batch_date = any(%s) and status = any(%s)
+           on conflict (monitor, batch_date) do update set published_at = now()""",
+        (monitor, days, list(FINISHED)),
     )
 
 
 def sync(conn: psycopg.Connection) -> None:
-    """Publish every finished batch (init: a database from before publishing existed)."""
+    """Publish every finished batch (init: the readers see what was finished before)."""
     conn.execute(
-        """insert into marts.published_batches (batch_date)
-           select batch_date from raw.batches where status = any(%s)
-           on conflict (batch_date) do nothing""",
+        """insert into marts.published_batches (monitor, batch_date)
+           select monitor, batch_date from raw.batches where status = any(%s)
+           on conflict (monitor, batch_date) do nothing""",
         (list(FINISHED),),
     )

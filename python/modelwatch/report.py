@@ -14,25 +14,31 @@ from typing import Any
 from . import db, drift
 from .config import Settings
 from .errors import ModelwatchError, UsageError
+from .periods import batch_of
 
 
-def default_path(settings: Settings, batch_date: date) -> Path:
-    return settings.reports_dir / f"drift_{batch_date.isoformat()}.html"
+def default_path(settings: Settings, monitor: str, batch_date: date) -> Path:
+    return settings.reports_dir / f"drift_{monitor}_{batch_date.isoformat()}.html"
 
 
-def write_report(settings: Settings, batch_date: date, out: Path | None = None) -> Path:
-    """Write the report for `batch_date` to `out` (default: under reports_dir) and return its path."""
-    path = Path(out) if out is not None else default_path(settings, batch_date)
+def write_report(settings: Settings, batch_date: date, out: Path | None = None,
+                 monitor_name: str | None = None) -> Path:
+    """Write the report for the monitor's batch of `batch_date` (the period holding it) to `out`
+    (default: under reports_dir) and return its path."""
+    monitor = settings.monitor(monitor_name)
+    batch_date = batch_of(monitor.name, monitor.batch_period, batch_date).start
+    path = Path(out) if out is not None else default_path(settings, monitor.name, batch_date)
     options = drift.DriftOptions.from_settings(settings)
-    columns = drift.monitored_columns(settings.monitoring)
+    columns = drift.monitored_columns(monitor)
     with db.connect(db.database_url(settings)) as conn:
-        version = drift.batch_model_version(conn, batch_date)
-        reference = drift.read_reference(conn, version, columns, options)
-        current = drift.read_batch(conn, batch_date, columns, options)
+        version = drift.batch_reference_version(conn, monitor, batch_date)
+        reference = drift.read_reference(conn, monitor, version, columns, options)
+        current = drift.read_batch(conn, monitor, batch_date, columns, options)
     if current.total == 0:
-        raise UsageError(f"batch {batch_date} has no rows to report on")
+        raise UsageError(f"monitor {monitor.name}: batch {batch_date} has no rows to report on")
     if reference.total == 0:
-        raise UsageError(f"model {version} has no reference set: train it again with `modelwatch train`")
+        raise UsageError(f"monitor {monitor.name}: reference {version} has no rows: store one with "
+                         "`modelwatch reference`")
     html = _render(drift.evidently_api(), reference, current, columns, options)
     _write(path, html)
     return path

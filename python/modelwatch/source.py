@@ -1,8 +1,9 @@
-"""Reading a TLC trip file: check it against the declared schema and coerce to it.
+"""Reading a batch or reference file (parquet or CSV) for a monitor: rename, check
+and coerce it to the columns the monitor declares.
 
-Months of the same feed differ in physical schema (int32 vs int64 ids, an
-all-null column typed `null`): every file is cast to one declared schema and
-each change is reported, so nothing is coerced silently.
+Files of the same feed differ in physical schema (int32 vs int64 ids, an
+all-null column typed `null`): every file is cast to the monitor's declared
+types and each change is reported, so nothing is coerced silently.
 """
 
 from __future__ import annotations
@@ -13,59 +14,29 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from .db import TRIP_COLUMNS
 from .errors import InputError
+from .monitors import Monitor
 
-# TLC column name -> our column name (raw.trips).
-TLC_NAMES: dict[str, str] = {
-    "VendorID": "vendor_id",
-    "lpep_pickup_datetime": "pickup_datetime",
-    "lpep_dropoff_datetime": "dropoff_datetime",
-    "store_and_fwd_flag": "store_and_fwd_flag",
-    "RatecodeID": "ratecode_id",
-    "PULocationID": "pu_location_id",
-    "DOLocationID": "do_location_id",
-    "passenger_count": "passenger_count",
-    "trip_distance": "trip_distance",
-    "fare_amount": "fare_amount",
-    "extra": "extra",
-    "mta_tax": "mta_tax",
-    "tip_amount": "tip_amount",
-    "tolls_amount": "tolls_amount",
-    "ehail_fee": "ehail_fee",
-    "improvement_surcharge": "improvement_surcharge",
-    "total_amount": "total_amount",
-    "payment_type": "payment_type",
-    "trip_type": "trip_type",
-    "congestion_surcharge": "congestion_surcharge",
-}
-
-_ARROW_TYPES = {
+ARROW_TYPES = {
     "bigint": pa.int64(),
     "timestamp": pa.timestamp("us"),
     "text": pa.string(),
     "double precision": pa.float64(),
+    "boolean": pa.bool_(),
+    "date": pa.date32(),
 }
-SCHEMA = pa.schema([(name, _ARROW_TYPES[pg_type]) for name, pg_type in TRIP_COLUMNS])
 
-# Without these a batch cannot be placed in time, scored or monitored.
-REQUIRED = (
-    "pickup_datetime",
-    "dropoff_datetime",
-    "pu_location_id",
-    "do_location_id",
-    "passenger_count",
-    "trip_distance",
-    "fare_amount",
-    "total_amount",
-)
+
+def arrow_schema(columns: tuple[tuple[str, str], ...]) -> pa.Schema:
+    return pa.schema([(name, ARROW_TYPES[pg_type]) for name, pg_type in columns])
 
 
 @dataclass(frozen=True)
-class TripFile:
-    """A trip file read and coerced to SCHEMA."""
+class BatchFile:
+    """A file read and coerced to a monitor's stored columns (those the file may provide)."""
 
     path: Path
     sha256: str
@@ -85,54 +56,90 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_trip_file(path: Path | str) -> TripFile:
-    """Read a TLC parquet file; InputError names the file and the column at fault."""
+def read_table(path: Path | str) -> tuple[Path, pa.Table]:
+    """The file as Arrow: parquet, or CSV by its suffix; InputError names the file."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if not path.is_file():
         raise InputError(f"{path}: not a file")
+    csv = path.suffix.lower() in (".csv", ".tsv") or path.name.lower().endswith((".csv.gz", ".tsv.gz"))
     try:
-        table = pq.read_table(path)
+        if csv:
+            delimiter = "\t" if ".tsv" in path.name.lower() else ","
+            return path, pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter=delimiter))
+        return path, pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
-        raise InputError(f"{path}: not a readable parquet file ({_first_line(exc)})") from None
-    coerced, notes = coerce(table, str(path))
-    return TripFile(path=path, sha256=sha256_of(path), table=coerced, coercions=tuple(notes))
+        kind = "CSV" if csv else "parquet"
+        raise InputError(f"{path}: not a readable {kind} file ({_first_line(exc)})") from None
 
 
-def coerce(table: pa.Table, where: str) -> tuple[pa.Table, list[str]]:
-    """Rename TLC columns, cast each to the declared type, add absent optional ones as null."""
-    renamed = {TLC_NAMES.get(name, name): name for name in table.column_names}
-    missing = [name for name in REQUIRED if name not in renamed]
+def read_batch_file(path: Path | str, monitor: Monitor) -> BatchFile:
+    """Read a file of `monitor`'s rows; InputError names the file and the column at fault."""
+    path, table = read_table(path)
+    coerced, notes = coerce(table, monitor, str(path))
+    return BatchFile(path=path, sha256=sha256_of(path), table=coerced, coercions=tuple(notes))
+
+
+def coerce(table: pa.Table, monitor: Monitor, where: str) -> tuple[pa.Table, list[str]]:
+    """Rename the file's columns (the monitor's `rename`), cast each declared column to its
+    type and add absent optional ones as nulls. Columns modelwatch makes (a generated id, a
+    model's prediction) and derived ones are left out."""
+    renamed: dict[str, str] = {}
+    for name in table.column_names:
+        ours = monitor.rename.get(name, name)
+        if ours in renamed:
+            raise InputError(f"{where}: columns '{renamed[ours]}' and '{name}' both give column '{ours}'; "
+                             "keep one of them")
+        renamed[ours] = name
+    required = monitor.required_columns
+    missing = [name for name in required if name not in renamed]
     if missing:
-        tlc = {ours: theirs for theirs, ours in TLC_NAMES.items()}
-        listed = ", ".join(repr(tlc[name]) for name in missing)
+        theirs = {ours: source for source, ours in monitor.rename.items()}
+        listed = ", ".join(repr(theirs.get(name, name)) for name in missing)
         raise InputError(f"{where}: required column {listed} is missing" if len(missing) == 1
                          else f"{where}: required columns {listed} are missing")
-    columns: list[pa.Array] = []
+    made = ({monitor.id} if monitor.generate_id else set()) | ({monitor.prediction} if monitor.model else set())
+    wanted = [(name, pg_type) for name, pg_type in monitor.stored_columns if name not in made]
+    schema = arrow_schema(tuple(wanted))
+    columns: list[pa.ChunkedArray | pa.Array] = []
     notes: list[str] = []
-    for field in SCHEMA:
+    for field in schema:
         source_name = renamed.get(field.name)
         if source_name is None:
             columns.append(pa.nulls(table.num_rows, field.type))
-            notes.append(f"{field.name}: absent, filled with nulls")
+            if field.name != monitor.target:  # a file without labels is the usual case
+                notes.append(f"{field.name}: absent, filled with nulls")
             continue
         column = table.column(source_name)
         if column.type != field.type:
+            before = table.schema.field(source_name).type
             column = _cast(column, field.type, where, source_name)
-            notes.append(f"{source_name}: {table.schema.field(source_name).type} -> {field.type}")
+            notes.append(f"{source_name}: {before} -> {field.type}")
         columns.append(column)
-    return pa.Table.from_arrays(columns, schema=SCHEMA), notes
+    return pa.Table.from_arrays(columns, schema=schema), notes
 
 
 def _cast(column: pa.ChunkedArray, target: pa.DataType, where: str, name: str) -> pa.ChunkedArray:
     try:
+        if pa.types.is_boolean(column.type) and pa.types.is_string(target):
+            return pc.if_else(column, "true", "false")
+        if pa.types.is_floating(column.type) and pa.types.is_string(target):
+            return _floats_as_text(column)
         return pc.cast(column, target, safe=True)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise InputError(
             f"{where}: column '{name}' has type {column.type} and cannot be read as {target} "
             f"({_first_line(exc)})"
         ) from None
+
+
+def _floats_as_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Whole floats as integers ("1", not "1.0"): a category read from a float column is the
+    same category as from an integer one."""
+    whole = pc.equal(column, pc.floor(column))
+    as_int = pc.cast(pc.cast(pc.if_else(whole, column, 0.0), pa.int64(), safe=False), pa.string())
+    return pc.if_else(whole, as_int, pc.cast(column, pa.string()))
 
 
 def _first_line(exc: BaseException) -> str:

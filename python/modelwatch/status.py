@@ -24,13 +24,14 @@ class BatchRow:
     error: str | None
 
 
-def recent_batches(conn: psycopg.Connection, limit: int = 30) -> list[BatchRow]:
+def recent_batches(conn: psycopg.Connection, monitor: str, limit: int = 30) -> list[BatchRow]:
+    """The monitor's latest `limit` batches, newest first."""
     rows = conn.execute(
         """select batch_date, status, rows_loaded, rows_in_file, file_name, started_at, finished_at, error
-           from raw.batches order by batch_date desc limit %s""",
-        (limit,),
+           from raw.batches where monitor = %s order by batch_date desc limit %s""",
+        (monitor, limit),
     ).fetchall()
-    busy = locked_batches(conn)
+    busy = locked_batches(conn, monitor)
     return [
         BatchRow(day, _shown_status(status, day in busy), loaded, in_file, name, _seconds(started, finished), error)
         for day, status, loaded, in_file, name, started, finished, error in rows

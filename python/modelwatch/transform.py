@@ -147,8 +147,13 @@ def _view_relations(manifest: Any) -> list[str]:
             if node.resource_type == "model" and node.config.materialized == "view"]
 
 
-def batch_vars(start: date, end: date) -> str:
-    return json.dumps({"batch_start": start.isoformat(), "batch_end": end.isoformat()})
+def batch_vars(monitor: str, start: date, end: date) -> str:
+    """The vars of a build: the monitor and its batches start..end (batch dates)."""
+    return json.dumps({"monitor": monitor, "batch_start": start.isoformat(), "batch_end": end.isoformat()})
+
+
+def monitor_vars(monitor: str) -> str:
+    return json.dumps({"monitor": monitor})
 
 
 # selectors.yml: what a build runs while the drift step runs, and what reads its results.
@@ -157,9 +162,10 @@ BEFORE_DRIFT_KEEPING_VIEWS_SELECTOR = "before_drift_keeping_views"
 READS_DRIFT_SELECTOR = "reads_drift"
 
 
-def build(settings: Settings, url: str, conn: psycopg.Connection, start: date, end: date,
+def build(settings: Settings, url: str, conn: psycopg.Connection, monitor: str, start: date, end: date,
           drift_scored: Callable[[], None] = lambda: None) -> BuildResult:
-    """`dbt build` for batches start..end, then the gated marts for the batches that passed.
+    """`dbt build` for the monitor's batches start..end, then the gated marts for the batches
+    that passed.
 
     Two invocations: first every model and test that does not read the drift step's
     results, while that step runs in its own process; then, once `drift_scored` returns
@@ -169,7 +175,7 @@ def build(settings: Settings, url: str, conn: psycopg.Connection, start: date, e
     decide batch by batch. The views are left out when the database (`conn`, the
     pipeline's session) holds this project's already (modelwatch.views).
     """
-    batch = batch_vars(start, end)
+    batch = batch_vars(monitor, start, end)
     # Unit tests check the SQL, not the batch: the test suite runs them, not every build. The
     # seed (the zone lookup) is loaded by `init`; its tests still run with every build.
     common = {"vars": batch, "exclude_resource_type": "unit_test seed"}
@@ -222,19 +228,39 @@ def _raise_errors(result: Any) -> None:
         raise TransformError("dbt build failed: " + "; ".join(errors))
 
 
-def build_run_results(settings: Settings, url: str, start: date, end: date) -> None:
+def build_run_results(settings: Settings, url: str, monitor: str, start: date, end: date) -> None:
     """test_results and batch_health, once the tests' outcomes are recorded in raw."""
-    _run_models(settings, dbt_env(url), f"tag:{RUN_RESULTS_TAG}", vars=batch_vars(start, end))
+    _run_models(settings, dbt_env(url), f"tag:{RUN_RESULTS_TAG}", vars=batch_vars(monitor, start, end))
 
 
-def bin_references(settings: Settings, url: str) -> None:
-    """int_reference_bins: the PSI bins of every model version not binned yet (at train time)."""
-    _run_models(settings, dbt_env(url), "+int_reference_bins")  # with the staging views it reads
+REFERENCE_TAG = "reference"
+
+
+def bin_references(settings: Settings, url: str, monitor: str) -> None:
+    """The reference models (tag reference: the PSI bins and the profile the contract checks
+    against) for every reference set of the monitor not done yet: when a reference is stored,
+    not in every build."""
+    _run_models(settings, dbt_env(url), f"tag:{REFERENCE_TAG}", vars=monitor_vars(monitor))
+
+
+def references_binned(conn: psycopg.Connection, monitor: str, start: date, end: date) -> bool:
+    """Whether every reference set the monitor's batches start..end use has its bins."""
+    if conn.execute("select to_regclass('staging.int_reference_bins')").fetchone()[0] is None:
+        return False
+    return conn.execute(
+        """select not exists (
+               select 1 from raw.batches as b
+               where b.monitor = %s and b.batch_date between %s and %s and b.reference_version is not null
+                 and not exists (select 1 from staging.int_reference_bins as bins
+                                 where bins.monitor = b.monitor and bins.reference_version = b.reference_version))""",
+        (monitor, start, end),
+    ).fetchone()[0]
 
 
 def create_views(settings: Settings, url: str, conn: psycopg.Connection) -> None:
     """The project's views, recorded in the database at `conn` (the pipeline's session, holding
-    the build lock) as this project's: at `init`, so that builds need not make them."""
+    the build lock) as this project's: at `init`, so that builds need not make them. (The
+    views read only the shared tables: the same for every monitor.)"""
     _run_models(settings, dbt_env(url), "config.materialized:view")
     views.record(conn, _project_digest(settings))
 

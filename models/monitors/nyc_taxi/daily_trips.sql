@@ -1,15 +1,17 @@
 {#-
-  One row per batch: volume and the typical trip. A figure column_quality
+  The nyc_taxi monitor's own mart: one row per batch, volume and the typical trip.
+  Built for the taxi's batches only (a build of another monitor selects nothing). A figure column_quality
   already has (the mean and p50 of a monitored column) is taken from it rather
   than sorted again: on 3 million rows each median is a sort of its own.
 -#}
-{%- set monitoring = var('monitoring') -%}
-{%- set profiled = monitoring.numeric_features + [monitoring.prediction, monitoring.target] -%}
+{%- set m = modelwatch.monitor('nyc_taxi') -%}
+{%- set profiled = modelwatch.numeric_columns(m) -%}
 {%- set columns = ['duration_min', 'trip_distance', 'fare_amount', 'total_amount'] -%}
 {%- set boroughs = ['Manhattan', 'Brooklyn', 'Queens', 'Bronx', 'Staten Island', 'EWR'] -%}
 
 with scored as (
-    select * from {{ ref('int_trips_scored') }}
+    select * from {{ ref('int_batch_rows') }}
+    where monitor = 'nyc_taxi'
 ),
 
 zones as (
@@ -19,7 +21,7 @@ zones as (
 profiles as (
     select batch_date, column_name, mean_value, p50
     from {{ ref('column_quality') }}
-    where {{ modelwatch.in_batch_range('batch_date') }}
+    where monitor = 'nyc_taxi' and {{ modelwatch.in_batch_range('batch_date') }}
 ),
 
 per_batch as (
@@ -35,11 +37,12 @@ per_batch as (
         {% endfor -%}
         count(*) filter (where zones.borough is null or zones.borough not in ('{{ boroughs | join("', '") }}')) as pickups_unknown_borough
     from scored
-    left join zones on zones.location_id = scored.pu_location_id
+    left join zones on cast(zones.location_id as text) = scored.pu_location_id  -- zone ids are categories (text)
     group by scored.batch_date
 )
 
 select
+    cast('nyc_taxi' as text) as monitor,
     per_batch.batch_date,
     per_batch.trips,
     {% for column in columns -%}

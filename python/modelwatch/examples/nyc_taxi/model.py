@@ -1,4 +1,9 @@
-"""The course's baseline model: LinearRegression of trip duration (minutes).
+"""The nyc_taxi monitor's model (its declaration's `model`): the course's baseline,
+a LinearRegression of trip duration (minutes).
+
+A monitor's model module gives `train(file)`, `save(conn, monitor, trained, file)`
+and `load_latest(conn, monitor)`, and its trained model `version` and
+`predict_table(table)`: what modelwatch calls to train and to score batches.
 
 Training filters (0 < duration <= 60 min, 0 < passenger_count <= 8) apply to
 training only; scoring sees every row, with missing features as 0 as the
@@ -20,8 +25,8 @@ import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .errors import UsageError
-from .source import TripFile
+from ...errors import UsageError
+from ...source import BatchFile
 
 if TYPE_CHECKING:  # scikit-learn takes ~0.7 s to import: training imports it, scoring does not
     from sklearn.linear_model import LinearRegression
@@ -106,6 +111,7 @@ class TrainedModel:
 
 
 def duration_minutes(table: pa.Table) -> np.ndarray:
+    """The target, as the monitor's derived duration_min computes it in SQL."""
     seconds = pc.divide(
         pc.cast(pc.subtract(table["dropoff_datetime"], table["pickup_datetime"]), pa.int64()), 1_000_000
     )
@@ -113,7 +119,12 @@ def duration_minutes(table: pa.Table) -> np.ndarray:
 
 
 def feature_frame(table: pa.Table, features: tuple[str, ...]) -> pd.DataFrame:
-    return table.select(list(features)).to_pandas()
+    return pa.table({name: _as_float(table[name]) for name in features}).to_pandas()
+
+
+def _as_float(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A feature as float64: zone ids are stored as categories (text), the model reads numbers."""
+    return column if column.type == pa.float64() else pc.cast(column, pa.float64())
 
 
 def feature_matrix(table: pa.Table, features: tuple[str, ...]) -> np.ndarray:
@@ -121,7 +132,7 @@ def feature_matrix(table: pa.Table, features: tuple[str, ...]) -> np.ndarray:
     through pandas, to the bit (the layout decides the order of the sums in the dot product)."""
     matrix = np.empty((table.num_rows, len(features)), dtype="float64", order="F")
     for index, name in enumerate(features):
-        matrix[:, index] = table[name].to_numpy(zero_copy_only=False)  # nulls arrive as NaN
+        matrix[:, index] = _as_float(table[name]).to_numpy(zero_copy_only=False)  # nulls arrive as NaN
     matrix[np.isnan(matrix)] = 0.0
     return matrix
 
@@ -132,7 +143,7 @@ def predict(estimator: LinearRegression, features: tuple[str, ...], frame: pd.Da
     return estimator.predict(frame[list(features)].astype("float64").fillna(0.0).to_numpy())
 
 
-def train(trips: TripFile) -> TrainedModel:
+def train(trips: BatchFile) -> TrainedModel:
     from sklearn.linear_model import LinearRegression
     from sklearn.metrics import mean_absolute_error
     from sklearn.model_selection import train_test_split
@@ -160,30 +171,31 @@ def train(trips: TripFile) -> TrainedModel:
     )
 
 
-def save(conn: psycopg.Connection, model: TrainedModel, trips: TripFile) -> None:
+def save(conn: psycopg.Connection, monitor: str, model: TrainedModel, trips: BatchFile) -> None:
     """The registry row; re-training on the same data gives the same version and replaces it."""
     conn.execute(
         """
-        insert into raw.models (version, algorithm, features, target, reference_file, reference_sha256,
+        insert into raw.models (monitor, version, algorithm, features, target, reference_file, reference_sha256,
                                 train_rows, validation_rows, train_mae, validation_mae, artifact)
-        values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-        on conflict (version) do update set trained_at = now(), reference_file = excluded.reference_file
+        values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+        on conflict (monitor, version) do update set trained_at = now(), reference_file = excluded.reference_file
         """,
         (
-            model.version, "sklearn.linear_model.LinearRegression", json.dumps(list(model.features)), TARGET,
+            monitor, model.version, "sklearn.linear_model.LinearRegression", json.dumps(list(model.features)), TARGET,
             trips.path.name, trips.sha256, model.train_rows, model.validation_rows,
             model.train_mae, model.validation_mae, model.artifact,
         ),
     )
 
 
-def load_latest(conn: psycopg.Connection) -> TrainedModel:
+def load_latest(conn: psycopg.Connection, monitor: str) -> TrainedModel:
     row = conn.execute(
         """select version, artifact, features, train_rows, validation_rows, train_mae, validation_mae
-           from raw.models order by trained_at desc limit 1"""
+           from raw.models where monitor = %s order by trained_at desc limit 1""",
+        (monitor,),
     ).fetchone()
     if row is None:
-        raise UsageError("no model trained yet: run `modelwatch train --reference FILE` first")
+        raise UsageError(f"monitor {monitor}: no model trained yet: run `modelwatch train --reference FILE` first")
     version, artifact, features, train_rows, validation_rows, train_mae, validation_mae = row
     return TrainedModel(
         version=version,

@@ -1,0 +1,53 @@
+{#-
+  What the monitor's reference sets hold, for the contract's checks against
+  them: per numeric drift column its range (min, max), per categorical one every
+  category seen. Incremental like int_reference_bins: each reference version once,
+  when it is stored.
+-#}
+{{ config(materialized='incremental', incremental_strategy='delete+insert',
+          unique_key=['monitor', 'reference_version'], tags=['reference']) }}
+{%- set m = modelwatch.monitor() -%}
+{%- set numeric_columns = modelwatch.drift_numeric_columns(m) -%}
+{%- set categorical_columns = modelwatch.drift_categorical_columns(m) -%}
+
+with versions as (
+    select distinct reference_version
+    from {{ ref('int_reference_rows') }}
+    {%- if is_incremental() %}
+    where reference_version not in (select reference_version from {{ this }} where monitor = '{{ m.name }}')
+    {%- endif %}
+),
+
+reference as (
+    select reference_rows.*
+    from {{ ref('int_reference_rows') }} as reference_rows
+    inner join versions on versions.reference_version = reference_rows.reference_version
+),
+
+counts as (
+    {{ modelwatch.value_counts('reference', ['reference_version'], numeric_columns, categorical_columns) }}
+)
+
+select
+    cast('{{ m.name }}' as {{ dbt.type_string() }}) as monitor,
+    reference_version,
+    cast(column_name as {{ dbt.type_string() }}) as column_name,
+    cast(min(value) as {{ dbt.type_float() }}) as min_value,
+    cast(max(value) as {{ dbt.type_float() }}) as max_value,
+    cast(null as {{ dbt.type_string() }}) as category
+from counts
+where column_name in ('{{ numeric_columns | join("', '") }}')
+group by reference_version, column_name
+
+union all
+
+select
+    cast('{{ m.name }}' as {{ dbt.type_string() }}),
+    reference_version,
+    cast(column_name as {{ dbt.type_string() }}),
+    cast(null as {{ dbt.type_float() }}),
+    cast(null as {{ dbt.type_float() }}),
+    category
+from counts
+where column_name in ('{{ categorical_columns | join("', '") }}')
+  and category is not null

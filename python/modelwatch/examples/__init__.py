@@ -1,0 +1,1 @@
+"""The example monitors' own code: what is domain-specific lives here, never in the generic package."""
