@@ -21,6 +21,8 @@ from modelwatch import db, embedded, pipeline, transform
 from modelwatch.config import PACKAGE_DATA_DIR, PROJECT_DIR, Settings
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "nyc_tlc"
+NANNYML_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "nannyml"
+TAXI = "nyc_taxi"  # the demo's monitor, the project's default
 JANUARY = PACKAGE_DATA_DIR / "green_tripdata_2023-01.parquet"
 FEBRUARY = PACKAGE_DATA_DIR / "green_tripdata_2023-02.parquet"
 
@@ -29,6 +31,14 @@ def shared_file(name: str) -> Path:
     path = SHARED_DATA / name
     if not path.exists():
         pytest.skip(f"shared TLC data not found at {path}")
+    return path
+
+
+def nannyml_file(name: str) -> Path:
+    """One of NannyML's datasets in ../shared/data/nannyml (see its README)."""
+    path = NANNYML_DATA / name
+    if not path.exists():
+        pytest.skip(f"shared NannyML data not found at {path}")
     return path
 
 
