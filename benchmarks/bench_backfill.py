@@ -6,8 +6,9 @@ February 2023 (28 days) against the same PostgreSQL server:
 - the course's loop (course_loop.py): per day predict, one Evidently Report
   (prediction drift, drifted columns, missing values, p50 fare), one INSERT;
   its model and reference set prepared beforehand (the course's notebook);
-- `modelwatch backfill --file green_tripdata_2023-02.parquet` on a database
-  where `modelwatch init` and `train` (January 2023) have run: load and score
+- `modelwatch backfill --file green_tripdata_2023-02.parquet` (the default
+  monitor, nyc_taxi) on a database where `modelwatch init` and `train`
+  (January 2023: the model and the reference set) have run: load and score
   every day, Evidently drift on every monitored column, SQL drift (PSI), the
   dbt build with the contract's tests, the run results.
 
@@ -70,13 +71,16 @@ def run(srv: Server, repeats: int = 3) -> Figure:
                     # run (untimed), leaves the dbt parse of its own profile that a first backfill finds.
                     pipeline.init(db.settings)
                     (db.home / "dbt" / "logs" / "dbt.log").unlink(missing_ok=True)  # init's seed is not the backfill's
-                    backfill.append(common.run_child([common.MODELWATCH_CLI, "backfill", "--file", str(february)],
-                                                     env=db.env()))
+                    backfill.append(common.run_child(
+                        [common.MODELWATCH_CLI, "backfill", "--monitor", common.TAXI, "--file", str(february)],
+                        env=db.env()))
                     with psycopg.connect(db.url) as conn:
                         statuses = dict(conn.execute(
-                            "select status, count(*) from raw.batches group by status").fetchall())
+                            "select status, count(*) from raw.batches where monitor = %s group by status",
+                            (common.TAXI,)).fetchall())
                         evidently_s.append(conn.execute(
-                            "select coalesce(sum(seconds), 0) from raw.drift_datasets").fetchone()[0])
+                            "select coalesce(sum(seconds), 0) from raw.drift_datasets where monitor = %s",
+                            (common.TAXI,)).fetchone()[0])
                     assert sum(statuses.get(s, 0) for s in ("passed", "warned")) == DAYS, statuses
                     dbt_s.append(dbt_run_seconds(db.home / "dbt" / "logs" / "dbt.log"))
             log(f"backfill run {repeat + 1}/{repeats}: modelwatch {backfill[-1].seconds:.1f} s, "

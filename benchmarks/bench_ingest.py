@@ -2,13 +2,14 @@
 
 modelwatch's side is its load of a batch, `load.start_batch` + `load.load_batch`
 as `pipeline.run_range` calls them: record the attempt, then one transaction
-that deletes the batch, scores it and COPYs its trips and predictions (psycopg
-COPY fed from pyarrow's CSV writer) and marks it loaded. The batch is the
-65k rows of February 2023 moved onto one day (rows/s is a throughput: a batch
-large enough that fixed costs do not decide it). The baseline is PostgreSQL's
-own `COPY ... FROM 'file'` of the very same rows (the CSV text modelwatch
-streams, in a file the server reads) into the same two tables, in one
-transaction. Both start from empty tables; rows/s counts the trips.
+that deletes the batch, scores it (`load.batch_rows`: the ids generated, the
+prediction made by the taxi's model) and COPYs its rows, predictions included,
+into raw.nyc_taxi__rows (binary COPY encoded from Arrow) and marks it loaded.
+The batch is the 65k rows of February 2023 moved onto one day (rows/s is a
+throughput: a batch large enough that fixed costs do not decide it). The
+baseline is PostgreSQL's own `COPY ... FROM 'file'` of the very same rows (the
+table load_batch COPYs, as CSV in a file the server reads) into the same
+table, in one transaction. Both start from empty tables.
 
 A detail figure is the same month as 28 daily batches (the backfill's loading
 loop) against the same server-side COPY: there each batch also pays its fixed
@@ -32,78 +33,95 @@ KEY = "ingest_vs_copy"
 ONE_DAY = date(2023, 2, 15)
 
 
-def capture_tables(conn: Any, trips: Any, days: list[date], trained: Any) -> dict[str, Any]:
-    """The exact tables load_batch COPYs, per target table, by loading once with copy_arrow recorded."""
+class Loader:
+    """What pipeline.run_range holds while it loads a monitor's batches: the monitor, its model
+    and its reference version."""
+
+    def __init__(self, conn: Any, monitor: Any) -> None:
+        from modelwatch import load, pipeline
+
+        module = pipeline.model_module(monitor)
+        self.monitor = monitor
+        self.trained = module.load_latest(conn, monitor.name) if module else None
+        self.reference_version = load.latest_reference(conn, monitor)
+
+    def load(self, conn: Any, file: Any, batches: list[Any]) -> int:
+        """pipeline.run_range's loading loop."""
+        from modelwatch import load
+
+        rows = 0
+        for batch in batches:
+            batch_rows = load.rows_in(file.table, self.monitor, batch)
+            load.start_batch(conn, file, batch, getattr(self.trained, "version", None), self.reference_version)
+            rows += load.load_batch(conn, self.monitor, file, batch, batch_rows, self.trained).rows_loaded
+        return rows
+
+
+def capture_table(conn: Any, loader: Loader, file: Any, batches: list[Any]) -> Any:
+    """The exact rows load_batch COPYs into the monitor's table, by loading once with copy_arrow recorded."""
     import pyarrow as pa
 
     from modelwatch import load
 
-    captured: dict[str, list[Any]] = {"raw.trips": [], "raw.predictions": []}
+    captured: list[Any] = []
     original = load.copy_arrow
+    expected = f"raw.{loader.monitor.rows_table}"
 
     def recording(conn_: Any, target: Any, table: Any) -> None:
-        captured[target.as_string(conn_).replace('"', "")].append(table)
+        assert target.as_string(conn_).replace('"', "") == expected, target.as_string(conn_)
+        captured.append(table)
         original(conn_, target, table)
 
     load.copy_arrow = recording
     try:
-        load_days(conn, trips, days, trained)
+        loader.load(conn, file, batches)
     finally:
         load.copy_arrow = original
-    return {target: pa.concat_tables(tables) for target, tables in captured.items()}
-
-
-def load_days(conn: Any, trips: Any, days: list[date], trained: Any) -> int:
-    """pipeline.run_range's loading loop."""
-    from modelwatch import load
-
-    rows = 0
-    for day in days:
-        day_rows = load.rows_of_day(trips.table, day)
-        load.start_batch(conn, trips, day)
-        rows += load.load_batch(conn, trips, day, day_rows, trained).rows_loaded
-    return rows
+    return pa.concat_tables(captured)
 
 
 def run(srv: Server, repeats: int = 5) -> Figure:
     import psycopg
 
-    from modelwatch import load, model
-    from modelwatch.source import TripFile, read_trip_file
+    from modelwatch import load
+    from modelwatch.periods import batch_of
+    from modelwatch.source import BatchFile, read_batch_file
 
+    monitor = common.taxi()
+    target = f"raw.{monitor.rows_table}"
     with common.trained_database(srv, "ingest") as db:
-        february = read_trip_file(common.tlc_file(common.FEBRUARY))
-        month_rows = load.dominant_month_rows(february.table)
-        days = load.pickup_days(month_rows)
-        one_batch = TripFile(february.path, february.sha256, timeshift.onto_day(month_rows, ONE_DAY), ())
+        february = read_batch_file(common.tlc_file(common.FEBRUARY), monitor)
+        month_rows = load.main_period_rows(february.table, monitor)
+        days = [batch_of(monitor.name, monitor.batch_period, day) for day in load.batch_starts(month_rows, monitor)]
+        one_day = [batch_of(monitor.name, monitor.batch_period, ONE_DAY)]
+        one_batch = BatchFile(february.path, february.sha256, timeshift.onto_day(month_rows, ONE_DAY, monitor), ())
         with psycopg.connect(db.url, autocommit=True) as conn:
-            trained = model.load_latest(conn)
-            captured = {"batch": capture_tables(conn, one_batch, [ONE_DAY], trained)}
+            loader = Loader(conn, monitor)
+            captured = {"batch": capture_table(conn, loader, one_batch, one_day)}
             common.empty_raw_tables(db.url)
-            captured["days"] = capture_tables(conn, february, days, trained)
+            captured["days"] = capture_table(conn, loader, february, days)
         files = {
-            shape: {target: (table.column_names, common.write_csv(table, srv.scratch / f"ingest_{shape}_{target}.csv"),
-                             table.num_rows) for target, table in tables.items()}
-            for shape, tables in captured.items()
+            shape: (table.column_names, common.write_csv(table, srv.scratch / f"ingest_{shape}.csv"), table.num_rows)
+            for shape, table in captured.items()
         }
-        rows = files["batch"]["raw.trips"][2]
-        assert rows == files["days"]["raw.trips"][2]
-        log(f"ingest: {rows} trips (+ {rows} predictions) as one batch and as {len(days)} daily batches")
+        rows = files["batch"][2]
+        assert rows == files["days"][2]
+        log(f"ingest: {rows} rows (predictions included, {len(files['batch'][0])} columns) into {target} "
+            f"as one batch and as {len(days)} daily batches")
 
         def server_copy(conn: psycopg.Connection, shape: str) -> None:
+            columns, path, count = files[shape]
             with conn.transaction():
-                for target, (columns, path, count) in files[shape].items():
-                    assert common.server_copy(conn, target, columns, path) == count
+                assert common.server_copy(conn, target, columns, path) == count
 
         def load_one(conn: psycopg.Connection) -> None:
-            load.start_batch(conn, one_batch, ONE_DAY)
-            assert load.load_batch(conn, one_batch, ONE_DAY, one_batch.table, trained).rows_loaded == rows
+            assert loader.load(conn, one_batch, one_day) == rows
 
         times: dict[str, list[float]] = {"batch_load": [], "batch_copy": [], "days_load": [], "days_copy": []}
         steps = {
             "batch_load": load_one,
             "batch_copy": lambda conn: server_copy(conn, "batch"),
-            "days_load": lambda conn: load_days(conn, february, days, trained),
+            "days_load": lambda conn: loader.load(conn, february, days),
             "days_copy": lambda conn: server_copy(conn, "days"),
         }
         for repeat in range(repeats):
@@ -119,6 +137,8 @@ def run(srv: Server, repeats: int = 5) -> Figure:
     median = {name: Spread.of(values).median for name, values in times.items()}
     details = {
         "rows": rows,
+        "table": target,
+        "columns": len(files["batch"][0]),
         "seconds": {name: Spread.of(values).__dict__ for name, values in times.items()},
         "load_rows_per_s": rows / median["batch_load"],
         "server_copy_rows_per_s": rows / median["batch_copy"],
@@ -128,8 +148,8 @@ def run(srv: Server, repeats: int = 5) -> Figure:
     }
     return Figure(
         KEY, "Ingest: load rows/s / server-side COPY rows/s", ratio, "x", ">= 0.8", details,
-        note=(f"{rows:,} trips + predictions, one batch: load {rows / median['batch_load']:,.0f} rows/s, "
-              f"COPY {rows / median['batch_copy']:,.0f} rows/s; as {len(days)} daily batches "
+        note=(f"{rows:,} rows (trips with their predictions, one table), one batch: "
+              f"load {rows / median['batch_load']:,.0f} rows/s, COPY {rows / median['batch_copy']:,.0f} rows/s; as {len(days)} daily batches "
               f"{days_ratio.median:.2f}x COPY ({details['daily_loop_fixed_ms_per_batch']:.0f} ms fixed per batch)"),
     )
 

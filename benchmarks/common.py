@@ -35,9 +35,10 @@ from psycopg import sql
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "python"))  # the package, also when it is not installed
 
-from modelwatch import embedded, timeshift  # noqa: E402
-from modelwatch.config import Settings  # noqa: E402
+from modelwatch import embedded, timeshift, transform  # noqa: E402
+from modelwatch.config import PROJECT_DIR, Settings  # noqa: E402
 from modelwatch.db import scratch_database  # noqa: E402
+from modelwatch.monitors import Monitor  # noqa: E402
 
 SHARED_DATA = Path(os.environ.get("MODELWATCH_TLC_DIR") or REPO.parent / "shared" / "data" / "nyc_tlc")
 PACKAGE_DATA = REPO / "python" / "modelwatch" / "data"
@@ -47,6 +48,12 @@ JANUARY = "green_tripdata_2023-01.parquet"
 FEBRUARY = "green_tripdata_2023-02.parquet"
 PYTHON = sys.executable
 MODELWATCH_CLI = str(Path(sys.executable).with_name("modelwatch"))
+TAXI = "nyc_taxi"  # the TLC months' monitor, the project's default
+
+
+def taxi() -> Monitor:
+    """The taxi's monitor, as the repository's dbt project declares it."""
+    return timeshift.taxi_monitor()
 
 
 def tlc_file(name: str) -> Path:
@@ -166,24 +173,28 @@ class Database:
     home: Path
 
     def env(self) -> dict[str, str]:
-        """The environment of a `modelwatch` child process on this database."""
+        """The environment of a `modelwatch` child process on this database (and its dbt project)."""
         env = dict(os.environ)
-        env.update(MODELWATCH_HOME=str(self.home), MODELWATCH_DATABASE_URL=self.url)
+        env.update(MODELWATCH_HOME=str(self.home), MODELWATCH_DATABASE_URL=self.url,
+                   MODELWATCH_PROJECT_DIR=str(self.settings.project_dir))
         return env
 
 
-def fresh_database(srv: Server, label: str) -> contextlib.AbstractContextManager[Database]:
-    """A new empty database with a home of its own, dropped afterwards."""
-    return _bench_database(srv, label, template=None)
+def fresh_database(srv: Server, label: str, project_dir: Path = PROJECT_DIR
+                   ) -> contextlib.AbstractContextManager[Database]:
+    """A new empty database with a home of its own, dropped afterwards; `project_dir`: the dbt
+    project (the monitors declared) its settings use."""
+    return _bench_database(srv, label, template=None, project_dir=project_dir)
 
 
 def cloned_database(srv: Server, template: Database, label: str) -> contextlib.AbstractContextManager[Database]:
     """A copy of `template` (CREATE DATABASE ... TEMPLATE) with a copy of its home, dropped afterwards."""
-    return _bench_database(srv, label, template=template)
+    return _bench_database(srv, label, template=template, project_dir=template.settings.project_dir)
 
 
 @contextlib.contextmanager
-def _bench_database(srv: Server, label: str, template: Database | None) -> Iterator[Database]:
+def _bench_database(srv: Server, label: str, template: Database | None,
+                    project_dir: Path = PROJECT_DIR) -> Iterator[Database]:
     name = f"mw_bench_{label}_{uuid.uuid4().hex[:8]}"
     home = srv.scratch / name
     with scratch_database(srv.admin_url, name, template.name if template else None) as url:
@@ -192,14 +203,15 @@ def _bench_database(srv: Server, label: str, template: Database | None) -> Itera
         else:
             home.mkdir()
         try:
-            yield Database(name, url, Settings(home=home, database_url=url, environ={}), home)
+            yield Database(name, url, Settings(home=home, database_url=url, project_dir=project_dir, environ={}), home)
         finally:
             shutil.rmtree(home, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def trained_database(srv: Server, label: str) -> Iterator[Database]:
-    """A fresh database (dropped afterwards) where `init` and `train` on January 2023 have run."""
+    """A fresh database (dropped afterwards) where `init` and `train` on January 2023 have run
+    (the taxi's model and reference set)."""
     from modelwatch import pipeline
 
     with fresh_database(srv, label) as db:
@@ -208,7 +220,7 @@ def trained_database(srv: Server, label: str) -> Iterator[Database]:
         yield db
 
 
-RAW_TABLES = ("raw.trips", "raw.predictions", "raw.batches")
+RAW_TABLES = (f"raw.{TAXI}__rows", "raw.batches")  # the taxi's rows (predictions included), the batch log
 
 
 def empty_raw_tables(url: str, tables: Sequence[str] = RAW_TABLES) -> None:
@@ -257,8 +269,31 @@ def server_copy(conn: psycopg.Connection, table: str, columns: Sequence[str], pa
 
 
 def read_months(names: Sequence[str] = MONTHS) -> list[pa.Table]:
-    """The shared months coerced to modelwatch's schema, strays (pickups outside the month) dropped."""
-    return [timeshift.month_rows(tlc_file(name)) for name in names]
+    """The shared months coerced to the taxi's stored columns, strays (pickups outside the month) dropped."""
+    return [timeshift.month_rows(tlc_file(name), taxi()) for name in names]
+
+
+# ---------------------------------------------------------------- a dbt project of the benchmark's own
+
+
+def copy_project(destination: Path, monitors: dict[str, Any] | None = None) -> Path:
+    """A copy of the dbt project (what dbt reads of it, as python/tests/conftest.py copies it) at
+    `destination`, with `monitors` (name: declaration) added under vars.monitors."""
+    import yaml
+
+    for name in transform.PROJECT_PARTS:
+        source = PROJECT_DIR / name
+        if source.is_dir():
+            shutil.copytree(source, destination / name)
+        elif source.exists():
+            destination.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, destination / name)
+    if monitors:
+        path = destination / "dbt_project.yml"
+        project = yaml.safe_load(path.read_text())
+        project["vars"]["monitors"].update(monitors)
+        path.write_text(yaml.safe_dump(project, sort_keys=False))
+    return destination
 
 
 

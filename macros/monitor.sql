@@ -122,3 +122,21 @@
     {%- set names = modules.re.findall('[a-z_][a-z0-9_]*', condition or '') -%}
     {{ return(modelwatch.stored_column_names(m) | select('in', names) | list) }}
 {%- endmacro %}
+
+{#-
+  For a monitor's own mart (models/monitors/<name>/), built by every build: no rows
+  unless the build is for its monitor. The columns are the model's contract's, so the
+  mart's shape holds whichever monitor is built.
+-#}
+{% macro no_rows_unless_monitor(name) -%}
+    {%- if var('monitor') == name -%}{{ return(false) }}{%- endif -%}
+    {{ return(true) }}
+{%- endmacro %}
+
+{% macro no_rows_of_this_model() -%}
+    select
+    {%- for column in model.columns.values() %}
+        cast(null as {{ column.data_type }}) as {{ column.name }}{{ ',' if not loop.last }}
+    {%- endfor %}
+    where false
+{%- endmacro %}

@@ -25,10 +25,22 @@ _MONITOR_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")  # room for "__reference" 
 RESERVED = ("batch_date", "monitor")
 
 
+# PostgreSQL's reserved key words: no plain column name (the models write names unquoted).
+RESERVED_WORDS = frozenset("""all analyse analyze and any array as asc asymmetric both case cast check collate column
+    constraint create current_catalog current_date current_role current_time current_timestamp current_user default
+    deferrable desc distinct do else end except false fetch for foreign from grant group having in initially intersect
+    into lateral leading limit localtime localtimestamp not null offset on only or order placing primary references
+    returning select session_user some symmetric system_user table then to trailing true union unique user using
+    variadic when where window with""".split())
+
+
 def check_identifier(name: Any, where: str) -> str:
     """A configured column name must be a plain lower-case SQL identifier."""
     if not isinstance(name, str) or not _IDENTIFIER.match(name):
         raise UsageError(f"{where}: {name!r} is not a plain column name (lower-case letters, digits, _)")
+    if name in RESERVED_WORDS:
+        raise UsageError(f"{where}: {name!r} is a reserved word of SQL; give the column another name "
+                         "(the monitor's rename key maps a file's column to it)")
     return name
 
 

@@ -112,6 +112,8 @@ def coerce(table: pa.Table, monitor: Monitor, where: str) -> tuple[pa.Table, lis
                 notes.append(f"{field.name}: absent, filled with nulls")
             continue
         column = table.column(source_name)
+        if pa.types.is_large_string(column.type) and pa.types.is_string(field.type):
+            column = pc.cast(column, field.type)  # the same text, in Arrow's other layout: no change to report
         if column.type != field.type:
             before = table.schema.field(source_name).type
             column = _cast(column, field.type, where, source_name)

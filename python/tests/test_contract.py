@@ -17,7 +17,7 @@ from modelwatch import pipeline
 from modelwatch.cli import main
 from modelwatch.config import Settings
 
-from .conftest import FEBRUARY
+from .conftest import FEBRUARY, TAXI
 
 DAY = date(2023, 2, 14)
 MARTS = ("column_quality", "daily_trips", "batch_checks", "model_performance", "test_results", "batch_health")
@@ -41,6 +41,13 @@ def _null_fares(table: pa.Table, share: float) -> pa.Table:
     return table.set_column(table.schema.get_field_index("fare_amount"), "fare_amount", fares)
 
 
+def _in_domain(table: pa.Table) -> int:
+    """Trips of 0 to 60 minutes (the taxi's performance_where), counted from the file."""
+    seconds = pc.divide(pc.cast(pc.subtract(table["lpep_dropoff_datetime"], table["lpep_pickup_datetime"]),
+                                pa.int64()), 1_000_000)
+    return pc.sum(pc.and_(pc.greater(seconds, 0), pc.less_equal(seconds, 3600))).as_py()
+
+
 def _negate_fares(table: pa.Table) -> pa.Table:
     return table.set_column(
         table.schema.get_field_index("fare_amount"), "fare_amount", pc.negate(table["fare_amount"])
@@ -48,18 +55,20 @@ def _negate_fares(table: pa.Table) -> pa.Table:
 
 
 def _other_batches(url: str) -> dict[str, list[tuple]]:
-    """Every mart's rows (and raw's counts) for the batches other than DAY."""
+    """Every mart's rows (and raw's counts) for the batches other than DAY, in an order of their own."""
     with psycopg.connect(url) as conn:
         snapshot = {
-            mart: conn.execute(
-                f"select * from marts.{mart} where batch_date <> %s order by 1, 2, 3", (DAY,)  # noqa: S608 (fixed names)
-            ).fetchall()
+            mart: sorted(conn.execute(
+                f"select * from marts.{mart} where batch_date <> %s", (DAY,)  # noqa: S608 (fixed names)
+            ).fetchall(), key=repr)
             for mart in MARTS
         }
         snapshot["raw"] = conn.execute(
-            "select batch_date, count(*), sum(fare_amount) from raw.trips where batch_date <> %s group by 1 order by 1",
+            """select batch_date, count(*), sum(fare_amount), sum(predicted_duration_min) from raw.nyc_taxi__rows
+               where batch_date <> %s group by 1 order by 1""",
             (DAY,),
         ).fetchall()
+    assert all(snapshot.values())  # ten batches: none of these is empty
     return snapshot
 
 
@@ -101,7 +110,8 @@ def test_corrupted_batch_fails_named_tests_and_leaves_other_batches(
         assert part in output
     with psycopg.connect(history.database_url) as conn:
         status, failing, failed_count = conn.execute(
-            "select status, failing_tests, tests_failed from marts.batch_health where batch_date = %s", (DAY,)
+            "select status, failing_tests, tests_failed from marts.batch_health where monitor = %s and batch_date = %s",
+            (TAXI, DAY),
         ).fetchone()
         assert status == "failed"
         assert set(failing.split(", ")) == failing_tests
@@ -114,7 +124,9 @@ def test_corrupted_batch_fails_named_tests_and_leaves_other_batches(
         assert conn.execute("select count(*) from marts.model_performance where batch_date = %s", (DAY,)).fetchone() == (0,)
         # ... while the quality marts show why.
         assert conn.execute("select count(*) from marts.column_quality where batch_date = %s", (DAY,)).fetchone() == (8,)
-        assert conn.execute("select status from raw.batches where batch_date = %s", (DAY,)).fetchone() == ("failed",)
+        assert conn.execute(
+            "select status from raw.batches where monitor = %s and batch_date = %s", (TAXI, DAY)
+        ).fetchone() == ("failed",)
     assert _other_batches(history.database_url) == before
 
 
@@ -127,9 +139,11 @@ def test_clean_rerun_after_a_failure_passes_and_reaches_gated_marts(history: Set
         assert conn.execute(
             "select status, tests_failed from marts.batch_health where batch_date = %s", (DAY,)
         ).fetchone() == ("passed", 0)
+        # Every trip of the batch counted, those in the model's domain scored (counted here from the file).
         assert conn.execute(
-            "select scored_trips + out_of_domain_trips from marts.model_performance where batch_date = %s", (DAY,)
-        ).fetchone() == (2_466,)
+            "select batch_rows, labelled_rows, n from marts.model_performance where batch_date = %s and metric = 'mae'",
+            (DAY,),
+        ).fetchone() == (2_466, 2_466, _in_domain(_day_table()))
         # History of the contract survives: the failing run is still in test_results.
         runs = conn.execute(
             "select count(distinct invocation_id) from marts.test_results where batch_date = %s", (DAY,)
@@ -148,5 +162,8 @@ def test_backfill_gate_decides_batch_by_batch(trained_settings: Settings, tmp_pa
                                 date(2023, 2, 1), date(2023, 2, 5))
     assert [b.status for b in outcome.batches] == ["passed", "passed", "failed", "passed", "passed"]
     with psycopg.connect(trained_settings.database_url) as conn:
-        kept = conn.execute("select batch_date from marts.model_performance order by 1").fetchall()
-    assert [d for (d,) in kept] == [date(2023, 2, 1), date(2023, 2, 2), date(2023, 2, 4), date(2023, 2, 5)]
+        kept = conn.execute(
+            "select batch_date, string_agg(metric, ',' order by metric) from marts.model_performance group by 1 order by 1"
+        ).fetchall()
+    assert kept == [(day, "bias,mae,r2,rmse") for day in
+                    (date(2023, 2, 1), date(2023, 2, 2), date(2023, 2, 4), date(2023, 2, 5))]

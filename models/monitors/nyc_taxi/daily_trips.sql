@@ -4,6 +4,9 @@
   already has (the mean and p50 of a monitored column) is taken from it rather
   than sorted again: on 3 million rows each median is a sort of its own.
 -#}
+{%- if modelwatch.no_rows_unless_monitor('nyc_taxi') %}
+{{ modelwatch.no_rows_of_this_model() }}
+{%- else %}
 {%- set m = modelwatch.monitor('nyc_taxi') -%}
 {%- set profiled = modelwatch.numeric_columns(m) -%}
 {%- set columns = ['duration_min', 'trip_distance', 'fare_amount', 'total_amount'] -%}
@@ -64,3 +67,4 @@ left join profiles as profile_{{ column }}
     on profile_{{ column }}.batch_date = per_batch.batch_date
     and profile_{{ column }}.column_name = '{{ column }}'
 {% endfor %}
+{%- endif %}
