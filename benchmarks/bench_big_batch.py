@@ -10,9 +10,10 @@ SQL drift on all rows, the dbt build with the contract's tests, run results.
 Peak memory is the peak of that process's and its drift worker's memory
 together (proportional set size, sampled every 200 ms); the PostgreSQL
 server's own memory is not in it. The baseline is PostgreSQL's own
-`COPY raw.trips FROM 'file'` of the same rows (the CSV text modelwatch's loader
-sends, batch_date and trip_id included), into the same table. Before each run
-the raw tables are emptied, so each run is a first run of the day.
+`COPY raw.nyc_taxi__rows FROM 'file'` of the same rows as modelwatch stores them
+(`load.batch_rows`: batch_date, the generated trip_id and the model's
+prediction included, as CSV), into the same table. Before each run the rows
+table is emptied, so each run is a first run of the day.
 """
 
 from __future__ import annotations
@@ -34,16 +35,24 @@ DAY = date(2023, 6, 1)
 ROWS = int(os.environ.get("MODELWATCH_BENCH_BIG_ROWS") or 3_000_000)
 
 
-def make_files(srv: Server, rows: int) -> tuple[Path, Path, list[str]]:
-    """The batch as a TLC parquet file, and its rows as raw.trips holds them as CSV for the server."""
+def make_files(srv: Server, db: common.Database, rows: int) -> tuple[Path, Path, list[str]]:
+    """The batch as a TLC parquet file, and its rows as raw.nyc_taxi__rows holds them (scored by
+    the database's model) as CSV for the server."""
+    import psycopg
     import pyarrow as pa
 
-    from modelwatch import load
+    from modelwatch import load, pipeline
+    from modelwatch.periods import batch_of
 
-    months = pa.concat_tables([timeshift.onto_day(month, DAY) for month in common.read_months()])
+    monitor = common.taxi()
+    months = pa.concat_tables([timeshift.onto_day(month, DAY, monitor) for month in common.read_months()])
     table = pa.concat_tables([months] * (rows // months.num_rows + 1)).slice(0, rows).combine_chunks()
-    parquet = timeshift.write_tlc_parquet(table, srv.scratch / "big_batch.parquet")
-    as_loaded = load.trip_rows(DAY, table)
+    del months
+    parquet = timeshift.write_tlc_parquet(table, srv.scratch / "big_batch.parquet", monitor)
+    with psycopg.connect(db.url) as conn:
+        module = pipeline.model_module(monitor)
+        trained = module.load_latest(conn, monitor.name) if module else None
+    as_loaded = load.batch_rows(monitor, batch_of(monitor.name, monitor.batch_period, DAY), table, trained)
     csv = common.write_csv(as_loaded, srv.scratch / "big_batch.csv")
     return parquet, csv, as_loaded.column_names
 
@@ -51,33 +60,37 @@ def make_files(srv: Server, rows: int) -> tuple[Path, Path, list[str]]:
 def run(srv: Server, repeats: int = 3) -> list[Figure]:
     import psycopg
 
-    seconds, (parquet, csv, columns) = timed(lambda: make_files(srv, ROWS))
-    log(f"big batch: {ROWS:,} rows on {DAY} written in {seconds:.0f} s "
-        f"(parquet {parquet.stat().st_size / 2**20:.0f} MB, CSV {csv.stat().st_size / 2**20:.0f} MB)")
+    monitor = common.taxi()
+    target = f"raw.{monitor.rows_table}"
     copy_s: list[float] = []
     runs: list[common.ChildRun] = []
     with common.trained_database(srv, "bigbatch") as db:
+        seconds, (parquet, csv, columns) = timed(lambda: make_files(srv, db, ROWS))
+        log(f"big batch: {ROWS:,} rows on {DAY} written in {seconds:.0f} s "
+            f"(parquet {parquet.stat().st_size / 2**20:.0f} MB, CSV {csv.stat().st_size / 2**20:.0f} MB)")
         for repeat in range(repeats):
             for side in (("copy", "modelwatch") if repeat % 2 == 0 else ("modelwatch", "copy")):
-                common.empty_raw_tables(db.url, ("raw.trips", "raw.predictions"))
+                common.empty_raw_tables(db.url, (target,))
                 if side == "copy":
                     with psycopg.connect(db.url, autocommit=True) as conn:
-                        copy_s.append(timed(lambda: common.server_copy(conn, "raw.trips", columns, csv))[0])
-                        assert conn.execute("select count(*) from raw.trips").fetchone()[0] == ROWS
+                        copy_s.append(timed(lambda: common.server_copy(conn, target, columns, csv))[0])
+                        assert conn.execute(f"select count(*) from {target}").fetchone()[0] == ROWS
                 else:
                     runs.append(common.run_child(
-                        [common.MODELWATCH_CLI, "run", "--batch-date", DAY.isoformat(), "--file", str(parquet)],
+                        [common.MODELWATCH_CLI, "run", "--monitor", monitor.name, "--batch-date", DAY.isoformat(),
+                         "--file", str(parquet)],
                         env=db.env(), check=False))
                     if runs[-1].returncode not in (0, 1):  # 1: the contract failed, the batch still ran
                         raise RuntimeError(f"modelwatch run exited {runs[-1].returncode}: {runs[-1].stderr[-2000:]}")
             log(f"big batch run {repeat + 1}/{repeats}: modelwatch {runs[-1].seconds:.1f} s, "
                 f"{runs[-1].peak_rss_mb:.0f} MB peak; server COPY {copy_s[-1]:.1f} s")
         with psycopg.connect(db.url) as conn:
-            batch = conn.execute("select status, rows_loaded, error from raw.batches where batch_date = %s",
-                                 (DAY,)).fetchone()
+            batch = conn.execute(
+                "select status, rows_loaded, error from raw.batches where monitor = %s and batch_date = %s",
+                (monitor.name, DAY)).fetchone()
             evidently = conn.execute(
                 """select current_rows, current_rows_used, reference_rows, reference_rows_used, sample_seed, seconds
-                   from raw.drift_datasets where batch_date = %s""", (DAY,)).fetchone()
+                   from raw.drift_datasets where monitor = %s and batch_date = %s""", (monitor.name, DAY)).fetchone()
     details = {
         "rows": ROWS,
         "batch_date": DAY.isoformat(),

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/run_all.py            # all of them (make bench)
     .venv/bin/python benchmarks/run_all.py --quick    # a smoke run: small sizes, two repetitions
-    .venv/bin/python benchmarks/run_all.py --only ingest,history
+    .venv/bin/python benchmarks/run_all.py --only ingest,history,wide
 
 Each figure is a ratio against a baseline measured in the same run on the same
 PostgreSQL server (the embedded one, or MODELWATCH_DATABASE_URL's), as the
@@ -28,7 +28,7 @@ import common  # noqa: E402
 from common import Figure, log  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
-ORDER = ("ingest", "backfill", "history", "panels", "big_batch")
+ORDER = ("ingest", "backfill", "history", "panels", "big_batch", "wide")
 
 
 def table(figures: list[Figure]) -> str:
@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default=",".join(ORDER), help=f"comma-separated subset of {', '.join(ORDER)}")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 2 repetitions, 300k-row big batch, 62 days of history")
+                        help="smoke run: 2 repetitions, 300k-row big batch, 62 days of history, "
+                             "20k-row wide batch")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     chosen = [name for name in ORDER if name in args.only.split(",")]
@@ -63,12 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     import bench_history
     import bench_ingest
     import bench_panels
+    import bench_wide
 
-    repeats = {"ingest": 5, "backfill": 3, "history": 7, "panels": 10, "big_batch": 2}
+    repeats = {"ingest": 5, "backfill": 3, "history": 7, "panels": 10, "big_batch": 2, "wide": 3}
     if args.quick:
         repeats = {name: 2 for name in repeats}
         bench_big_batch.ROWS = 300_000
         bench_history.HISTORY_DAYS = 62
+        bench_wide.ROWS = bench_wide.REFERENCE_ROWS = 20_000
 
     started = time.perf_counter()
     load_before = os.getloadavg()
@@ -98,9 +101,14 @@ def main(argv: list[str] | None = None) -> int:
             clock = time.perf_counter()
             figures.extend(bench_big_batch.run(srv, repeats["big_batch"]))
             seconds["big_batch"] = time.perf_counter() - clock
+        if "wide" in chosen:
+            clock = time.perf_counter()
+            figures.extend(bench_wide.run(srv, repeats["wide"]))
+            seconds["wide"] = time.perf_counter() - clock
 
     order = {key: i for i, key in enumerate(("ingest_vs_copy", "backfill_vs_course_loop", "history_365_vs_0",
-                                              "big_batch_vs_copy", "big_batch_peak_mb", "panel_query_max_ms"))}
+                                              "big_batch_vs_copy", "big_batch_peak_mb", "wide_batch_vs_copy",
+                                              "wide_columns_200_vs_20", "panel_query_max_ms"))}
     figures.sort(key=lambda figure: order.get(figure.key, len(order)))
     total = time.perf_counter() - started
     payload = {figure.key: figure.value.median for figure in figures}

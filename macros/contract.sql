@@ -42,7 +42,7 @@
 {% macro passing_batches() -%}
     select batch_date
     from {{ ref('batch_checks') }}
-    where monitor = '{{ var('monitor') }}' and {{ modelwatch.in_batch_range('batch_date') }}
+    where monitor = '{{ modelwatch.current_monitor() }}' and {{ modelwatch.in_batch_range('batch_date') }}
     group by batch_date
     having bool_and(passed or severity <> 'error')
 {%- endmacro %}

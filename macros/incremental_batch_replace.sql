@@ -8,7 +8,7 @@
     {%- set target = arg_dict["target_relation"] -%}
     {%- set source = arg_dict["temp_relation"] -%}
     {%- set columns = arg_dict["dest_columns"] | map(attribute="quoted") | join(", ") -%}
-    delete from {{ target }} where monitor = '{{ var('monitor') }}' and {{ modelwatch.in_batch_range('batch_date') }};
+    delete from {{ target }} where monitor = '{{ modelwatch.current_monitor() }}' and {{ modelwatch.in_batch_range('batch_date') }};
     insert into {{ target }} ({{ columns }})
     select {{ columns }} from {{ source }};
 {% endmacro %}

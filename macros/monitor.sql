@@ -5,7 +5,7 @@
   declaration through these, never the vars themselves.
 -#}
 {% macro monitor(name=none) -%}
-    {%- set name = name or var('monitor') -%}
+    {%- set name = name or modelwatch.current_monitor() -%}
     {%- set declared = var('monitors', {}).get(name) -%}
     {%- if declared is none -%}
         {{ exceptions.raise_compiler_error("unknown monitor '" ~ name ~ "': declare it under vars.monitors") }}
@@ -13,6 +13,21 @@
     {%- set merged = modelwatch.deep_merge(var('monitor_defaults', {}), declared) -%}
     {%- do merged.update({'name': name}) -%}
     {{ return(merged) }}
+{%- endmacro %}
+
+{#-
+  The monitor being built: var('monitor'), which modelwatch sets for every build; else the
+  project's default monitor; while dbt parses (no build yet), the first one declared.
+-#}
+{% macro current_monitor() -%}
+    {%- set name = var('monitor', none) or var('default_monitor', none) -%}
+    {%- if name is none and not execute -%}
+        {%- set name = (var('monitors', {}).keys() | list or [none]) | first -%}
+    {%- endif -%}
+    {%- if name is none -%}
+        {{ exceptions.raise_compiler_error("no monitor: declare one under vars.monitors (and vars.default_monitor)") }}
+    {%- endif -%}
+    {{ return(name) }}
 {%- endmacro %}
 
 {% macro deep_merge(base, override) -%}
@@ -129,7 +144,7 @@
   mart's shape holds whichever monitor is built.
 -#}
 {% macro no_rows_unless_monitor(name) -%}
-    {%- if var('monitor') == name -%}{{ return(false) }}{%- endif -%}
+    {%- if modelwatch.current_monitor() == name -%}{{ return(false) }}{%- endif -%}
     {{ return(true) }}
 {%- endmacro %}
 

@@ -10,6 +10,6 @@
     from {{ model }}
     where severity = '{{ check_severity }}'
       and not passed
-      and monitor = '{{ var('monitor') }}'
+      and monitor = '{{ modelwatch.current_monitor() }}'
       and {{ modelwatch.in_batch_range('batch_date') }}
 {% endtest %}

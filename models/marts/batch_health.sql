@@ -3,13 +3,13 @@
 
 with batches as (
     select * from {{ ref('stg_batches') }}
-    where monitor = '{{ var('monitor') }}' and {{ modelwatch.in_batch_range('batch_date') }}
+    where monitor = '{{ modelwatch.current_monitor() }}' and {{ modelwatch.in_batch_range('batch_date') }}
 ),
 
 latest_tests as (
     select *
     from {{ ref('stg_dbt_test_runs') }} as runs
-    where runs.monitor = '{{ var('monitor') }}' and {{ modelwatch.in_batch_range('runs.batch_date') }}
+    where runs.monitor = '{{ modelwatch.current_monitor() }}' and {{ modelwatch.in_batch_range('runs.batch_date') }}
       and runs.executed_at = (
           select max(latest.executed_at) from {{ ref('stg_dbt_test_runs') }} as latest
           where latest.monitor = runs.monitor and latest.batch_date = runs.batch_date

@@ -10,7 +10,7 @@
 with batches as (
     select monitor, batch_date, model_version
     from {{ ref('stg_batches') }}
-    where monitor = '{{ var('monitor') }}' and {{ modelwatch.in_batch_range('batch_date') }}
+    where monitor = '{{ modelwatch.current_monitor() }}' and {{ modelwatch.in_batch_range('batch_date') }}
 )
 
 select

@@ -12,4 +12,4 @@ select
     failure_count,
     message
 from {{ ref('stg_dbt_test_runs') }}
-where monitor = '{{ var('monitor') }}' and {{ modelwatch.in_batch_range('batch_date') }}
+where monitor = '{{ modelwatch.current_monitor() }}' and {{ modelwatch.in_batch_range('batch_date') }}

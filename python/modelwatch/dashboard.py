@@ -1,9 +1,10 @@
 """`modelwatch dashboard`: the Grafana overview's panels as one static HTML page.
 
 The SQL is read out of grafana/dashboards/modelwatch-overview.json and expanded
-for the time range of the data, as Grafana would expand it, so the page and
-Grafana cannot disagree. Charts are plotly with plotly.js inlined: the page
-opens offline, without Grafana or Docker.
+for one monitor (the dashboard's `monitor` variable) and the time range of its
+batches, as Grafana would expand it, so the page and Grafana cannot disagree.
+Charts are plotly with plotly.js inlined: the page opens offline, without
+Grafana or Docker.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class PanelResult:
 @dataclass(frozen=True)
 class DashboardPage:
     path: Path
+    monitor: str
     time_range: grafana.TimeRange
     panels: tuple[PanelResult, ...] = field(default=())
 
@@ -68,35 +70,44 @@ class Series:
     values: list[float | None]
 
 
-def render_overview(settings: Settings, out: Path, dashboard_path: Path = grafana.OVERVIEW) -> DashboardPage:
-    """Query every panel of the overview for the batches present and write the page to `out`."""
+def render_overview(settings: Settings, out: Path, monitor: str | None = None,
+                    dashboard_path: Path = grafana.OVERVIEW) -> DashboardPage:
+    """Query every panel of the overview for `monitor`'s batches (the default monitor when None)
+    and write the page to `out`."""
+    name = settings.monitor(monitor).name  # a monitor not declared is a UsageError
     dashboard = grafana.load_dashboard(dashboard_path)
+    variables = {**grafana.current_values(dashboard), grafana.MONITOR_VARIABLE: name}
     url = db.database_url(settings)
     with db.connect(url) as conn:
         conn.read_only = True  # the page only reads, like Grafana's role
-        time_range = data_time_range(conn)
-        results = tuple(run_panel(conn, query, time_range) for query in grafana.panel_queries(dashboard))
-    page = DashboardPage(path=out, time_range=time_range, panels=results)
+        time_range = data_time_range(conn, name)
+        results = tuple(run_panel(conn, query, time_range, variables) for query in grafana.panel_queries(dashboard))
+    page = DashboardPage(path=out, monitor=name, time_range=time_range, panels=results)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page_html(dashboard, page, db.describe(url)), encoding="utf-8")
     return page
 
 
-def data_time_range(conn: psycopg.Connection) -> grafana.TimeRange:
-    """From the first to the last batch in marts.batch_health."""
+def data_time_range(conn: psycopg.Connection, monitor: str | None = None) -> grafana.TimeRange:
+    """From the first to the last batch of `monitor` (of every monitor when None) in marts.batch_health."""
     try:
         with conn.transaction():
-            first, last = conn.execute("select min(batch_date), max(batch_date) from marts.batch_health").fetchone()
+            first, last = conn.execute(
+                "select min(batch_date), max(batch_date) from marts.batch_health"
+                " where %(monitor)s::text is null or monitor = %(monitor)s", {"monitor": monitor}).fetchone()
     except psycopg.errors.UndefinedTable:
         raise UsageError("no marts yet: run `modelwatch demo`, or `modelwatch run`/`backfill`, first") from None
     if first is None:
-        raise UsageError("no batches in marts.batch_health yet: run a batch first")
+        of = f" of monitor {monitor}" if monitor else ""
+        raise UsageError(f"no batches{of} in marts.batch_health yet: run a batch first")
     return grafana.TimeRange.of_days(first, last)
 
 
-def run_panel(conn: psycopg.Connection, query: grafana.PanelQuery, time_range: grafana.TimeRange) -> PanelResult:
-    """One panel's SQL, expanded as Grafana would; a missing mart becomes a note, not a crash."""
-    sql = grafana.expand(query.raw_sql, time_range)
+def run_panel(conn: psycopg.Connection, query: grafana.PanelQuery, time_range: grafana.TimeRange,
+              variables: Mapping[str, str] | None = None) -> PanelResult:
+    """One panel's SQL, expanded as Grafana would (`variables`: the dashboard variables' values);
+    a missing mart becomes a note, not a crash."""
+    sql = grafana.expand(query.raw_sql, time_range, variables)
     clock = time.perf_counter()
     try:
         with conn.transaction(), conn.cursor() as cursor:
@@ -235,21 +246,26 @@ def _threshold_lines(props: Mapping[str, Any]) -> list[float]:
 
 
 def _state_figure(go: Any, panel: PanelResult) -> Any:
-    """A state timeline: one coloured bar per day, coloured by the panel's value mappings."""
+    """A state timeline, coloured by the panel's value mappings: as in Grafana, each state lasts
+    from its row to the next (a day, a week or a month for a monitor's batches), the last a day."""
     mappings: dict[str, Any] = {}
     for mapping in panel.query.panel.get("fieldConfig", {}).get("defaults", {}).get("mappings", []):
         mappings.update(mapping.get("options", {}))
     columns = panel.result.columns
     time_index = columns.index("time")
     state_index = next(i for i in range(len(columns)) if i != time_index)
+    moments = [_as_datetime(row[time_index]) for row in panel.result.rows]
+    ends = moments[1:] + [moments[-1] + timedelta(days=1)] if moments else []
     fig = go.Figure()
     states = [str(row[state_index]) for row in panel.result.rows if row[state_index] is not None]
     for state in dict.fromkeys(states):  # first-seen order
-        days = [_as_datetime(row[time_index]) + timedelta(hours=12)
-                for row in panel.result.rows if row[state_index] == state]
+        spans = [(start, end) for row, start, end in zip(panel.result.rows, moments, ends)
+                 if row[state_index] == state]
         color = NAMED_COLORS.get(mappings.get(state, {}).get("color", "text"), "#8E8E8E")
-        fig.add_trace(go.Bar(x=days, y=[1] * len(days), name=state, marker_color=color,
-                             width=86_400_000 * 0.95, hovertemplate="%{x|%Y-%m-%d}: " + state + "<extra></extra>"))
+        fig.add_trace(go.Bar(x=[start + (end - start) / 2 for start, end in spans], y=[1] * len(spans),
+                             width=[(end - start).total_seconds() * 1000 * 0.95 for start, end in spans],
+                             customdata=[f"{start:%Y-%m-%d}" for start, _ in spans], name=state, marker_color=color,
+                             hovertemplate="%{customdata}: " + state + "<extra></extra>"))
     fig.update_yaxes(visible=False, range=[0, 1])
     fig.update_layout(barmode="overlay", bargap=0)
     return fig
@@ -285,7 +301,7 @@ def page_html(dashboard: Mapping[str, Any], page: DashboardPage, where: str) -> 
     blocks = [_panel_html(panel, page.time_range) for panel in page.panels]
     span = f"{page.time_range.start:%Y-%m-%d} to {page.time_range.end:%Y-%m-%d}"
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    title = html.escape(str(dashboard.get("title", "modelwatch")))
+    title = html.escape(page_title(dashboard, page.monitor))
     return f"""<!doctype html>
 <html lang="en">
 <head>
@@ -303,8 +319,8 @@ header p {{ color: #555; margin: 4px 0 16px; }}
 <body>
 <header>
 <h1>{title}</h1>
-<p>Batches {span} in {html.escape(where)}; the same SQL as Grafana's dashboard
-<code>{html.escape(str(dashboard.get("uid", "")))}</code>. Generated {generated}.</p>
+<p>Monitor <code>{html.escape(page.monitor)}</code>: batches {span} in {html.escape(where)}; the same SQL
+as Grafana's dashboard <code>{html.escape(str(dashboard.get("uid", "")))}</code>. Generated {generated}.</p>
 </header>
 <main class="grid">
 {chr(10).join(blocks)}
@@ -312,6 +328,11 @@ header p {{ color: #555; margin: 4px 0 16px; }}
 </body>
 </html>
 """
+
+
+def page_title(dashboard: Mapping[str, Any], monitor: str) -> str:
+    """The dashboard's title and the monitor it shows: `modelwatch: monitoring overview of nyc_taxi`."""
+    return f"{dashboard.get('title', 'modelwatch')} of {monitor}"
 
 
 def _panel_html(panel: PanelResult, time_range: grafana.TimeRange) -> str:

@@ -14,12 +14,13 @@ read from that database, scored, stored in raw) and answers each with
 {"ok": true} or {"error": ..., "type": ...}. It keeps the reference sets it has
 read for the database of its last request. It serves requests until its stdin
 closes, and dies with the process that started it (Linux: with the thread that
-started it, so start runs from a thread that outlives them).
+started it, so workers are started from one thread that lives as long as the process).
 """
 
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import json
 import os
 import signal
@@ -35,7 +36,11 @@ from . import errors
 from .config import Settings
 from .errors import DriftError, ModelwatchError
 
-STOP_TIMEOUT_S = 30  # after its last answer the worker only has to read the end of its input
+STOP_TIMEOUT_S = 30
+# Workers are started from this one thread, which lives as long as the process: on Linux a worker dies
+# with the thread that started it (PR_SET_PDEATHSIG), and a run's thread may end before the worker it
+# keeps for the next runs.
+_SPAWNER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelwatch-drift-spawner")  # after its last answer the worker only has to read the end of its input
 
 
 class DriftWorker:
@@ -44,10 +49,10 @@ class DriftWorker:
     def __init__(self, settings: Settings) -> None:
         self._stderr = tempfile.TemporaryFile()
         env = dict(os.environ, MODELWATCH_PROJECT_DIR=str(settings.project_dir), MODELWATCH_HOME=str(settings.home))
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        self._process = _SPAWNER.submit(
+            subprocess.Popen, [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=self._stderr, env=env, text=True,
-        )
+        ).result()
         self.pending = 0  # requests not answered yet
         self.in_use = threading.Lock()  # held by the run using it
         self._closed = False

@@ -32,6 +32,7 @@ OVERVIEW = DASHBOARDS_DIR / "modelwatch-overview.json"
 COLUMN_DETAIL = DASHBOARDS_DIR / "modelwatch-column-detail.json"
 ALERT_RULES = PROVISIONING_DIR / "alerting" / "modelwatch-rules.yaml"
 DATASOURCE_UID = "modelwatch-pg"
+MONITOR_VARIABLE = "monitor"  # every dashboard's: the monitor its panels show
 EXPRESSION_UID = "__expr__"
 
 # Grafana's macro syntax: `$name(args)`, args without a closing parenthesis.
@@ -278,33 +279,52 @@ def all_queries(now: datetime, time_range: TimeRange | None = None,
 
     Panels get `time_range`, or else their dashboard's own default range at `now`. Without
     `variable_values` the variables take their saved current values, as the dashboard opens;
-    with it (a variable's SQL -> its values, e.g. run on a connection) a panel that uses a
-    variable comes once per value. `dashboards` defaults to the files under grafana/dashboards.
+    with it (a variable's expanded SQL -> its values, e.g. run on a connection) a panel that uses
+    variables comes once per combination of their values. Variables are chained as in Grafana: a
+    variable's SQL may use the variables before it (the column-detail dashboard's `column` lists
+    the chosen `monitor`'s columns), and then comes once per value of those. A statement run for
+    some of the values is labelled with them. `dashboards` defaults to the files under grafana/dashboards.
     """
     if dashboards is None:
         dashboards = [load_dashboard(path) for path in dashboard_paths()]
     found: list[Query] = []
     for dashboard in dashboards:
         uid = dashboard["uid"]
-        choices: list[dict[str, str]] = [current_values(dashboard) if variable_values is None else {}]
-        for definition in dashboard.get("templating", {}).get("list", []):
+        definitions = dashboard.get("templating", {}).get("list", [])
+        saved = current_values(dashboard)
+        choices: list[dict[str, str]] = [saved if variable_values is None else {}]
+        for definition in definitions:
             if definition.get("type") != "query":
                 continue
             text = variable_sql(definition)
-            found.append(Query("variable", f"{uid}: variable ${definition['name']}", text))
-            if variable_values is not None:
-                values = variable_values(text)
-                choices = [{**choice, definition["name"]: str(value)} for choice in choices for value in values]
-        names = {definition["name"] for definition in dashboard.get("templating", {}).get("list", [])}
+            label = f"{uid}: variable ${definition['name']}"
+            if variable_values is None:
+                found.append(Query("variable", label, expand_variables(text, saved)))
+                continue
+            grown: list[dict[str, str]] = []
+            for choice in choices:
+                found.append(Query("variable", label + _values_label(text, choice), expand_variables(text, choice)))
+                grown += [{**choice, definition["name"]: str(value)}
+                          for value in variable_values(expand_variables(text, choice))]
+            choices = grown
+        names = {definition["name"] for definition in definitions}
         panel_range = time_range or default_time_range(dashboard, now)
         for query in panel_queries(dashboard):
             uses_variables = _references(query.raw_sql, names) or _references(query.title, names)
             for choice in (choices if uses_variables else [{}]):
-                found.append(Query("panel", f"{uid}: {expand_variables(query.title, choice)}",
-                                   expand(query.raw_sql, panel_range, choice)))
+                label = f"{uid}: {expand_variables(query.title, choice)}"
+                if variable_values is not None:
+                    label += _values_label(query.raw_sql, choice, query.title)
+                found.append(Query("panel", label, expand(query.raw_sql, panel_range, choice)))
     for rule in alert_rules():
         found.append(Query("alert", f"alert: {rule.title}", expand(rule.raw_sql, rule.time_range(now))))
     return found
+
+
+def _values_label(text: str, choice: Mapping[str, str], title: str = "") -> str:
+    """` [monitor=nyc_taxi]`: the values `text` uses that `title` does not show, for a query's label."""
+    used = [name for name in choice if _references(text, [name]) and not _references(title, [name])]
+    return f" [{', '.join(f'{name}={choice[name]}' for name in used)}]" if used else ""
 
 
 def alert_rules(path: Path = ALERT_RULES) -> list[AlertRule]:

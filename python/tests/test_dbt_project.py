@@ -1,11 +1,22 @@
-"""The dbt project itself: unit tests of its SQL, documentation, the seed."""
+"""The dbt project itself: unit tests of its SQL, documentation, the seed, derived columns."""
 
 from __future__ import annotations
 
+import bisect
 import json
+from datetime import date, datetime
+
+import psycopg
+import pytest
 
 from modelwatch import db, transform
 from modelwatch.config import Settings
+
+from .conftest import TAXI
+
+# Models whose columns are the monitor's own: what its declaration names (stored and derived),
+# described there (dbt_project.yml vars.monitors), not in the models' yml.
+MONITOR_COLUMN_MODELS = ("int_batch_rows", "int_reference_rows")
 
 
 def test_dbt_unit_tests_pass(demo_settings: Settings) -> None:
@@ -13,10 +24,14 @@ def test_dbt_unit_tests_pass(demo_settings: Settings) -> None:
     result = transform.invoke(demo_settings, url, ["test"], select="test_type:unit")
     outcomes = {r.node.name: str(r.status) for r in result.result.results}
     assert {
-        "duration_is_minutes_between_pickup_and_dropoff",
+        "value_counts_one_row_per_column_and_value",
         "volume_band_uses_up_to_seven_earlier_batches",
+        "model_performance_regression_metrics_on_the_domain",
+        "reference_bins_at_distinct_deciles_categories_other_and_null",
         "column_quality_missing_share_and_exact_quantiles",
         "column_quality_without_categorical_columns",
+        "model_performance_publishes_passing_batches_only",
+        "feature_drift_psi_by_hand_and_evidently_rows_gated",
     } <= set(outcomes)
     assert {name for name, status in outcomes.items() if status != "pass"} == set()
 
@@ -27,7 +42,12 @@ def test_docs_generate_and_every_model_and_column_described(demo_settings: Setti
     assert result.success
     manifest = json.loads((demo_settings.dbt_dir / "target" / "manifest.json").read_text())
     catalog = json.loads((demo_settings.dbt_dir / "target" / "catalog.json").read_text())
+    # int_batch_rows and int_reference_rows hold the columns of the monitor they were built for
+    # (the demo's), whatever its declaration says: a column declared there is described there.
+    monitor = demo_settings.monitor(TAXI)
+    declared = {name for name, _ in monitor.stored_columns} | set(monitor.derived)
     undocumented: list[str] = []
+    monitor_columns_seen: set[str] = set()
     for unique_id, node in manifest["nodes"].items():
         if node["resource_type"] not in ("model", "seed") or node["package_name"] != "modelwatch":
             continue
@@ -36,15 +56,55 @@ def test_docs_generate_and_every_model_and_column_described(demo_settings: Setti
         # Every column the built relation has must be described (ephemeral models have no relation).
         built = catalog["nodes"].get(unique_id, {}).get("columns", {})
         for column in built:
+            if node["name"] in MONITOR_COLUMN_MODELS and column in declared:
+                monitor_columns_seen.add(column)
+                continue
             described = node["columns"].get(column, {}).get("description", "").strip()
             if not described:
                 undocumented.append(f"{node['name']}.{column}")
     assert undocumented == []
+    # the exemption is the monitor's profiled columns and its derived duration, nothing else
+    assert monitor_columns_seen == {"passenger_count", "trip_distance", "fare_amount", "total_amount",
+                                    "pu_location_id", "do_location_id", "predicted_duration_min", "duration_min"}
     assert "column_quality" in {n["name"] for n in manifest["nodes"].values()}
 
 
-def test_seed_holds_the_tlc_zone_lookup(demo_conn) -> None:
+def test_seed_holds_the_tlc_zone_lookup(demo_conn: psycopg.Connection) -> None:
     zones, unknown = demo_conn.execute(
         "select count(*), count(*) filter (where borough = 'Unknown') from staging.taxi_zones"
     ).fetchone()
     assert (zones, unknown) == (265, 2)
+
+
+def _minutes(pickup: datetime, dropoff: datetime) -> float:
+    return (dropoff - pickup).total_seconds() / 60
+
+
+def test_the_taxis_derived_duration_is_minutes_from_pickup_to_dropoff(demo_conn: psycopg.Connection) -> None:
+    """duration_min is the taxi's `derived` SQL (dbt_project.yml), not a stored column: in the rows
+    dbt built (int_batch_rows, the demo's last build) it equals dropoff - pickup in minutes as Python
+    computes it from the stored timestamps, batch by batch, trips across midnight included. (The
+    built rows carry no trip id: each batch's durations are compared as a sorted list.)"""
+    built: dict[date, list[float]] = {}
+    for day, minutes in demo_conn.execute("select batch_date, duration_min from staging.int_batch_rows"):
+        built.setdefault(day, []).append(float(minutes))
+    expected: dict[date, list[float]] = {}
+    across_midnight: dict[date, list[float]] = {}
+    for day, pickup, dropoff in demo_conn.execute(
+            f"select batch_date, pickup_datetime, dropoff_datetime from raw.{TAXI}__rows"
+            " where batch_date = any(%s)", (list(built),)):
+        expected.setdefault(day, []).append(_minutes(pickup, dropoff))
+        if dropoff.date() > pickup.date():
+            across_midnight.setdefault(day, []).append(_minutes(pickup, dropoff))
+    assert len(built) >= 1 and set(built) == set(expected)
+    for day in built:
+        assert sorted(built[day]) == pytest.approx(sorted(expected[day]), rel=1e-15, abs=0), day
+    # Trips across midnight are there to compare: 23:50:46 to 00:14:40 the next day is 23.9 minutes
+    # (a difference of times of day would make it minus 23 hours and more).
+    assert sum(len(trips) for trips in across_midnight.values()) > 0
+    for day, trips in across_midnight.items():
+        present = sorted(built[day])
+        for minutes in trips:
+            assert present[bisect.bisect_left(present, minutes - 1e-9)] == pytest.approx(minutes, rel=1e-15), day
+    if date(2023, 2, 1) in across_midnight:
+        assert 23.9 in [round(minutes, 10) for minutes in across_midnight[date(2023, 2, 1)]]

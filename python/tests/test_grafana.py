@@ -3,8 +3,12 @@
 Grafana and Docker cannot run here, so the tests do what Grafana would: expand
 each query's macros and variables for the time range Grafana would use, run it
 as modelwatch_reader (the datasource's login) against the demo's marts, and
-check the columns and figures the panel plots. The provisioning files are
-checked against each other and against docker-compose.yml.
+check the columns and figures the panel plots. Every dashboard shows one
+monitor at a time (its `monitor` variable): the demo's panels are run for the
+taxi, and once for a monitor with no batches, which must show no data. The
+alert rules cover every monitor at once; their logic for classifiers, which the
+demo does not have, is checked on marts of made-up rows. The provisioning files
+are checked against each other and against docker-compose.yml.
 """
 
 from __future__ import annotations
@@ -30,13 +34,14 @@ import yaml
 from click.testing import CliRunner
 from psycopg import sql
 
+from modelwatch import dashboard as static_page
 from modelwatch import db, grafana
 from modelwatch.cli import main
 from modelwatch.config import PROJECT_DIR, Settings
 from modelwatch.errors import UsageError
 
 from .chromium import chromium_path, visit
-from .conftest import FEBRUARY, trained_database
+from .conftest import FEBRUARY, TAXI, scratch_name, trained_database
 from .png import read_png
 
 COMPOSE = PROJECT_DIR / "docker-compose.yml"
@@ -46,23 +51,39 @@ DASHBOARD_PROVIDER = grafana.PROVISIONING_DIR / "dashboards" / "modelwatch.yaml"
 DEMO_DAYS = [date(2023, 2, 1) + timedelta(days=n) for n in range(28)]
 DEMO_RANGE = grafana.TimeRange.of_days(DEMO_DAYS[0], DEMO_DAYS[-1])
 STATE_GREEN = (115, 191, 105)  # #73BF69, the "passed" colour of the batch health strip
+MONITOR_SQL = "SELECT DISTINCT monitor FROM marts.batch_health ORDER BY 1"
+MONITOR_FILTER = "monitor = '$monitor'"
+NO_SUCH_MONITOR = "no_such_monitor"  # declared nowhere: no mart has a row of it
+# The taxi's rows and where its target comes from (duration_min is derived, not stored).
+TAXI_ROWS = f"raw.{TAXI}__rows"
+DURATION = "extract(epoch from (dropoff_datetime - pickup_datetime)) / 60.0"
+IN_DOMAIN = f"({DURATION}) > 0 and ({DURATION}) <= 60"  # the taxi's performance_where
 
-# Overview panels on the demo (February 2023, 28 batches, all passed): rows and plotted columns.
-OVERVIEW_EXPECTED: dict[str, tuple[int, list[str]]] = {
-    "Batch health": (29, ["gate"]),  # 28 batches and the closing empty state on 1 March
-    "Rows per batch": (28, ["rows loaded"]),
-    "Model error (minutes): MAE, RMSE and bias": (28, ["MAE", "RMSE", "bias"]),
-    "Prediction drift score": (28, ["prediction drift score"]),
-    "Columns drifted and their share": (28, ["columns drifted", "share drifted"]),
-    "Fare and distance: p50 and p95": (28, ["fare p50", "fare p95", "distance p50", "distance p95"]),
-    "Missing share per column": (28 * 8, ["missing_share"]),  # 8 monitored columns
-    "Latest failing tests": (0, ["failures"]),  # every demo batch passed; see the replay tests
-}
-COLUMN_DETAIL_EXPECTED: dict[str, tuple[int, list[str]]] = {
-    "Quantiles of $column": (28, ["p05", "p25", "p50", "p75", "p95", "mean"]),
-    "Missing share of $column": (28, ["missing share"]),
-    "Drift score of $column by method": (28 * 2, ["score"]),  # sources evidently and sql_psi
-    "Categorical profile of $column": (28, ["distinct values", "top value share", "unknown zone share"]),
+# Panels on the demo (February 2023, 28 batches of the taxi, all passed): rows and plotted columns.
+EXPECTED: dict[str, dict[str, tuple[int, list[str]]]] = {
+    "modelwatch-overview": {
+        "Batch health": (29, ["gate"]),  # 28 batches and the closing empty state on 1 March
+        "Rows per batch": (28, ["rows loaded"]),
+        "Model performance per metric": (28 * 4, ["value"]),  # regression: mae, rmse, bias, r2
+        "Labelled rows and label coverage": (28, ["labelled rows", "label coverage"]),
+        "Prediction drift score": (28, ["prediction drift score"]),
+        "Columns drifted and their share": (28, ["columns drifted", "share drifted"]),
+        "Median of each numeric column": (28 * 6, ["p50"]),  # 4 numeric features, prediction, target
+        "Missing share per column": (28 * 8, ["missing_share"]),  # 8 profiled columns
+        "Latest failing tests": (0, ["failures"]),  # every demo batch passed; see the replay tests
+    },
+    "modelwatch-column-detail": {
+        "Quantiles of $column": (28, ["p05", "p25", "p50", "p75", "p95", "mean"]),
+        "Missing share of $column": (28, ["missing share"]),
+        "Drift score of $column by method": (28 * 2, ["score"]),  # sources evidently and sql_psi
+        "Categorical profile of $column": (28, ["distinct values", "top value share", "unseen category share"]),
+    },
+    "modelwatch-nyc-taxi": {
+        "Trip duration: mean and median": (28, ["mean duration", "median duration"]),
+        "Fare and distance: medians": (28, ["fare p50", "total p50", "distance p50"]),
+        "Pickups per borough": (28, ["Manhattan", "Brooklyn", "Queens", "Bronx", "Staten Island", "EWR",
+                                     "unknown"]),
+    },
 }
 
 
@@ -200,8 +221,19 @@ def test_dashboard_follows_the_conventions(path: Path, now: datetime) -> None:
         for target in panel["targets"]:
             assert target["datasource"]["uid"] == grafana.DATASOURCE_UID, panel["title"]
             assert target["format"] in ("time_series", "table")
-    for definition in dashboard.get("templating", {}).get("list", []):
+    definitions = dashboard.get("templating", {}).get("list", [])
+    for definition in definitions:
         assert definition["datasource"]["uid"] == grafana.DATASOURCE_UID
+    # The monitor first (a variable's SQL may use the ones before it), one value, the taxi when it opens.
+    monitor = definitions[0]
+    assert monitor["name"] == grafana.MONITOR_VARIABLE and monitor["type"] == "query"
+    assert grafana.variable_sql(monitor) == monitor["definition"] == MONITOR_SQL
+    assert monitor["multi"] is False and monitor["includeAll"] is False
+    assert monitor["current"]["value"] == TAXI
+    for definition in definitions[1:]:
+        assert MONITOR_FILTER in grafana.variable_sql(definition), definition["name"]
+    for query in grafana.panel_queries(dashboard):
+        assert MONITOR_FILTER in query.raw_sql, query.title
 
 
 def test_alert_rules_reference_what_is_provisioned() -> None:
@@ -210,7 +242,8 @@ def test_alert_rules_reference_what_is_provisioned() -> None:
     dashboards = _dashboards()
     rules = [rule for group in document["groups"] for rule in group["rules"]]
     assert [rule["uid"] for rule in rules] == [
-        "modelwatch-dataset-drift-share", "modelwatch-batch-gate-failed", "modelwatch-mae-vs-trailing-median"]
+        "modelwatch-dataset-drift-share", "modelwatch-batch-gate-failed", "modelwatch-mae-vs-trailing-median",
+        "modelwatch-score-vs-trailing-median"]
     for rule in rules:
         ref_ids = {step["refId"] for step in rule["data"]}
         assert rule["condition"] in ref_ids
@@ -227,9 +260,14 @@ def test_alert_rules_reference_what_is_provisioned() -> None:
         # Titles and labels are expanded from the environment by provisioning: no `$` there.
         assert "$" not in rule["title"] and not any("$" in value for value in rule["labels"].values())
         assert not any("${" in value for value in rule["annotations"].values())
+        # One instance per monitor and batch: both are labels, and the summary names them.
+        assert "{{ $labels.monitor }}" in rule["annotations"]["summary"]
+        assert "{{ $labels.batch }}" in rule["annotations"]["summary"]
     parsed = grafana.alert_rules()
     assert [(rule.reducer, rule.threshold_type, rule.threshold) for rule in parsed] == [
-        ("last", "gt", (0.5,)), ("last", "gt", (0.0,)), ("last", "gt", (1.2,))]
+        ("last", "gt", (0.5,)), ("last", "gt", (0.0,)), ("last", "gt", (1.2,)), ("last", "lt", (0.8,))]
+    for rule in parsed:  # alert rules have no dashboard variables: every monitor in one query
+        assert "$monitor" not in rule.raw_sql and "AS batch" in rule.raw_sql
 
 
 def _bind_mounts(service: dict[str, Any]) -> list[tuple[Path, str]]:
@@ -305,17 +343,51 @@ def _panel_cases() -> list[Any]:
 
 def _expanded(dashboard: dict[str, Any], query: grafana.PanelQuery, now: datetime,
               values: dict[str, str] | None = None) -> str:
-    """The panel's SQL as Grafana sends it: the dashboard's own time range, the variables' current values."""
-    if values is None:
-        values = grafana.current_values(dashboard)
-    return grafana.expand(query.raw_sql, grafana.default_time_range(dashboard, now), values)
+    """The panel's SQL as Grafana sends it: the dashboard's own time range, the variables' current
+    values (the taxi, the saved column) overridden by `values`."""
+    return grafana.expand(query.raw_sql, grafana.default_time_range(dashboard, now),
+                          {**grafana.current_values(dashboard), **(values or {})})
+
+
+def _panel_result(conn: psycopg.Connection, title: str, now: datetime,
+                  dashboard_name: str = "modelwatch-overview", values: dict[str, str] | None = None) -> Result:
+    dashboard = _dashboards()[dashboard_name]
+    (query,) = [query for query in grafana.panel_queries(dashboard) if query.title == title]
+    return _run(conn, _expanded(dashboard, query, now, values))
+
+
+def _by_day(result: Result, *names: str) -> dict[date, Any]:
+    """A panel's rows by batch day: {day: value} for one column, {day: (values...)} for several."""
+    indexes = [result.columns.index(name) for name in names]
+    days = [moment.date() for moment in result.column("time")]
+    assert len(set(days)) == len(days), "one row per batch"
+    return {day: (row[indexes[0]] if len(indexes) == 1 else tuple(row[i] for i in indexes))
+            for day, row in zip(days, result.rows)}
+
+
+def _series(result: Result) -> dict[str, dict[date, float | None]]:
+    """A panel's series as Grafana (and the static page) names them, by day."""
+    found = static_page.time_series(static_page.QueryResult(tuple(result.columns), tuple(result.rows)))
+    return {series.name: {moment.date(): value for moment, value in zip(series.times, series.values)}
+            for series in found}
+
+
+def _per_batch(conn: psycopg.Connection, expression: str, where: str = "true",
+               params: tuple[Any, ...] = ()) -> dict[date, Any]:
+    """An aggregate of the taxi's raw rows per batch, computed here, independently of dbt."""
+    query = f"select batch_date, {expression} from {TAXI_ROWS} where {where} group by 1"
+    return dict(conn.execute(query, params).fetchall())
+
+
+def _quoted(conn: psycopg.Connection, name: str) -> str:
+    return sql.Identifier(name).as_string(conn)
 
 
 @pytest.mark.parametrize(("dashboard", "query"), _panel_cases())
 def test_panel_query_as_reader(dashboard: dict[str, Any], query: grafana.PanelQuery,
                                reader: psycopg.Connection, now: datetime) -> None:
-    expected = OVERVIEW_EXPECTED if dashboard["uid"] == "modelwatch-overview" else COLUMN_DETAIL_EXPECTED
-    rows, plotted = expected[query.title]
+    rows, plotted = EXPECTED[dashboard["uid"]][query.title]
+    assert grafana.current_values(dashboard)[grafana.MONITOR_VARIABLE] == TAXI  # as the dashboard opens
     result = _run(reader, _expanded(dashboard, query, now))
     assert len(result.rows) == rows
     time_column = "batch" if query.panel_type == "table" else "time"
@@ -329,78 +401,157 @@ def test_panel_query_as_reader(dashboard: dict[str, Any], query: grafana.PanelQu
             assert all(value is None or isinstance(value, (int, float)) for value in result.column(name)), name
 
 
+def test_every_dashboard_panel_is_expected() -> None:
+    assert {uid: sorted(query.title for query in grafana.panel_queries(dashboard))
+            for uid, dashboard in _dashboards().items()} == {uid: sorted(panels) for uid, panels in EXPECTED.items()}
+
+
+@pytest.mark.parametrize(("dashboard", "query"), _panel_cases())
+def test_panel_of_another_monitor_shows_no_data(dashboard: dict[str, Any], query: grafana.PanelQuery,
+                                                reader: psycopg.Connection, now: datetime) -> None:
+    result = _run(reader, _expanded(dashboard, query, now, {grafana.MONITOR_VARIABLE: NO_SUCH_MONITOR}))
+    assert result.rows == []
+
+
+def test_monitor_variable_lists_the_demos_monitor(reader: psycopg.Connection) -> None:
+    for dashboard in _dashboards().values():
+        definition = grafana.variable(dashboard, grafana.MONITOR_VARIABLE)
+        assert _run(reader, grafana.variable_sql(definition)).rows == [(TAXI,)]
+
+
 def test_batch_health_strip(reader: psycopg.Connection, now: datetime) -> None:
     result = _panel_result(reader, "Batch health", now)
     assert [moment.date() for moment in result.column("time")] == DEMO_DAYS + [date(2023, 3, 1)]
     assert result.column("gate") == ["passed"] * 28 + [None]
 
 
-def test_rows_per_batch_match_the_raw_trips(reader: psycopg.Connection, demo_conn: psycopg.Connection,
-                                            now: datetime) -> None:
+def test_rows_per_batch_match_the_raw_rows(reader: psycopg.Connection, demo_conn: psycopg.Connection,
+                                           now: datetime) -> None:
     result = _panel_result(reader, "Rows per batch", now)
-    loaded = dict(demo_conn.execute("select batch_date, count(*) from raw.trips group by 1").fetchall())
-    assert dict(zip((moment.date() for moment in result.column("time")), result.column("rows loaded"))) == loaded
+    loaded = _per_batch(demo_conn, "count(*)")
+    assert _by_day(result, "rows loaded") == loaded
     assert sum(result.column("rows loaded")) == 64_783
 
 
-def test_missing_share_per_column(reader: psycopg.Connection, demo_conn: psycopg.Connection, now: datetime) -> None:
+def test_performance_series_per_metric(reader: psycopg.Connection, demo_conn: psycopg.Connection,
+                                       now: datetime) -> None:
+    series = _series(_panel_result(reader, "Model performance per metric", now))
+    assert sorted(series) == ["bias", "mae", "r2", "rmse"]  # the regression metrics, one series each
+    stored = demo_conn.execute(
+        "select metric, batch_date, value from marts.model_performance where monitor = %s and class_name = ''",
+        (TAXI,)).fetchall()
+    assert {name: dict(points) for name, points in series.items()} == {
+        metric: {day: value for name, day, value in stored if name == metric} for metric in series}
+    for name in series:
+        assert sorted(series[name]) == DEMO_DAYS, name
+    # The MAE series against the raw rows: |prediction - duration| on trips in the model's domain.
+    maes = _per_batch(demo_conn, f"avg(abs(predicted_duration_min - ({DURATION})))::float8", IN_DOMAIN)
+    assert series["mae"] == pytest.approx(maes, rel=1e-9)
+    biases = _per_batch(demo_conn, f"avg(predicted_duration_min - ({DURATION}))::float8", IN_DOMAIN)
+    assert series["bias"] == pytest.approx(biases, rel=1e-9, abs=1e-12)
+    assert all(series["rmse"][day] >= series["mae"][day] for day in DEMO_DAYS)
+    assert 3 < min(series["mae"].values()) and max(series["mae"].values()) > 10  # the 7th: 10.3 minutes
+
+
+def test_label_coverage_per_batch(reader: psycopg.Connection, demo_conn: psycopg.Connection, now: datetime) -> None:
+    result = _panel_result(reader, "Labelled rows and label coverage", now)
+    # Every taxi trip has its duration (dropoff - pickup): all rows are labelled.
+    labelled = _per_batch(demo_conn, f"count({DURATION})")
+    assert _by_day(result, "labelled rows") == labelled == _per_batch(demo_conn, "count(*)")
+    assert result.column("label coverage") == [1.0] * 28
+
+
+def test_missing_share_per_column(reader: psycopg.Connection, demo_conn: psycopg.Connection,
+                                  demo_settings: Settings, now: datetime) -> None:
     result = _panel_result(reader, "Missing share per column", now)
-    assert sorted(set(result.column("metric"))) == sorted(
+    monitor = demo_settings.monitor(TAXI)
+    profiled = sorted(monitor.numeric_columns + monitor.categorical_columns)
+    assert sorted(set(result.column("metric"))) == profiled == sorted(
         ["passenger_count", "trip_distance", "fare_amount", "total_amount", "pu_location_id", "do_location_id",
          "predicted_duration_min", "duration_min"])
     plotted = {(moment.date(), metric): share for moment, metric, share in result.rows}
-    counted = demo_conn.execute(
-        "select batch_date, avg((passenger_count is null)::int)::float8 from raw.trips group by 1").fetchall()
-    for day, share in counted:  # passenger_count is the one column with gaps in February 2023
+    counted = _per_batch(demo_conn, "avg((passenger_count is null)::int)::float8")
+    for day, share in counted.items():  # passenger_count is the one column with gaps in February 2023
         assert plotted[(day, "passenger_count")] == pytest.approx(share, abs=1e-12)
+    assert 0.06 < min(counted.values()) and max(counted.values()) < 0.12
     assert plotted[(date(2023, 2, 1), "fare_amount")] == 0
 
 
-def test_fare_and_distance_quantiles(reader: psycopg.Connection, demo_conn: psycopg.Connection,
-                                     now: datetime) -> None:
-    result = _panel_result(reader, "Fare and distance: p50 and p95", now)
-    medians = dict(demo_conn.execute(
-        "select batch_date, percentile_cont(0.5) within group (order by fare_amount) from raw.trips group by 1"
-    ).fetchall())
-    for moment, fare_p50, fare_p95, distance_p50, distance_p95 in result.rows:
-        assert fare_p50 == pytest.approx(medians[moment.date()])
-        assert fare_p50 <= fare_p95 and distance_p50 <= distance_p95
+def test_median_of_each_numeric_column(reader: psycopg.Connection, demo_conn: psycopg.Connection,
+                                       demo_settings: Settings, now: datetime) -> None:
+    series = _series(_panel_result(reader, "Median of each numeric column", now))
+    assert sorted(series) == sorted(demo_settings.monitor(TAXI).numeric_columns)
+    fares = _per_batch(demo_conn, "percentile_cont(0.5) within group (order by fare_amount)")
+    durations = _per_batch(demo_conn, f"percentile_cont(0.5) within group (order by {DURATION})")
+    assert series["fare_amount"] == pytest.approx(fares)
+    assert series["duration_min"] == pytest.approx(durations)
+    assert all(len(points) == 28 for points in series.values())
 
 
-def _panel_result(conn: psycopg.Connection, title: str, now: datetime,
-                  dashboard_name: str = "modelwatch-overview") -> Result:
-    dashboard = _dashboards()[dashboard_name]
-    (query,) = [query for query in grafana.panel_queries(dashboard) if query.title == title]
-    return _run(conn, _expanded(dashboard, query, now))
+def test_taxi_dashboard_reads_daily_trips(reader: psycopg.Connection, demo_conn: psycopg.Connection,
+                                          now: datetime) -> None:
+    duration = _panel_result(reader, "Trip duration: mean and median", now, "modelwatch-nyc-taxi")
+    assert _by_day(duration, "median duration") == pytest.approx(
+        _per_batch(demo_conn, f"percentile_cont(0.5) within group (order by {DURATION})"))
+    assert _by_day(duration, "mean duration") == pytest.approx(_per_batch(demo_conn, f"avg({DURATION})::float8"))
+    fares = _panel_result(reader, "Fare and distance: medians", now, "modelwatch-nyc-taxi")
+    assert _by_day(fares, "fare p50") == pytest.approx(
+        _per_batch(demo_conn, "percentile_cont(0.5) within group (order by fare_amount)"))
+    assert _by_day(fares, "distance p50") == pytest.approx(
+        _per_batch(demo_conn, "percentile_cont(0.5) within group (order by trip_distance)"))
+    pickups = _panel_result(reader, "Pickups per borough", now, "modelwatch-nyc-taxi")
+    boroughs = pickups.columns[1:]
+    totals = {day: sum(counts) for day, counts in _by_day(pickups, *boroughs).items()}
+    assert totals == _per_batch(demo_conn, "count(*)")  # every trip has one borough, unknown included
+    manhattan = dict(demo_conn.execute(
+        f"""select r.batch_date, count(*) from {TAXI_ROWS} as r
+            join staging.taxi_zones as z on z.location_id::text = r.pu_location_id
+            where z.borough = 'Manhattan' group by 1""").fetchall())
+    assert _by_day(pickups, "Manhattan") == manhattan
+    assert 0.3 < sum(manhattan.values()) / sum(totals.values()) < 0.7
 
 
 def test_column_detail_for_every_column(reader: psycopg.Connection, demo_conn: psycopg.Connection,
                                         demo_settings: Settings, now: datetime) -> None:
     dashboard = _dashboards()["modelwatch-column-detail"]
     definition = grafana.variable(dashboard, "column")
-    columns = [row[0] for row in _run(reader, grafana.variable_sql(definition)).rows]
-    monitoring = demo_settings.monitoring
-    assert sorted(columns) == sorted(monitoring.numeric_columns + monitoring.categorical_features)
+    taxi = {grafana.MONITOR_VARIABLE: TAXI}
+    columns = [row[0] for row in _run(reader, grafana.expand_variables(grafana.variable_sql(definition), taxi)).rows]
+    monitor = demo_settings.monitor(TAXI)
+    assert sorted(columns) == sorted(monitor.numeric_columns + monitor.categorical_columns)  # the taxi's only
     assert definition["current"]["value"] in columns
-    drift_scored = set(monitoring.features) | {monitoring.prediction}  # feature_drift's columns
+    none_for_another = grafana.expand_variables(grafana.variable_sql(definition),
+                                                {grafana.MONITOR_VARIABLE: NO_SUCH_MONITOR})
+    assert _run(reader, none_for_another).rows == []
+    drift_scored = {name for name, _ in monitor.drift_columns}  # feature_drift's columns
+    reference = {row[0] for row in demo_conn.execute(f"select distinct pu_location_id from raw.{TAXI}__reference")}
     for column in columns:
-        results = {query.title: _run(reader, _expanded(dashboard, query, now, {"column": column}))
+        results = {query.title: _run(reader, _expanded(dashboard, query, now, {**taxi, "column": column}))
                    for query in grafana.panel_queries(dashboard)}
-        assert len(results["Quantiles of $column"].rows) == 28
-        assert len(results["Missing share of $column"].rows) == 28
-        assert len(results["Categorical profile of $column"].rows) == 28
+        for title in ("Quantiles of $column", "Missing share of $column", "Categorical profile of $column"):
+            assert len(results[title].rows) == 28, (title, column)
         p50 = results["Quantiles of $column"].column("p50")
-        distinct = results["Categorical profile of $column"].column("distinct values")
-        if column in monitoring.categorical_features:
-            counted = demo_conn.execute(sql.SQL("select count(distinct {}) from raw.trips group by batch_date "
-                                                "order by batch_date").format(sql.Identifier(column))).fetchall()
-            assert set(p50) == {None} and distinct == [count for (count,) in counted]
+        profile = results["Categorical profile of $column"]
+        distinct, unseen = profile.column("distinct values"), profile.column("unseen category share")
+        if column in monitor.categorical_columns:
+            counted = _per_batch(demo_conn, f"count(distinct {_quoted(demo_conn, column)})")
+            assert set(p50) == {None} and _by_day(profile, "distinct values") == counted
+            assert None not in unseen and max(unseen) < 0.05  # the warn bound
         else:
-            assert None not in p50 and set(distinct) == {None}
+            expression = DURATION if column == "duration_min" else _quoted(demo_conn, column)
+            medians = _per_batch(demo_conn, f"percentile_cont(0.5) within group (order by {expression})")
+            assert _by_day(results["Quantiles of $column"], "p50") == pytest.approx(medians), column
+            assert set(distinct) == {None} and set(unseen) == {None}
         drift = results["Drift score of $column by method"]
         assert len(drift.rows) == (56 if column in drift_scored else 0), column
         if drift.rows:
             assert {name.split(":")[0] for name in drift.column("metric")} == {"evidently", "sql_psi"}
+    # The unseen share of the pickup zone, independently: rows whose zone the reference never had.
+    profile = _panel_result(reader, "Categorical profile of $column", now, "modelwatch-column-detail",
+                            {**taxi, "column": "pu_location_id"})
+    shares = _per_batch(demo_conn, "avg((pu_location_id <> all(%s))::int)::float8", params=(sorted(reference),))
+    assert _by_day(profile, "unseen category share") == pytest.approx(shares, abs=1e-12)
+    assert 0 < max(shares.values()) < 0.002
 
 
 # --------------------------------------------------------------------------- what the reader may do
@@ -416,24 +567,47 @@ def test_every_query_reads_marts_only(reader: psycopg.Connection, now: datetime)
         read |= relations
     assert {table for _, table in read} == {  # published_batches: row-level security, the batches readers see
         "batch_health", "model_performance", "column_quality", "test_results", "feature_drift", "dataset_drift",
-        "published_batches"}
+        "batch_checks", "daily_trips", "published_batches"}
+
+
+def test_all_queries_once_per_variable_value(reader: psycopg.Connection, demo_settings: Settings) -> None:
+    """With the variables' values run (as bench_panels does): `column` is listed per monitor,
+    each column-detail panel comes once per (monitor, column), each other panel once per monitor."""
+
+    def values(text: str) -> list[Any]:
+        assert "$" not in text  # chained: $monitor is expanded before the column variable runs
+        return [row[0] for row in _run(reader, text).rows]
+
+    queries = grafana.all_queries(DEMO_RANGE.end, DEMO_RANGE, values, _dashboards().values())
+    labels = [query.label for query in queries]
+    assert len(set(labels)) == len(labels)
+    assert "modelwatch-column-detail: variable $column [monitor=nyc_taxi]" in labels
+    assert "modelwatch-column-detail: Quantiles of fare_amount [monitor=nyc_taxi]" in labels
+    assert "modelwatch-overview: Rows per batch [monitor=nyc_taxi]" in labels
+    monitor = demo_settings.monitor(TAXI)
+    columns = len(monitor.numeric_columns + monitor.categorical_columns)
+    panels = sum(len(EXPECTED[uid]) * (columns if uid == "modelwatch-column-detail" else 1) for uid in EXPECTED)
+    assert sum(query.kind == "panel" for query in queries) == panels
+    assert sum(query.kind == "variable" for query in queries) == len(EXPECTED) + 1  # 3 x $monitor, 1 x $column
+    assert sum(query.kind == "alert" for query in queries) == len(grafana.alert_rules())
 
 
 def test_reader_reads_every_mart(reader: psycopg.Connection, demo_conn: psycopg.Connection) -> None:
     marts = [name for (name,) in demo_conn.execute(
         "select table_name from information_schema.tables where table_schema = 'marts' order by 1").fetchall()]
-    assert {"batch_health", "column_quality", "model_performance", "test_results"} <= set(marts)
+    assert {"batch_health", "column_quality", "model_performance", "test_results", "daily_trips"} <= set(marts)
     for name in marts:  # every row: the demo's 28 batches are all published
         count = sql.SQL("select count(*) from marts.{}").format(sql.Identifier(name))
         assert reader.execute(count).fetchone() == demo_conn.execute(count).fetchone(), name
 
 
 @pytest.mark.parametrize("statement", [
-    "select count(*) from raw.trips",
+    f"select count(*) from {TAXI_ROWS}",
+    f"select count(*) from raw.{TAXI}__reference",
     "select count(*) from raw.batches",
-    "select count(*) from staging.stg_trips",
-    "insert into marts.batch_health (batch_date, status) values ('2000-01-01', 'passed')",
-    "update marts.model_performance set mae = 0",
+    "select count(*) from staging.int_batch_rows",
+    "insert into marts.batch_health (monitor, batch_date, status) values ('x', '2000-01-01', 'passed')",
+    "update marts.model_performance set value = 0",
     "delete from marts.column_quality",
     "truncate marts.daily_trips",
     "create table marts.grafana_was_here (x int)",
@@ -454,21 +628,22 @@ def _rule(uid: str) -> grafana.AlertRule:
     return rule
 
 
-def _evaluate(conn: psycopg.Connection, uid: str) -> tuple[Result, dict[tuple[str, ...], float]]:
-    """The rule evaluated now, as Grafana would: its query for its relative range, then B and C.
-
-    The batches were tested minutes ago, inside the rules' 7-day window.
-    """
+def _evaluate(conn: psycopg.Connection, uid: str,
+              now: datetime | None = None) -> tuple[Result, dict[tuple[str, ...], float]]:
+    """The rule evaluated at `now` (default: now), as Grafana would: its query for its relative
+    range, then B and C. The demo's batches were tested minutes ago, inside the rules' 7-day window.
+    Every rule's instances are per monitor and batch (its string columns)."""
     rule = _rule(uid)
-    result = _run(conn, grafana.expand(rule.raw_sql, rule.time_range(datetime.now(timezone.utc))))
-    assert result.columns[:2] == ["time", "batch"]
+    result = _run(conn, grafana.expand(rule.raw_sql, rule.time_range(now or datetime.now(timezone.utc))))
+    assert result.columns[:2] == ["time", "monitor"] and "batch" in result.columns
     assert result.column("time") == sorted(result.column("time"))
     return result, grafana.firing(rule, result.columns, result.rows)
 
 
 def test_gate_alert_is_quiet_on_the_demo(reader: psycopg.Connection) -> None:
     result, fired = _evaluate(reader, "modelwatch-batch-gate-failed")
-    assert sorted(result.column("batch")) == [day.isoformat() for day in DEMO_DAYS]
+    assert sorted(zip(result.column("monitor"), result.column("batch"))) == [
+        (TAXI, day.isoformat()) for day in DEMO_DAYS]
     assert set(result.column("failed")) == {0}
     assert fired == {}
 
@@ -479,20 +654,113 @@ def test_drift_alert_fires_for_the_seventh(reader: psycopg.Connection, demo_conn
     # Independently: the share of Evidently's scored columns that drifted, from feature_drift.
     shares = dict(demo_conn.execute(
         """select batch_date::text, avg(drifted::int)::float8 from marts.feature_drift
-           where source = 'evidently' and score is not null group by 1""").fetchall())
-    assert fired == {(day,): pytest.approx(share) for day, share in shares.items() if share > 0.5}
-    assert fired == {("2023-02-07",): pytest.approx(4 / 7)}  # 4 of 7 columns drifted that day
+           where monitor = %s and source = 'evidently' and score is not null group by 1""", (TAXI,)).fetchall())
+    assert fired == {(TAXI, day): pytest.approx(share) for day, share in shares.items() if share > 0.5}
+    assert fired == {(TAXI, "2023-02-07"): pytest.approx(4 / 7)}  # 4 of 7 columns drifted that day
 
 
 def test_mae_alert_against_its_trailing_median(reader: psycopg.Connection, demo_conn: psycopg.Connection) -> None:
     result, fired = _evaluate(reader, "modelwatch-mae-vs-trailing-median")
     maes = [mae for _, mae in demo_conn.execute(
-        "select batch_date, mae from marts.model_performance order by batch_date").fetchall()]
+        "select batch_date, value from marts.model_performance where monitor = %s and metric = 'mae'"
+        " order by batch_date", (TAXI,)).fetchall()]
+    assert len(maes) == 28
     ratios = {DEMO_DAYS[i].isoformat(): maes[i] / statistics.median(maes[max(0, i - 7):i]) for i in range(1, 28)}
     assert dict(zip(result.column("batch"), result.column("mae_vs_trailing_median"))) == pytest.approx(ratios)
-    assert len(result.rows) == 27  # the first batch has no history
-    assert sorted(day for (day,) in fired) == ["2023-02-07", "2023-02-08", "2023-02-10", "2023-02-15"]
-    assert fired[("2023-02-07",)] == pytest.approx(ratios["2023-02-07"]) and ratios["2023-02-07"] > 2.5
+    assert len(result.rows) == 27 and set(result.column("monitor")) == {TAXI}  # the first batch has no history
+    assert sorted(day for _, day in fired) == ["2023-02-07", "2023-02-08", "2023-02-10", "2023-02-15"]
+    assert fired[(TAXI, "2023-02-07")] == pytest.approx(ratios["2023-02-07"]) and ratios["2023-02-07"] > 2.5
+
+
+def test_score_alert_has_no_classifier_on_the_demo(reader: psycopg.Connection) -> None:
+    result, fired = _evaluate(reader, "modelwatch-score-vs-trailing-median")
+    assert result.rows == [] and fired == {}  # the taxi is a regression: it has neither roc_auc nor accuracy
+
+
+# --------------------------------------------------------------------------- rules and panels on made-up marts
+
+MADE_UP_TESTED = datetime.now(timezone.utc) - timedelta(hours=1)
+# monitor -> (task's metrics by name: values per batch, batch dates). None: not computable (one class).
+MADE_UP: dict[str, tuple[dict[str, list[float | None]], list[date]]] = {
+    # regression, monthly: the last MAE is 30% above the median of the 7 before it
+    "rent": ({"mae": [2, 2, 2, 2.2, 2, 2, 2, 2, 2.6], "r2": [0.5] * 9},
+             [date(2022, month, 1) for month in range(1, 10)]),
+    # regression on the same days with a steady MAE: its history must not mix with rent's
+    "steady": ({"mae": [5.0] * 9}, [date(2022, month, 1) for month in range(1, 10)]),
+    # binary, weekly with a missing week: roc_auc falls 22% below its median (one batch had one class)
+    "churn": ({"roc_auc": [0.9, 0.9, None, 0.9, 0.9, 0.9, 0.9, 0.9, 0.7], "accuracy": [0.9] * 9},
+              [date(2023, 1, 2) + timedelta(weeks=n) for n in (0, 1, 2, 3, 4, 6, 7, 8, 9)]),
+    # multiclass, daily: accuracy falls 10% (no alert); per-class recalls are not its primary metric
+    "species": ({"accuracy": [0.8] * 8 + [0.72], "macro_f1": [0.7] * 9, "recall: a": [0.2] * 9,
+                 "recall: b": [0.9] * 9}, [date(2023, 3, 1) + timedelta(days=n) for n in range(9)]),
+}
+
+
+@pytest.fixture(scope="module")
+def made_up_marts(server_url: str, demo_settings: Settings) -> Iterator[psycopg.Connection]:
+    """A database whose marts.model_performance and marts.batch_health have the demo's columns
+    and types, filled with the rows of MADE_UP: monitors of every task and period."""
+    with psycopg.connect(demo_settings.database_url) as demo:
+        definitions = {table: [sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(kind)) for name, kind in
+                               demo.execute("select column_name, data_type from information_schema.columns"
+                                            " where table_schema = 'marts' and table_name = %s"
+                                            " order by ordinal_position", (table,)).fetchall()]
+                       for table in ("model_performance", "batch_health")}
+    with db.scratch_database(server_url, scratch_name("mw_made_up")) as url, \
+            psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("create schema marts")
+        for table, columns in definitions.items():
+            conn.execute(sql.SQL("create table marts.{} ({})").format(sql.Identifier(table),
+                                                                       sql.SQL(", ").join(columns)))
+        for monitor, (metrics, days) in MADE_UP.items():
+            for day in days:
+                conn.execute("insert into marts.batch_health (monitor, batch_date, status, rows_loaded, tested_at)"
+                             " values (%s, %s, 'passed', 100, %s)", (monitor, day, MADE_UP_TESTED))
+            for name, values in metrics.items():
+                metric, _, class_name = name.partition(": ")
+                for day, value in zip(days, values):
+                    conn.execute(
+                        "insert into marts.model_performance (monitor, batch_date, metric, class_name, value, n,"
+                        " batch_rows, labelled_rows, label_coverage) values (%s, %s, %s, %s, %s, 80, 100, 80, 0.8)",
+                        (monitor, day, metric, class_name, value))
+        yield conn
+
+
+def test_performance_rules_per_monitor_and_task(made_up_marts: psycopg.Connection) -> None:
+    result, fired = _evaluate(made_up_marts, "modelwatch-mae-vs-trailing-median")
+    assert fired == {("rent", "2022-09-01"): pytest.approx(2.6 / 2)}  # steady's 5s are not rent's history
+    ratios = dict(zip(zip(result.column("monitor"), result.column("batch")), result.column("mae_vs_trailing_median")))
+    assert ratios[("rent", "2022-04-01")] == pytest.approx(1.1) and ratios[("steady", "2022-09-01")] == 1
+    assert len(ratios) == 8 + 8
+    result, fired = _evaluate(made_up_marts, "modelwatch-score-vs-trailing-median")
+    # churn is watched on roc_auc (not its accuracy), species on accuracy; rent and steady on neither.
+    assert {(monitor, metric) for monitor, metric in zip(result.column("monitor"), result.column("metric"))} == {
+        ("churn", "roc_auc"), ("species", "accuracy")}
+    assert len(result.rows) == 7 + 8  # churn: 8 batches with a roc_auc, less the first; species: 9 less 1
+    assert fired == {("churn", "roc_auc", "2023-03-06"): pytest.approx(0.7 / 0.9)}  # species: 0.72 / 0.8 = 0.9
+
+
+def test_overview_panels_for_other_tasks_and_periods(made_up_marts: psycopg.Connection) -> None:
+    everything = grafana.TimeRange.of_days(date(2022, 1, 1), date(2023, 12, 31))
+    dashboard = _dashboards()["modelwatch-overview"]
+    queries = {query.title: query for query in grafana.panel_queries(dashboard)}
+
+    def panel(title: str, monitor: str) -> Result:
+        return _run(made_up_marts, grafana.expand(queries[title].raw_sql, everything,
+                                                  {grafana.MONITOR_VARIABLE: monitor}))
+
+    series = _series(panel("Model performance per metric", "species"))
+    assert sorted(series) == ["accuracy", "macro_f1", "recall: a", "recall: b"]  # one series per class's recall
+    assert all(len(points) == 9 for points in series.values())
+    assert sorted(_series(panel("Model performance per metric", "churn"))) == ["accuracy", "roc_auc"]
+    assert panel("Labelled rows and label coverage", "churn").column("label coverage") == [0.8] * 9
+    # The batch health strip closes each run of batches one period on: a month, a week, a day.
+    for monitor, closing in [("rent", [date(2022, 10, 1)]), ("churn", [date(2023, 2, 6), date(2023, 3, 13)]),
+                             ("species", [date(2023, 3, 10)])]:
+        health = panel("Batch health", monitor)
+        days = MADE_UP[monitor][1]
+        assert [moment.date() for moment in health.column("time")] == sorted(days + closing), monitor
+        assert [moment.date() for moment, gate in health.rows if gate is None] == closing, monitor
 
 
 # --------------------------------------------------------------------------- a failed batch, replayed
@@ -539,7 +807,8 @@ def test_replay_builds_each_batch_on_its_own(replayed: Replayed) -> None:
     assert error.startswith("Error: 1 batch(es) failed their data contract: 2023-02-15: row_count_min = 100,")
     with psycopg.connect(replayed.settings.database_url) as conn:
         batches = conn.execute(
-            "select batch_date, status, rows_loaded, started_at from raw.batches order by batch_date").fetchall()
+            "select batch_date, status, rows_loaded, started_at from raw.batches where monitor = %s"
+            " order by batch_date", (TAXI,)).fetchall()
         builds = conn.execute(
             "select batch_date, count(distinct invocation_id) from marts.test_results group by 1 order by 1"
         ).fetchall()
@@ -562,7 +831,7 @@ def test_failed_batch_on_the_panels_and_the_gate_alert(replayed: Replayed, now: 
     assert {(row[1], row[3]) for row in failing.rows} >= {
         ("contract_row_count_min", "fail"), ("contract_row_count_vs_trailing_median", "fail")}
     assert dict(zip(result.column("batch"), result.column("failed"))) == {"2023-02-14": 0, "2023-02-15": 1}
-    assert fired == {("2023-02-15",): 1.0}
+    assert fired == {(TAXI, "2023-02-15"): 1.0}
 
 
 def test_pace_must_not_be_negative(tmp_path: Path) -> None:
@@ -619,17 +888,36 @@ def test_png_reader_undoes_every_filter(tmp_path: Path) -> None:
 def test_dashboard_page_opens_in_chromium(demo_settings: Settings, tmp_path: Path) -> None:
     out = tmp_path / "dashboard.html"
     env = {"MODELWATCH_DATABASE_URL": demo_settings.database_url, "MODELWATCH_HOME": str(demo_settings.home)}
-    result = CliRunner().invoke(main, ["dashboard", "--out", str(out)], env=env)
+    result = CliRunner().invoke(main, ["dashboard", "--out", str(out), "--monitor", TAXI], env=env)
     assert result.exit_code == 0, result.output
     assert f"dashboard: {out}" in result.output
     assert "not drawn" not in result.output  # every panel, the drift marts' too
     # One browser run: console and text first, then the screenshot (the charts draw as the page loads).
     visited = visit(out, tmp_path / "profile", settle_seconds=1.0, screenshot=tmp_path / "dashboard.png")
     assert visited.problems == []
-    for title in OVERVIEW_EXPECTED:
+    assert "modelwatch: monitoring overview of nyc_taxi" in visited.text  # the page names its monitor
+    assert "<title>modelwatch: monitoring overview of nyc_taxi</title>" in out.read_text()
+    for title in EXPECTED["modelwatch-overview"]:
         assert title in visited.text
     assert "No failing tests in this time range" in visited.text
     assert visited.screenshot is not None
     not_white, green = _ink(visited.screenshot)
     assert not_white > 0.10
     assert green > 20_000  # the 28 green days of the batch health strip
+
+
+def test_static_page_of_the_default_monitor(demo_settings: Settings, tmp_path: Path) -> None:
+    """Without a monitor, the default one (the taxi); every panel drawn, with the demo's rows."""
+    page = static_page.render_overview(demo_settings, tmp_path / "page.html")
+    assert page.monitor == TAXI and page.failed == ()
+    assert page.time_range == DEMO_RANGE  # the monitor's batches
+    assert {panel.query.title: panel.rows for panel in page.panels} == {
+        title: rows for title, (rows, _) in EXPECTED["modelwatch-overview"].items()}
+
+
+def test_static_page_of_a_monitor_without_batches(demo_settings: Settings, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="unknown monitor 'no_such_monitor'"):
+        static_page.render_overview(demo_settings, tmp_path / "page.html", NO_SUCH_MONITOR)
+    with db.connect(demo_settings.database_url) as conn, \
+            pytest.raises(UsageError, match=f"no batches of monitor {NO_SUCH_MONITOR} in marts.batch_health"):
+        static_page.data_time_range(conn, NO_SUCH_MONITOR)

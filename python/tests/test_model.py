@@ -13,22 +13,24 @@ import numpy as np
 import psycopg
 import pytest
 
-from modelwatch import model
 from modelwatch.config import Settings
 from modelwatch.errors import UsageError
-from modelwatch.source import read_trip_file
+from modelwatch.examples.nyc_taxi import model
+from modelwatch.source import read_batch_file
 
-from .conftest import FEBRUARY
+from .conftest import FEBRUARY, TAXI
 
-# Loads the latest model from the database in argv[1], scores February, and says whether
+# Loads the taxi's latest model from the database in argv[1], scores February, and says whether
 # scikit-learn got imported on the way.
 _SCORE_IN_A_FRESH_PROCESS = """
 import sys, numpy as np, psycopg
-from modelwatch import model
-from modelwatch.source import read_trip_file
+from modelwatch.config import Settings
+from modelwatch.examples.nyc_taxi import model
+from modelwatch.source import read_batch_file
+monitor = Settings.from_env({}).monitor(sys.argv[4])
 with psycopg.connect(sys.argv[1]) as conn:
-    trained = model.load_latest(conn)
-np.save(sys.argv[2], trained.predict_table(read_trip_file(sys.argv[3]).table))
+    trained = model.load_latest(conn, monitor.name)
+np.save(sys.argv[2], trained.predict_table(read_batch_file(sys.argv[3], monitor).table))
 print("sklearn" in sys.modules)
 """
 
@@ -36,12 +38,13 @@ print("sklearn" in sys.modules)
 def test_a_stored_model_predicts_as_scikit_learn_without_importing_it(trained_settings: Settings,
                                                                        tmp_path: Path) -> None:
     with psycopg.connect(trained_settings.database_url) as conn:
-        version, artifact = conn.execute("select version, artifact from raw.models").fetchone()
-    table = read_trip_file(FEBRUARY).table
+        version, artifact = conn.execute("select version, artifact from raw.models where monitor = %s",
+                                         (TAXI,)).fetchone()
+    table = read_batch_file(FEBRUARY, trained_settings.monitor(TAXI)).table
     expected = pickle.loads(artifact).predict(model.feature_matrix(table, model.FEATURES))  # scikit-learn's own
     out = tmp_path / "predictions.npy"
     run = subprocess.run([sys.executable, "-c", _SCORE_IN_A_FRESH_PROCESS, trained_settings.database_url,
-                          str(out), str(FEBRUARY)], capture_output=True, text=True, check=True)
+                          str(out), str(FEBRUARY), TAXI], capture_output=True, text=True, check=True)
     assert run.stdout.strip() == "False"  # scoring never imported scikit-learn
     predictions = np.load(out)
     assert predictions.shape == (64_809,)
@@ -60,16 +63,18 @@ def test_an_artifact_that_is_not_a_linear_regression_is_refused_unrun(trained_se
                                                                        tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     with psycopg.connect(trained_settings.database_url) as conn:
-        version, artifact = conn.execute("select version, artifact from raw.models").fetchone()
-        conn.execute("update raw.models set artifact = %s", (pickle.dumps(_Hostile()),))
+        version, artifact = conn.execute("select version, artifact from raw.models where monitor = %s",
+                                         (TAXI,)).fetchone()
+        conn.execute("update raw.models set artifact = %s where monitor = %s", (pickle.dumps(_Hostile()), TAXI))
         with pytest.raises(UsageError, match=f"model {version}: its artifact is not a scikit-learn "
                                              r"LinearRegression \(it refers to (posix|os)\.system\)"):
-            model.load_latest(conn)
+            model.load_latest(conn, TAXI)
         for other in (pickle.dumps({"coef_": [1.0]}), pickle.dumps(np.arange(3.0))):  # no model in it
-            conn.execute("update raw.models set artifact = %s", (other,))
+            conn.execute("update raw.models set artifact = %s where monitor = %s", (other, TAXI))
             with pytest.raises(UsageError, match="not a fitted scikit-learn LinearRegression"):
-                model.load_latest(conn)
-        conn.execute("update raw.models set artifact = %s", (artifact[: len(artifact) // 2],))  # cut short
+                model.load_latest(conn, TAXI)
+        conn.execute("update raw.models set artifact = %s where monitor = %s",
+                     (artifact[: len(artifact) // 2], TAXI))  # cut short
         with pytest.raises(UsageError, match=f"model {version}: its artifact is not a scikit-learn LinearRegression"):
-            model.load_latest(conn)
+            model.load_latest(conn, TAXI)
     assert not (tmp_path / "hostile-artifact-ran").exists()

@@ -7,21 +7,22 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from datetime import date
+from functools import partial
 
 import psycopg
-import pytest
+from click.testing import CliRunner
 from psycopg import sql
 
-from modelwatch import db, pipeline, status
+from modelwatch import db, pipeline, schema, status
+from modelwatch.cli import main
 from modelwatch.config import Settings
 
-from .conftest import FEBRUARY
+from .conftest import FEBRUARY, JANUARY, TAXI
 
 DAY = date(2023, 2, 14)
-NEXT_DAY = date(2023, 2, 15)
 
 
 def _cli(settings: Settings, *args: str) -> subprocess.Popen:
@@ -31,17 +32,19 @@ def _cli(settings: Settings, *args: str) -> subprocess.Popen:
 
 
 def _state(url: str) -> tuple:
-    """Everything a batch leaves behind, in one comparable value."""
+    """Everything a batch leaves behind, in one comparable value: its rows (prediction included),
+    the batch log, then the marts."""
     with psycopg.connect(url) as conn:
         return tuple(
             conn.execute(query).fetchall()
             for query in (
-                "select batch_date, count(*), count(distinct trip_id), sum(fare_amount) from raw.trips group by 1 order by 1",
-                "select batch_date, count(*), sum(predicted_duration_min) from raw.predictions group by 1 order by 1",
-                "select batch_date, status, rows_loaded from raw.batches order by 1",
+                """select batch_date, count(*), count(distinct trip_id), sum(fare_amount),
+                          count(predicted_duration_min), sum(predicted_duration_min)
+                   from raw.nyc_taxi__rows group by 1 order by 1""",
+                "select monitor, batch_date, status, rows_loaded from raw.batches order by 1, 2",
                 "select batch_date, column_name, row_count, missing_count, p50 from marts.column_quality order by 1, 2",
                 "select batch_date, check_name, column_name, measured_value, passed from marts.batch_checks order by 1, 2, 3",
-                "select batch_date, scored_trips, mae from marts.model_performance order by 1",
+                "select batch_date, metric, class_name, n, value from marts.model_performance order by 1, 2, 3",
                 "select batch_date, trips from marts.daily_trips order by 1",
                 "select batch_date, status, rows_loaded, tests_failed from marts.batch_health order by 1",
             )
@@ -58,6 +61,29 @@ def _blocking(url: str, table: str) -> Iterator[psycopg.Connection]:
     finally:
         conn.rollback()
         conn.close()
+
+
+GATE_KEY = (4_242, 1)  # an advisory lock of the tests' own (modelwatch's: db.LOCK_CLASS, and from 2**30 up)
+
+
+@contextmanager
+def _gated_copy(url: str, table: str) -> Iterator[None]:
+    """Make every COPY (or INSERT) into `table` wait, once all its rows are in, on an advisory
+    lock held here: a statement-level AFTER INSERT trigger takes it. A load then blocks inside
+    its transaction, with the batch's rows deleted and copied but not committed."""
+    gate = psycopg.connect(url, autocommit=True)
+    try:
+        gate.execute("select pg_advisory_lock(%s, %s)", GATE_KEY)
+        gate.execute(f"""create function public.test_gate() returns trigger language plpgsql as $$
+                         begin perform pg_advisory_xact_lock({GATE_KEY[0]}, {GATE_KEY[1]}); return null; end $$""")
+        gate.execute(f"create trigger test_gate after insert on {table} for each statement "  # noqa: S608 (fixed names)
+                     "execute function public.test_gate()")
+        yield
+    finally:
+        gate.execute("select pg_advisory_unlock(%s, %s)", GATE_KEY)
+        gate.execute(f"drop trigger if exists test_gate on {table}")  # waits for the killed load's session to end
+        gate.execute("drop function if exists public.test_gate()")
+        gate.close()
 
 
 def _wait_until_blocked(url: str, query_start: str, process: subprocess.Popen, timeout_s: float = 60.0) -> None:
@@ -81,13 +107,14 @@ def _kill(process: subprocess.Popen) -> None:
     process.wait(timeout=30)
 
 
-def _killed_while_blocked(settings: Settings, table: str, query_start: str) -> tuple:
+def _killed_while_blocked(settings: Settings, blocker: Callable[[str], AbstractContextManager],
+                          query_start: str) -> tuple:
     """Run DAY once, then again in a child process killed (SIGKILL) while it waits on a lock
-    held on `table` in a statement starting with `query_start`; returns the first run's state."""
+    `blocker` holds, in a statement starting with `query_start`; returns the first run's state."""
     url = settings.database_url
     pipeline.run_batch(settings, DAY, FEBRUARY)
     before = _state(url)
-    with _blocking(url, table):
+    with blocker(url):
         process = _cli(settings, "run", "--batch-date", DAY.isoformat(), "--file", str(FEBRUARY))
         _wait_until_blocked(url, query_start, process)
         _kill(process)
@@ -96,19 +123,21 @@ def _killed_while_blocked(settings: Settings, table: str, query_start: str) -> t
 
 def _status(url: str) -> str:
     with psycopg.connect(url) as conn:
-        return conn.execute("select status from raw.batches where batch_date = %s", (DAY,)).fetchone()[0]
+        return conn.execute(
+            "select status from raw.batches where monitor = %s and batch_date = %s", (TAXI, DAY)
+        ).fetchone()[0]
 
 
 def test_sigkill_mid_load_leaves_no_partial_batch(trained_settings: Settings) -> None:
     url = trained_settings.database_url
-    # The load transaction has deleted and re-copied the trips and now waits on predictions.
-    before = _killed_while_blocked(trained_settings, "raw.predictions", "delete from")
+    # The load transaction has deleted the batch's rows and copied them again, and waits at the COPY's end.
+    before = _killed_while_blocked(trained_settings, partial(_gated_copy, table="raw.nyc_taxi__rows"), "copy ")
     after = _state(url)
-    assert after[0] == before[0] and after[1] == before[1]  # the previous version of the batch, whole
-    assert after[3:] == before[3:]
+    assert after[0] == before[0]  # the previous version of the batch, whole, predictions included
+    assert after[2:] == before[2:]
     assert _status(url) == "loading"
     with psycopg.connect(url) as conn:
-        shown = {row.batch_date: row.status for row in status.recent_batches(conn)}
+        shown = {row.batch_date: row.status for row in status.recent_batches(conn, TAXI)}
     assert shown[DAY] == "interrupted (loading)"
     pipeline.run_batch(trained_settings, DAY, FEBRUARY)
     assert _state(url) == before
@@ -125,7 +154,8 @@ def _rows_of_day(conn: psycopg.Connection) -> dict[str, int]:
 
 def test_sigkill_mid_build_then_rerun_completes(trained_settings: Settings) -> None:
     url = trained_settings.database_url
-    single_run = _killed_while_blocked(trained_settings, "marts.daily_trips", "")  # dbt waits on the locked mart
+    # dbt waits on the locked mart
+    single_run = _killed_while_blocked(trained_settings, partial(_blocking, table="marts.daily_trips"), "")
     assert _status(url) == "building"
     # The marts hold a mix of the two runs' rows for DAY; the reader (Grafana) sees none of them.
     with psycopg.connect(url) as owner, db.connect_as_reader(url) as reader:
@@ -164,7 +194,12 @@ def test_two_batches_at_once_both_complete(trained_settings: Settings) -> None:
         assert conn.execute("select batch_date, rows_loaded, status from raw.batches order by 1").fetchall() == [
             (days[0], 2_466, "passed"), (days[1], 2_565, "passed"),
         ]
-        assert conn.execute("select count(*) from marts.model_performance").fetchone() == (2,)
+        assert conn.execute(
+            "select batch_date, count(*), min(batch_rows), max(batch_rows) from marts.model_performance group by 1 order by 1"
+        ).fetchall() == [(days[0], 4, 2_466, 2_466), (days[1], 4, 2_565, 2_565)]  # mae, rmse, bias, r2
+        assert conn.execute(
+            "select batch_date, count(*) from raw.nyc_taxi__rows group by 1 order by 1"
+        ).fetchall() == [(days[0], 2_466), (days[1], 2_565)]
 
 
 def test_interrupted_backfill_resumes_without_redoing(trained_settings: Settings) -> None:
@@ -196,27 +231,117 @@ def test_database_down_exits_3_quickly(tmp_path) -> None:
     assert time.monotonic() - started < 10
 
 
-def test_an_older_database_is_refused_before_loading_then_upgraded_by_init(trained_settings: Settings) -> None:
-    """A database from before publishing (no published_batches, no row-level security): a run stops
-    before touching anything and asks for `init`; init publishes its finished batches."""
-    url = trained_settings.database_url
-    pipeline.run_batch(trained_settings, DAY, FEBRUARY)
-    with psycopg.connect(url, autocommit=True) as owner:
-        owner.execute("drop table marts.published_batches cascade")  # and the policies that read it
-        for mart in MARTS:
-            owner.execute(sql.SQL("alter table marts.{} disable row level security").format(sql.Identifier(mart)))
-    before = _state(url)
-    with pytest.raises(psycopg.errors.UndefinedTable):
-        pipeline.run_batch(trained_settings, NEXT_DAY, FEBRUARY)
-    assert _state(url) == before  # nothing loaded, no batch logged
-    pipeline.init(trained_settings)
-    pipeline.run_batch(trained_settings, NEXT_DAY, FEBRUARY)  # its build puts the policies back
-    with psycopg.connect(url) as owner, db.connect_as_reader(url) as reader:
-        published = owner.execute("select batch_date from marts.published_batches order by 1").fetchall()
-        assert published == [(DAY,), (NEXT_DAY,)]
-        assert _rows_of_day(reader) == _rows_of_day(owner)
-        assert reader.execute("select count(*) from marts.daily_trips").fetchone() == (2,)
-        secured = owner.execute(
-            """select count(*) from pg_class c join pg_namespace n on n.oid = c.relnamespace
-               where n.nspname = 'marts' and c.relname = any(%s) and c.relrowsecurity""", (list(MARTS),)).fetchone()
-        assert secured == (len(MARTS),)
+# The raw schema of the one-monitor modelwatch (schema version 1, which recorded no version), as its
+# init created it (trimmed to what these tests need of it: the batch log and the trips).
+ONE_MONITOR_DDL = """
+create schema raw;
+create schema staging;
+create schema marts;
+create schema audit;
+create table raw.batches (
+    batch_date date primary key,
+    file_name text not null,
+    file_sha256 text not null,
+    rows_in_file bigint not null,
+    rows_loaded bigint,
+    rows_outside_day bigint,
+    model_version text,
+    coercions text,
+    status text not null,
+    started_at timestamptz not null default now(),
+    finished_at timestamptz,
+    error text
+);
+create table raw.trips (
+    batch_date date not null,
+    trip_id bigint not null,
+    pickup_datetime timestamp,
+    fare_amount double precision
+);
+create table raw.predictions (
+    batch_date date not null,
+    trip_id bigint not null,
+    model_version text not null,
+    predicted_duration_min double precision not null
+);
+insert into raw.batches (batch_date, file_name, file_sha256, rows_in_file, rows_loaded, rows_outside_day,
+                         model_version, status, finished_at)
+values ('2023-02-13', 'green_tripdata_2023-02.parquet', 'bcc2821d', 64809, 2, 64807, 'abc', 'passed', now());
+insert into raw.trips values ('2023-02-13', 1, '2023-02-13 08:00', 12.5), ('2023-02-13', 2, '2023-02-13 09:00', 7.0);
+insert into raw.predictions values ('2023-02-13', 1, 'abc', 11.0), ('2023-02-13', 2, 'abc', 6.5);
+"""
+
+
+def _catalog(url: str) -> tuple:
+    """What the database holds: modelwatch's schemas, their relations and columns, the batch log and trips."""
+    with psycopg.connect(url) as conn:
+        relations = conn.execute(
+            """select n.nspname, c.relname, c.relkind, a.attname, format_type(a.atttypid, a.atttypmod)
+               from pg_class c join pg_namespace n on n.oid = c.relnamespace
+               left join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+               where n.nspname in ('raw', 'staging', 'marts', 'audit') order by 1, 2, 4"""
+        ).fetchall()
+        batches = conn.execute("select * from raw.batches order by batch_date").fetchall()
+        trips = conn.execute("select count(*), sum(fare_amount) from raw.trips").fetchone()
+    return relations, batches, trips
+
+
+def _invoke(settings: Settings, *args: str):
+    env = {"MODELWATCH_DATABASE_URL": settings.database_url, "MODELWATCH_HOME": str(settings.home)}
+    return CliRunner().invoke(main, list(args), env=env)
+
+
+def _error_line(result) -> str:
+    lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1, result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+ONE_MONITOR_REFUSED = (
+    "Error: the database holds the one-monitor schema of an older modelwatch (version 1), which this one does "
+    "not migrate: use a new database (or drop its schemas raw, staging, marts and audit) and run `modelwatch "
+    "init`, then run its batches again"
+)
+
+
+def test_a_database_of_the_one_monitor_schema_is_refused_untouched(fresh_settings: Settings) -> None:
+    """The one-monitor modelwatch's database (raw.trips, raw.predictions, no schema version): every
+    command that reads or writes it, `init` included, stops with one line saying what to do, exit 2,
+    before touching anything (init used to upgrade an older database; this one is not migrated)."""
+    url = fresh_settings.database_url
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(ONE_MONITOR_DDL)
+    before = _catalog(url)
+    assert {(schema_name, table) for schema_name, table, *_ in before[0]} == {
+        ("raw", "batches"), ("raw", "batches_pkey"), ("raw", "trips"), ("raw", "predictions")}
+    assert before[2] == (2, 19.5)
+    commands = (
+        ("init",),
+        ("run", "--batch-date", DAY.isoformat(), "--file", str(FEBRUARY)),
+        ("backfill", "--file", str(FEBRUARY), "--end", "2023-02-02"),
+        ("train", "--reference", str(JANUARY)),
+        ("reference", "--file", str(JANUARY)),
+        ("status",),
+    )
+    for command in commands:
+        result = _invoke(fresh_settings, *command)
+        assert result.exit_code == 2, (command, result.output)
+        assert _error_line(result) == ONE_MONITOR_REFUSED, command
+    assert _catalog(url) == before
+    with psycopg.connect(url) as conn:
+        assert schema.stored_version(conn) == 1
+
+
+def test_a_database_of_a_newer_schema_is_refused_untouched(fresh_settings: Settings) -> None:
+    url = pipeline.init(fresh_settings)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("insert into raw.schema_version (version) values (%s)", (schema.SCHEMA_VERSION + 1,))
+    before = _catalog(url)
+    refused = (f"Error: the database holds schema version {schema.SCHEMA_VERSION + 1}, newer than this "
+               f"modelwatch's ({schema.SCHEMA_VERSION}): upgrade modelwatch")
+    for command in (("init",), ("run", "--batch-date", DAY.isoformat(), "--file", str(FEBRUARY)), ("status",)):
+        result = _invoke(fresh_settings, *command)
+        assert result.exit_code == 2, (command, result.output)
+        assert _error_line(result) == refused, command
+    assert _catalog(url) == before

@@ -22,15 +22,21 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from modelwatch import db, pipeline, roles
+from modelwatch import db, pipeline, roles, schema
 from modelwatch.config import Settings
-from modelwatch.errors import DatabaseError
+from modelwatch.errors import DatabaseError, UsageError
 
-from .conftest import FEBRUARY, JANUARY, scratch_name, trained_database
+from .conftest import FEBRUARY, JANUARY, TAXI, scratch_name, trained_database
 
 DAY = date(2023, 2, 14)
-RAW_TABLES = {"batches", "trips", "predictions", "models", "reference_trips", "dbt_test_runs",
-              "drift_scores", "drift_datasets", "dbt_views"}
+# The tables every monitor shares; each declared monitor adds raw.<monitor>__rows and raw.<monitor>__reference.
+SHARED_RAW_TABLES = {"schema_version", "batches", "references", "models", "dbt_test_runs", "drift_scores",
+                     "drift_datasets", "dbt_views"}
+
+
+def _raw_tables(settings: Settings) -> set[str]:
+    return SHARED_RAW_TABLES | {table for monitor in settings.monitors
+                                for table in (monitor.rows_table, monitor.reference_table)}
 
 
 def _owners(url: str) -> dict[tuple[str, str], int]:
@@ -85,19 +91,21 @@ def test_pipeline_role_owns_every_schema_and_relation(ran: Settings) -> None:
     with psycopg.connect(ran.database_url) as conn:
         raw = {name for (name,) in conn.execute(
             "select tablename from pg_tables where schemaname = 'raw' and tableowner = %s", (db.PIPELINE_ROLE,))}
-    assert raw == RAW_TABLES
+    assert raw == _raw_tables(ran)
+    assert {f"{TAXI}__rows", f"{TAXI}__reference"} <= raw and not {"trips", "predictions"} & raw
     # dbt made the rest, all as the role: views and the seed, marts, store_failures tables.
     for schema in ("staging", "marts", "audit"):
         assert owners.get((schema, db.PIPELINE_ROLE), 0) >= 2, owners
 
 
 def test_raw_tables_analyzed_by_the_role(ran: Settings) -> None:
-    """ANALYZE by a non-owner only warns and skips: a manual analyze time proves ownership."""
+    """ANALYZE by a non-owner only warns and skips: a manual analyze time proves ownership. A run
+    analyzes the monitor's rows (load.analyze), which hold its predictions too."""
     with psycopg.connect(ran.database_url) as conn:
         analyzed = dict(conn.execute(
             """select relname, last_analyze is not null from pg_stat_user_tables
-               where schemaname = 'raw' and relname in ('trips', 'predictions')""").fetchall())
-    assert analyzed == {"trips": True, "predictions": True}
+               where schemaname = 'raw' and relname = %s""", (f"{TAXI}__rows",)).fetchall())
+    assert analyzed == {f"{TAXI}__rows": True}
 
 
 # --------------------------------------------------------------------------- sessions
@@ -137,11 +145,15 @@ def test_reader_reads_marts_made_after_init(ran: Settings) -> None:
     try:
         with db.connect_as_reader(url) as reader:
             assert reader.execute("select answer from marts.made_after_init").fetchall() == [(7,)]
-            assert reader.execute("select batch_date, status from marts.batch_health").fetchall() == [
-                (DAY, "passed")]
-            assert reader.execute("select count(*) from marts.model_performance").fetchone() == (1,)
-            with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                reader.execute("select count(*) from raw.trips")
+            assert reader.execute("select monitor, batch_date, status from marts.batch_health").fetchall() == [
+                (TAXI, DAY, "passed")]
+            # model_performance is long: the regression's four metrics of the one batch
+            assert reader.execute("select monitor, batch_date, metric from marts.model_performance"
+                                  " order by metric").fetchall() == [
+                (TAXI, DAY, metric) for metric in ("bias", "mae", "r2", "rmse")]
+            for table in (f"raw.{TAXI}__rows", f"raw.{TAXI}__reference", "raw.batches"):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    reader.execute(f"select count(*) from {table}")
     finally:
         with db.connect(url, autocommit=True) as conn:
             conn.execute("drop table marts.made_after_init")
@@ -150,11 +162,13 @@ def test_reader_reads_marts_made_after_init(ran: Settings) -> None:
 # --------------------------------------------------------------------------- upgrades and other logins
 
 
-def test_init_hands_an_older_database_to_the_role(trained_settings: Settings) -> None:
+def test_init_hands_a_database_left_to_the_login_to_the_role(trained_settings: Settings) -> None:
+    """A database of this schema whose every object is the login's (as an `init` that could not
+    use the role leaves it) is handed to the role by the next `init`."""
     url = trained_settings.database_url
     assert _run_day(trained_settings) == "passed"
     login = _login(url)
-    _give_everything_to(url, login)  # as `init` left a database before the role existed
+    _give_everything_to(url, login)
     assert _not_owned_by(url, login) == 0
     with db.connect(url) as conn:  # not handed over yet: sessions keep the login's rights
         assert conn.execute("select current_user").fetchone() == (login,)
@@ -166,18 +180,66 @@ def test_init_hands_an_older_database_to_the_role(trained_settings: Settings) ->
     assert _not_owned_by(url, db.PIPELINE_ROLE) == 0
 
 
+# The one-monitor modelwatch's tables (schema version 1, which recorded no version), as its `init`
+# left them before the pipeline role existed: owned by the login.
+ONE_MONITOR_DDL = """
+create schema raw;
+create table raw.batches (batch_date date primary key, file_name text not null, file_sha256 text not null,
+                          rows_in_file bigint not null, rows_loaded bigint, rows_outside_day bigint,
+                          model_version text, coercions text, status text not null,
+                          started_at timestamptz not null default now(), finished_at timestamptz, error text);
+create table raw.trips (batch_date date not null, trip_id bigint not null, fare_amount double precision);
+create table raw.predictions (batch_date date not null, trip_id bigint not null, model_version text not null,
+                              predicted_duration_min double precision not null);
+insert into raw.batches (batch_date, file_name, file_sha256, rows_in_file, status)
+values ('2023-02-14', 'green_tripdata_2023-02.parquet', 'abc', 2, 'passed');
+insert into raw.trips values ('2023-02-14', 1, 7.5), ('2023-02-14', 2, 12.0);
+"""
+
+
+def test_init_refuses_an_older_database_and_hands_nothing_over(fresh_settings: Settings) -> None:
+    """A database of the one-monitor modelwatch is not migrated: `init` (and any command that
+    checks the version) stops with a UsageError saying what to do, before it hands anything to
+    the role or creates anything; sessions keep the login's rights, as before."""
+    url = fresh_settings.database_url
+    login = _login(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(ONE_MONITOR_DDL)
+    owners = _owners(url)
+    assert _not_owned_by(url, login) == 0 and owners == {("raw", login): 4}  # 3 tables, the batches' key
+    with pytest.raises(UsageError) as refused:
+        pipeline.init(fresh_settings)
+    message = str(refused.value)
+    assert message == ("the database holds the one-monitor schema of an older modelwatch (version 1), which this "
+                       "one does not migrate: use a new database (or drop its schemas raw, staging, marts and "
+                       "audit) and run `modelwatch init`, then run its batches again")
+    with db.connect(url) as conn:
+        with pytest.raises(UsageError, match="one-monitor schema of an older modelwatch"):
+            schema.check_version(conn)
+        assert conn.execute("select current_user").fetchone() == (login,)  # not handed over
+        assert conn.execute("select to_regclass('raw.schema_version')").fetchone() == (None,)
+        assert conn.execute("select count(*), sum(fare_amount) from raw.trips").fetchone() == (2, 19.5)
+    assert _owners(url) == owners and _not_owned_by(url, login) == 0
+    with psycopg.connect(url) as conn:  # nothing else made: no other schema, no monitor's table
+        schemas = {name for (name,) in conn.execute(
+            "select nspname from pg_namespace where nspname = any(%s)", (list(db.PIPELINE_SCHEMAS),))}
+    assert schemas == {"raw"}
+
+
 def test_init_hands_over_a_single_table_left_behind(fresh_settings: Settings) -> None:
     url = fresh_settings.database_url
+    rows = f"raw.{TAXI}__rows"
     pipeline.init(fresh_settings)
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(sql.SQL("alter table raw.trips owner to {}").format(sql.Identifier(_login(url))))
+        conn.execute(sql.SQL("alter table {} owner to {}").format(
+            sql.Identifier("raw", f"{TAXI}__rows"), sql.Identifier(_login(url))))
     assert _not_owned_by(url, db.PIPELINE_ROLE) == 2  # the table and its index
     with db.connect(url) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
-        conn.execute("select count(*) from raw.trips")
+        conn.execute(f"select count(*) from {rows}")
     pipeline.init(fresh_settings)
     assert _not_owned_by(url, db.PIPELINE_ROLE) == 0
     with db.connect(url) as conn:
-        assert conn.execute("select count(*) from raw.trips").fetchone() == (0,)
+        assert conn.execute(f"select count(*) from {rows}").fetchone() == (0,)
 
 
 def _give_everything_to(url: str, owner: str) -> None:
@@ -245,7 +307,8 @@ def test_role_passwords_are_sent_as_scram_verifiers(fresh_settings: Settings, se
             "select rolcanlogin from pg_roles where rolname = %s", (db.PIPELINE_ROLE,)).fetchone()
     try:
         with db.connect(url, as_pipeline=False) as conn:
-            db.init_schema(conn, passwords[db.READER_ROLE], passwords[db.PIPELINE_ROLE])
+            schema.init_schema(conn, list(fresh_settings.monitors), passwords[db.READER_ROLE],
+                               passwords[db.PIPELINE_ROLE])
         for role, password in passwords.items():
             stored = _stored_password(server_url, role)
             assert stored.startswith("SCRAM-SHA-256$"), role
@@ -263,6 +326,7 @@ def test_concurrent_inits_both_succeed(server_url: str, databases: int) -> None:
     """Two inits at once, on one database (its advisory lock serialises them) or on two (roles are
     cluster-wide: the later ALTER ROLE failed with "tuple concurrently updated")."""
     password = uuid.uuid4().hex  # ALTER ROLE ... PASSWORD on both sides: the statement that raced
+    monitors = list(Settings.from_env({}).monitors)
     with contextlib.ExitStack() as stack:
         urls = [stack.enter_context(db.scratch_database(server_url, scratch_name("mw_init_race")))
                 for _ in range(databases)]
@@ -273,7 +337,8 @@ def test_concurrent_inits_both_succeed(server_url: str, databases: int) -> None:
             try:
                 with db.connect(url, as_pipeline=False) as conn:
                     started.wait(timeout=30)
-                    db.init_schema(conn, password)  # the database half of pipeline.init (dbt's seed is per process)
+                    # the database half of pipeline.init (dbt's seed is per process)
+                    schema.init_schema(conn, monitors, password)
             except BaseException as exc:  # noqa: BLE001 (reported by the main thread)
                 failures.append(exc)
 
@@ -287,7 +352,9 @@ def test_concurrent_inits_both_succeed(server_url: str, databases: int) -> None:
         for url in urls:
             assert _not_owned_by(url, db.PIPELINE_ROLE) == 0
             with db.connect(url) as conn:
-                assert conn.execute("select count(*) from raw.trips").fetchone() == (0,)
+                assert conn.execute(f"select count(*) from raw.{TAXI}__rows").fetchone() == (0,)
+                assert conn.execute("select version from raw.schema_version").fetchall() == [
+                    (schema.SCHEMA_VERSION,)]  # recorded once, not by both
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from modelwatch.config import Settings
 
 from .conftest import FEBRUARY, copy_project
 
-VIEW = "staging.stg_trips"
+VIEW = "staging.stg_batches"  # the batch log as dbt reads it; int_batch_volume is a view over it
 
 
 def _state(settings: Settings) -> tuple[int | None, list[str]]:
@@ -38,14 +38,14 @@ def test_views_are_created_once_per_project(trained_settings: Settings, tmp_path
     assert _state(trained_settings) == (first, digests)
 
     with psycopg.connect(trained_settings.database_url) as conn:
-        conn.execute(f"drop view {VIEW} cascade")  # gone: the next build creates it again
+        conn.execute(f"drop view {VIEW} cascade")  # gone (and int_batch_volume with it): the next build creates them
     _run(trained_settings, 8)
     again, same_digests = _state(trained_settings)
     assert again is not None and again != first and same_digests == digests
 
     # An edited model (here only a comment) is another project: its views replace these.
     project = copy_project(tmp_path / "project")
-    model = project / "models" / "staging" / "stg_trips.sql"
+    model = project / "models" / "staging" / "stg_batches.sql"
     model.write_text(model.read_text() + "\n-- edited\n")
     edited = dataclasses.replace(trained_settings, project_dir=project)
     _run(edited, 9)
