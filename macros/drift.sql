@@ -80,11 +80,11 @@
 
 {#-
   One PSI term: (current - reference) * ln(current / reference), where a share
-  of 0 counts as var('drift').psi_epsilon (as Evidently's PSI does), so an empty
+  of 0 counts as the monitor's psi_epsilon (as Evidently's PSI does), so an empty
   bin adds a large but finite term and a bin empty on both sides adds 0.
 -#}
 {% macro psi_term(current_share, reference_share) -%}
-    {%- set epsilon = var('drift')['psi_epsilon'] -%}
+    {%- set epsilon = modelwatch.drift_options()['psi_epsilon'] -%}
     {%- set current = 'case when ' ~ current_share ~ ' = 0 then cast(' ~ epsilon ~ ' as ' ~ dbt.type_float() ~ ') else ' ~ current_share ~ ' end' -%}
     {%- set reference = 'case when ' ~ reference_share ~ ' = 0 then cast(' ~ epsilon ~ ' as ' ~ dbt.type_float() ~ ') else ' ~ reference_share ~ ' end' -%}
     ({{ current }} - {{ reference }}) * ln(({{ current }}) / ({{ reference }}))
@@ -98,6 +98,12 @@
     {{ return(
         'deciles: ' ~ modelwatch.drift_numeric_columns() | join(',')
         ~ '; categories: ' ~ modelwatch.drift_categorical_columns() | join(',')
-        ~ '; own bin from share ' ~ var('drift')['psi_min_category_share'] ~ ', other, null'
+        ~ '; own bin from share ' ~ modelwatch.drift_options()['psi_min_category_share'] ~ ', other, null'
     ) }}
+{%- endmacro %}
+
+{#- vars.drift, with the monitor's own `drift` key merged over it. -#}
+{% macro drift_options(m=none) -%}
+    {%- set m = m or modelwatch.monitor() -%}
+    {{ return(modelwatch.deep_merge(var('drift'), m.get('drift') or {})) }}
 {%- endmacro %}

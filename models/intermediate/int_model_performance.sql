@@ -2,8 +2,8 @@
   One row per batch being built and metric (per class for a classifier's
   per-class recall): the model's performance on the batch's labelled rows, the
   metrics of the monitor's task (macros/performance/metrics.sql, each equal to
-  scikit-learn's), on the rows the monitor's performance_where admits (the
-  taxi's: trips in the model's domain). model_performance publishes the rows of
+  scikit-learn's), on the rows the monitor's performance_where admits (such as
+  the rows in the model's domain). model_performance publishes the rows of
   the batches that passed the contract. Computed here, ungated, so its scan of
   every row runs beside int_value_counts instead of after the contract's tests.
 -#}

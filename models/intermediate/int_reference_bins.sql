@@ -135,7 +135,7 @@ all_bins as (
     from category_counts
     inner join reference_rows on reference_rows.reference_version = category_counts.reference_version
     where cast(category_counts.row_count as {{ dbt.type_float() }}) / reference_rows.row_count
-          >= {{ var('drift')['psi_min_category_share'] }}
+          >= {{ modelwatch.drift_options(m)['psi_min_category_share'] }}
 
     union all
 

@@ -13,7 +13,7 @@
 -#}
 {{ config(tags=['gated']) }}
 {%- set m = modelwatch.monitor() -%}
-{%- set drift = var('drift') -%}
+{%- set drift = modelwatch.drift_options(m) -%}
 
 with batches as (
     select batch_date, reference_version

@@ -136,7 +136,7 @@ def init() -> None:
 @MONITOR_OPTION
 @handle_errors
 def train(reference: Path, monitor: str | None) -> None:
-    """Train the monitor's own model (the taxi's baseline) and register it with its reference set."""
+    """Train the model a monitor declares (its `model` key) and register it with its reference set."""
     trained = pipeline.train(settings(), reference, monitor)
     console.print(
         f"model {trained.version}: {trained.train_rows} training rows, train MAE {trained.train_mae:.3f}, "
@@ -226,7 +226,7 @@ def status_command(limit: int, monitor: str | None) -> None:
 @handle_errors
 def demo() -> None:
     """Train on January 2023 and run February 2023 as 28 daily batches (embedded database)."""
-    from .demo import run_demo
+    from .examples.nyc_taxi.demo import run_demo
 
     current = settings()
     outcome = _with_progress(
@@ -249,7 +249,7 @@ def demo() -> None:
 @handle_errors
 def fetch(month: str, out_dir: Path | None, base_url: str | None) -> None:
     """Download a month of green-taxi trips, e.g. `modelwatch fetch 2024-05`."""
-    from .fetch import TLC_BASE_URL, fetch_month
+    from .examples.nyc_taxi.fetch import TLC_BASE_URL, fetch_month
 
     path = fetch_month(month, out_dir or settings().home / "data", base_url or TLC_BASE_URL)
     console.print(str(path), soft_wrap=True, highlight=False)

@@ -32,7 +32,7 @@ from psycopg import sql
 
 from .config import Settings
 from .errors import UsageError
-from .monitors import Monitor
+from .monitors import Monitor, deep_merge
 
 NUMERIC, CATEGORICAL, PREDICTION = "numeric", "categorical", "prediction"
 
@@ -62,8 +62,10 @@ class DriftOptions:
         return options
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> DriftOptions:
-        return cls.from_vars(settings.dbt_vars.get("drift"))
+    def from_settings(cls, settings: Settings, monitor: Monitor | None = None) -> DriftOptions:
+        """vars.drift, with the monitor's own `drift` key merged over it."""
+        own = (monitor.raw.get("drift") if monitor is not None else None) or {}
+        return cls.from_vars(deep_merge(settings.dbt_vars.get("drift") or {}, own))
 
 
 @dataclass(frozen=True)
@@ -443,7 +445,7 @@ def score_batches(settings: Settings, conn: psycopg.Connection, monitor: Monitor
     """Evidently drift for each loaded batch of the monitor against its reference; stored in raw.
     `references`: the reference sets read so far, by (monitor, version), kept by a caller that
     scores more batches of this database (a reference version's rows never change)."""
-    options = DriftOptions.from_settings(settings)
+    options = DriftOptions.from_settings(settings, monitor)
     columns = monitored_columns(monitor)
     api = evidently_api()
     references = {} if references is None else references

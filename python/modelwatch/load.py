@@ -195,8 +195,8 @@ def start_batch(conn: psycopg.Connection, file: BatchFile, batch: Batch, model_v
 
 def main_period_rows(table: pa.Table, monitor: Monitor) -> pa.Table:
     """The rows of the file that are not strays: those of the file's busiest month and the
-    months next to it that hold at least a tenth as many rows (a TLC month file holds a few
-    trips of 2008; a file of a year of weekly batches holds all its months)."""
+    months next to it that hold at least a tenth as many rows (a month's file may hold a few
+    rows of 2008; a file of a year of weekly batches holds all its months)."""
     months = pc.strftime(table[monitor.timestamp], format="%Y-%m")
     counts = {item["values"]: item["counts"] for item in pc.value_counts(months).to_pylist()
               if item["values"] is not None}

@@ -91,7 +91,7 @@ class Monitor:
     rename: Mapping[str, str] = field(default_factory=dict)  # a file's column -> ours
     columns: Mapping[str, str] = field(default_factory=dict)  # further stored columns -> type
     derived: Mapping[str, str] = field(default_factory=dict)  # computed in SQL -> expression
-    model: str | None = None  # a module of modelwatch that trains and scores (the taxi's)
+    model: str | None = None  # a module that trains and scores (train, save, load_latest)
     performance_where: str | None = None
     lookups: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     checks: tuple[Check, ...] = ()

@@ -208,7 +208,7 @@ def backfill(
 
 def backfill_batches(monitor: Monitor, read: BatchFile, start: date | None, end: date | None) -> list[Batch]:
     """The file's batches from start to end; by default those of its main months, so strays
-    (pickups in 2008 in a 2023 file) are counted, not run as batches."""
+    (a few rows of 2008 in a file of 2023) are counted, not run as batches."""
     main = load.batch_starts(load.main_period_rows(read.table, monitor), monitor)
     if not main:
         raise InputError(f"{read.path}: the file holds no rows with a {monitor.timestamp}")

@@ -28,7 +28,7 @@ def write_report(settings: Settings, batch_date: date, out: Path | None = None,
     monitor = settings.monitor(monitor_name)
     batch_date = batch_of(monitor.name, monitor.batch_period, batch_date).start
     path = Path(out) if out is not None else default_path(settings, monitor.name, batch_date)
-    options = drift.DriftOptions.from_settings(settings)
+    options = drift.DriftOptions.from_settings(settings, monitor)
     columns = drift.monitored_columns(monitor)
     with db.connect(db.database_url(settings)) as conn:
         version = drift.batch_reference_version(conn, monitor, batch_date)

@@ -177,7 +177,7 @@ def build(settings: Settings, url: str, conn: psycopg.Connection, monitor: str, 
     """
     batch = batch_vars(monitor, start, end)
     # Unit tests check the SQL, not the batch: the test suite runs them, not every build. The
-    # seed (the zone lookup) is loaded by `init`; its tests still run with every build.
+    # seeds (the monitors' lookups) are loaded by `init`; their tests still run with every build.
     common = {"vars": batch, "exclude_resource_type": "unit_test seed"}
     env = dbt_env(url)
     digest = _project_digest(settings)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from . import pipeline
-from .config import PACKAGE_DATA_DIR, Settings
+from ... import pipeline
+from ...config import PACKAGE_DATA_DIR, Settings
 
 MONITOR = "nyc_taxi"
 REFERENCE_FILE = PACKAGE_DATA_DIR / "green_tripdata_2023-01.parquet"
