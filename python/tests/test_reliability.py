@@ -272,8 +272,8 @@ insert into raw.predictions values ('2023-02-13', 1, 'abc', 11.0), ('2023-02-13'
 """
 
 
-def _catalog(url: str) -> tuple:
-    """What the database holds: modelwatch's schemas, their relations and columns, the batch log and trips."""
+def _catalog(url: str, *queries: str) -> tuple:
+    """What the database holds: modelwatch's schemas' relations and their columns, then what `queries` read."""
     with psycopg.connect(url) as conn:
         relations = conn.execute(
             """select n.nspname, c.relname, c.relkind, a.attname, format_type(a.atttypid, a.atttypmod)
@@ -281,9 +281,10 @@ def _catalog(url: str) -> tuple:
                left join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
                where n.nspname in ('raw', 'staging', 'marts', 'audit') order by 1, 2, 4"""
         ).fetchall()
-        batches = conn.execute("select * from raw.batches order by batch_date").fetchall()
-        trips = conn.execute("select count(*), sum(fare_amount) from raw.trips").fetchone()
-    return relations, batches, trips
+        return (relations, *(conn.execute(query).fetchall() for query in queries))
+
+
+ONE_MONITOR_ROWS = ("select * from raw.batches order by batch_date", "select count(*), sum(fare_amount) from raw.trips")
 
 
 def _invoke(settings: Settings, *args: str):
@@ -312,10 +313,10 @@ def test_a_database_of_the_one_monitor_schema_is_refused_untouched(fresh_setting
     url = fresh_settings.database_url
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(ONE_MONITOR_DDL)
-    before = _catalog(url)
+    before = _catalog(url, *ONE_MONITOR_ROWS)
     assert {(schema_name, table) for schema_name, table, *_ in before[0]} == {
         ("raw", "batches"), ("raw", "batches_pkey"), ("raw", "trips"), ("raw", "predictions")}
-    assert before[2] == (2, 19.5)
+    assert before[2] == [(2, 19.5)]
     commands = (
         ("init",),
         ("run", "--batch-date", DAY.isoformat(), "--file", str(FEBRUARY)),
@@ -328,7 +329,7 @@ def test_a_database_of_the_one_monitor_schema_is_refused_untouched(fresh_setting
         result = _invoke(fresh_settings, *command)
         assert result.exit_code == 2, (command, result.output)
         assert _error_line(result) == ONE_MONITOR_REFUSED, command
-    assert _catalog(url) == before
+    assert _catalog(url, *ONE_MONITOR_ROWS) == before
     with psycopg.connect(url) as conn:
         assert schema.stored_version(conn) == 1
 
@@ -337,11 +338,14 @@ def test_a_database_of_a_newer_schema_is_refused_untouched(fresh_settings: Setti
     url = pipeline.init(fresh_settings)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("insert into raw.schema_version (version) values (%s)", (schema.SCHEMA_VERSION + 1,))
-    before = _catalog(url)
+    rows = ("select version from raw.schema_version order by 1", "select * from raw.batches",
+            "select * from marts.published_batches")
+    before = _catalog(url, *rows)
+    assert before[1] == [(schema.SCHEMA_VERSION,), (schema.SCHEMA_VERSION + 1,)]
     refused = (f"Error: the database holds schema version {schema.SCHEMA_VERSION + 1}, newer than this "
                f"modelwatch's ({schema.SCHEMA_VERSION}): upgrade modelwatch")
     for command in (("init",), ("run", "--batch-date", DAY.isoformat(), "--file", str(FEBRUARY)), ("status",)):
         result = _invoke(fresh_settings, *command)
         assert result.exit_code == 2, (command, result.output)
         assert _error_line(result) == refused, command
-    assert _catalog(url) == before
+    assert _catalog(url, *rows) == before
