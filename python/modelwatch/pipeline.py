@@ -22,7 +22,7 @@ from typing import Any
 
 import psycopg
 
-from . import db, drift_worker, load, publish, results, schema, transform
+from . import db, drift_worker, load, migrations, publish, results, schema, transform
 from .config import Settings
 from .errors import InputError, ModelwatchError, UsageError
 from .monitors import Monitor
@@ -80,11 +80,27 @@ def init(settings: Settings) -> str:
         model_module(monitor)
     url = db.database_url(settings)
     with db.connect(url, as_pipeline=False) as conn:  # the login's own rights: it manages the roles
-        schema.init_schema(conn, monitors, settings.reader_password, settings.pipeline_password)
+        migrated = schema.init_schema(conn, monitors, settings.reader_password, settings.pipeline_password)
     transform.seed(settings, url)
     with db.connect(url, autocommit=True) as conn, db.build_lock(conn):  # builds re-create views too
         transform.create_views(settings, url, conn)
+    if migrated:
+        rebuild_marts(settings, settings.monitor(migrations.V1_MONITOR))
     return url
+
+
+def rebuild_marts(settings: Settings, monitor: Monitor) -> int:
+    """Build the marts of every finished batch of the monitor again from what raw holds (after a
+    migration: the marts are derived, the raw rows and drift scores are kept); returns how many."""
+    url = db.database_url(settings)
+    with db.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "select batch_date, batch_end from raw.batches where monitor = %s and status = any(%s) order by 1",
+            (monitor.name, list(publish.FINISHED))).fetchall()
+        batches = [Batch(monitor.name, start, end) for start, end in rows]
+        for first in range(0, len(batches), BACKFILL_CHUNK_BATCHES):
+            build_batches(settings, conn, url, monitor, batches[first:first + BACKFILL_CHUNK_BATCHES])
+    return len(batches)
 
 
 def model_module(monitor: Monitor) -> ModuleType | None:

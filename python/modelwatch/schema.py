@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import psycopg
 from psycopg import sql
 
-from . import publish, views
+from . import migrations, publish, views
 from .db import BUILD_LOCK_KEY, LOCK_CLASS
 from .errors import UsageError
 from .monitors import Monitor
@@ -200,25 +200,27 @@ def _version_message(version: int) -> str:
     if version > SCHEMA_VERSION:
         return (f"the database holds schema version {version}, newer than this modelwatch's "
                 f"({SCHEMA_VERSION}): upgrade modelwatch")
-    return ("the database holds the one-monitor schema of an older modelwatch (version 1), which this one "
-            "does not migrate: use a new database (or drop its schemas raw, staging, marts and audit) and "
-            "run `modelwatch init`, then run its batches again")
+    return ("the database holds the schema of an older modelwatch (version 1): run `modelwatch init` to "
+            "migrate it (its batches become monitor nyc_taxi's)")
 
 
 def init_schema(conn: psycopg.Connection, monitors: Iterable[Monitor], reader_password: str | None,
-                pipeline_password: str | None = None) -> None:
+                pipeline_password: str | None = None) -> bool:
     """Roles, schemas, shared tables and every declared monitor's tables, owned by the pipeline
     role where the server allows it; safe to run again (a monitor declared since gets its
-    tables, and columns declared since are added), and touches no monitor's rows.
+    tables, and columns declared since are added), and touches no monitor's rows. A database
+    of an older schema is migrated (modelwatch.migrations); returns whether it was, so that
+    the caller rebuilds its marts.
 
     `conn` is the login's own session (db.connect(..., as_pipeline=False)).
     """
+    monitors = list(monitors)
     with conn.transaction():
         # Serialise concurrent `init`s of this database: CREATE ... IF NOT EXISTS is not race-free.
         # An advisory lock is per database; ensure_roles retries what inits of others race on.
         conn.execute("select pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, BUILD_LOCK_KEY))
         version = stored_version(conn)
-        if version is not None and version != SCHEMA_VERSION:
+        if version is not None and version > SCHEMA_VERSION:
             raise UsageError(_version_message(version))
         ensure_roles(conn, reader_password, pipeline_password)
         owner = pipeline_role(conn, initialised=False)
@@ -229,16 +231,21 @@ def init_schema(conn: psycopg.Connection, monitors: Iterable[Monitor], reader_pa
         if owner:
             hand_over(conn, owner)
         with acting_as(conn, owner):  # what is created from here on belongs to the owner
+            if version == 1:
+                migrations.set_aside_v1(conn)
             conn.execute(SHARED_DDL)
-            if version is None:
-                conn.execute("insert into raw.schema_version (version) values (%s)", (SCHEMA_VERSION,))
             for monitor in monitors:
                 for statement in monitor_tables(monitor):
                     conn.execute(statement)
                 add_declared_columns(conn, monitor)
+            if version == 1:
+                migrations.copy_v1(conn, monitors)
+            if version != SCHEMA_VERSION:
+                conn.execute("insert into raw.schema_version (version) values (%s)", (SCHEMA_VERSION,))
             conn.execute(views.DDL)
             views.forget(conn)  # the raw tables the views read may have changed: the next build makes them
             conn.execute(publish.DDL)
             publish.sync(conn)
             grant_reader(conn)
         revoke_public_create(conn)
+    return version == 1

@@ -33,18 +33,26 @@ def _invoke(settings: Settings, *args: str, project_dir: Path | None = None):
 def _stored(url: str) -> tuple:
     with psycopg.connect(url) as conn:
         return (
-            conn.execute("select batch_date, count(*), sum(fare_amount) from raw.trips group by 1 order by 1").fetchall(),
+            conn.execute(
+                "select batch_date, count(*), sum(fare_amount) from raw.nyc_taxi__rows group by 1 order by 1"
+            ).fetchall(),
             conn.execute("select batch_date, status, rows_loaded, file_sha256 from raw.batches order by 1").fetchall(),
-            conn.execute("select * from marts.column_quality order by 1, 2").fetchall(),
-            conn.execute("select * from marts.model_performance order by 1").fetchall(),
+            conn.execute("select * from marts.column_quality order by 1, 2, 3").fetchall(),
+            conn.execute("select * from marts.model_performance order by 1, 2, 3, 4").fetchall(),
         )
 
 
-def _project_with_monitoring(tmp_path: Path, **changes: object) -> Path:
-    """A copy of the dbt project whose vars.monitoring differs."""
+def _project_with_taxi(tmp_path: Path, **changes: object) -> Path:
+    """A copy of the dbt project whose taxi monitor (vars.monitors.nyc_taxi) differs: a key
+    with dots (features.numeric) names a key inside another."""
     project = copy_project(tmp_path / "project")
     config = yaml.safe_load((project / "dbt_project.yml").read_text())
-    config["vars"]["monitoring"].update(changes)
+    for key, value in changes.items():
+        *path, last = key.split("__")
+        block = config["vars"]["monitors"]["nyc_taxi"]
+        for part in path:
+            block = block[part]
+        block[last] = value
     (project / "dbt_project.yml").write_text(yaml.safe_dump(config))
     return project
 
@@ -55,6 +63,13 @@ def one_batch(trained_settings: Settings) -> Settings:
     return trained_settings
 
 
+def _error_line(result) -> str:
+    lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1, result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
 def _day(table: pa.Table) -> pa.Table:
     days = pc.cast(table["lpep_pickup_datetime"], pa.date32())
     return table.filter(pc.equal(days, pa.scalar(DAY, pa.date32())))
@@ -62,39 +77,41 @@ def _day(table: pa.Table) -> pa.Table:
 
 def test_hostile_column_name_in_configuration_never_reaches_sql(one_batch: Settings, tmp_path: Path) -> None:
     before = _stored(one_batch.database_url)
-    project = _project_with_monitoring(
-        tmp_path, numeric_features=["fare_amount", "fare_amount; drop table raw.trips; --"]
+    project = _project_with_taxi(
+        tmp_path, features__numeric=["fare_amount", "fare_amount; drop table raw.nyc_taxi__rows; --"]
     )
     result = _invoke(one_batch, "run", "--batch-date", DAY.isoformat(), "--file", str(FEBRUARY), project_dir=project)
     assert result.exit_code == 2
-    assert "Error: dbt_project.yml vars.monitoring: numeric_features: 'fare_amount; drop table raw.trips; --' " \
-           "is not a plain column name" in result.output
+    assert _error_line(result) == (
+        f"Error: {project / 'dbt_project.yml'}: monitor nyc_taxi: features.numeric: "
+        "'fare_amount; drop table raw.nyc_taxi__rows; --' is not a plain column name (lower-case letters, digits, _)"
+    )
     assert _stored(one_batch.database_url) == before
 
 
 def test_monitored_column_the_data_lacks(one_batch: Settings, tmp_path: Path) -> None:
     before = _stored(one_batch.database_url)
-    project = _project_with_monitoring(tmp_path, categorical_features=["pu_location_id", "driver_rating"])
+    project = _project_with_taxi(tmp_path, features__categorical=["pu_location_id", "driver_rating"])
     result = _invoke(one_batch, "run", "--batch-date", DAY.isoformat(), "--file", str(FEBRUARY), project_dir=project)
     assert result.exit_code == 2
-    assert f"Error: {project / 'dbt_project.yml'}: monitored column 'driver_rating' is not a column of the data" \
-        in result.output
+    # A declared feature is a column every file of the monitor must have.
+    assert _error_line(result) == f"Error: {FEBRUARY}: required column 'driver_rating' is missing"
     assert _stored(one_batch.database_url) == before
 
 
 def test_hostile_file_name_is_stored_verbatim(trained_settings: Settings, tmp_path: Path) -> None:
-    hostile = tmp_path / "it's\"; drop table raw.trips; --.parquet"
+    hostile = tmp_path / "it's\"; drop table raw.nyc_taxi__rows; --.parquet"
     shutil.copy(FEBRUARY, hostile)
     result = _invoke(trained_settings, "run", "--batch-date", DAY.isoformat(), "--file", str(hostile))
     assert result.exit_code == 0, result.output
     with psycopg.connect(trained_settings.database_url) as conn:
         assert conn.execute("select file_name, rows_loaded from raw.batches").fetchone() == (hostile.name, 2_466)
-        assert conn.execute("select count(*) from raw.trips").fetchone() == (2_466,)
+        assert conn.execute("select count(*) from raw.nyc_taxi__rows").fetchone() == (2_466,)
 
 
 def test_hostile_strings_in_text_columns_round_trip(trained_settings: Settings, tmp_path: Path) -> None:
     table = _day(pq.read_table(FEBRUARY))
-    hostile = ["'); drop table raw.trips; --", 'a "quoted", value', "line\nbreak", "\\N", ""]
+    hostile = ["'); drop table raw.nyc_taxi__rows; --", 'a "quoted", value', "line\nbreak", "\\N", ""]
     flags = pa.array([hostile[i % len(hostile)] for i in range(table.num_rows)], pa.string())
     table = table.set_column(table.schema.get_field_index("store_and_fwd_flag"), "store_and_fwd_flag", flags)
     path = tmp_path / "hostile.parquet"
@@ -102,7 +119,7 @@ def test_hostile_strings_in_text_columns_round_trip(trained_settings: Settings, 
     result = _invoke(trained_settings, "run", "--batch-date", DAY.isoformat(), "--file", str(path))
     assert result.exit_code == 0, result.output
     with psycopg.connect(trained_settings.database_url) as conn:
-        stored = conn.execute("select store_and_fwd_flag from raw.trips order by trip_id").fetchall()
+        stored = conn.execute("select store_and_fwd_flag from raw.nyc_taxi__rows order by trip_id").fetchall()
     assert [value for (value,) in stored] == flags.to_pylist()
 
 
@@ -135,7 +152,7 @@ def test_timestamps_years_away_and_extreme_values(trained_settings: Settings, tm
     path = tmp_path / "strays.parquet"
     pq.write_table(table, path)
     outcome = pipeline.run_batch(trained_settings, DAY, path)
-    assert (outcome.rows_loaded, outcome.rows_outside_day, outcome.status) == (2_461, 5, "passed")
+    assert (outcome.rows_loaded, outcome.rows_outside_period, outcome.status) == (2_461, 5, "passed")
     with psycopg.connect(trained_settings.database_url) as conn:
         assert conn.execute(
             "select max_value from marts.column_quality where column_name = 'trip_distance'"

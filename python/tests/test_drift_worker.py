@@ -19,8 +19,9 @@ import pytest
 from modelwatch import drift, drift_worker, pipeline
 from modelwatch.config import Settings
 from modelwatch.errors import DriftError, TransformError, UsageError
+from modelwatch.periods import batch_of
 
-from .conftest import FEBRUARY, copy_project, trained_database
+from .conftest import FEBRUARY, TAXI, copy_project, trained_database
 
 DAY = date(2023, 2, 14)
 
@@ -35,36 +36,39 @@ def one_batch(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 def _stored(conn: psycopg.Connection, day: date) -> dict[str, tuple]:
     return {row[0]: row[1:] for row in conn.execute(
-        "select column_name, method, threshold, score, drifted, reason from raw.drift_scores where batch_date = %s",
-        (day,)).fetchall()}
+        """select column_name, method, threshold, score, drifted, reason from raw.drift_scores
+           where monitor = %s and batch_date = %s""", (TAXI, day)).fetchall()}
 
 
 def test_the_worker_stores_what_the_step_computes_in_process(one_batch: Settings) -> None:
     with psycopg.connect(one_batch.database_url, autocommit=True) as conn:
         stored = _stored(conn, DAY)
-        columns = drift.monitored_columns(one_batch.monitoring)
+        monitor = one_batch.monitor(TAXI)
+        columns = drift.monitored_columns(monitor)
         options = drift.DriftOptions.from_settings(one_batch)
-        version = drift.batch_model_version(conn, DAY)
-        in_process = drift.score_batch(drift.evidently_api(), DAY, version,
-                                       drift.read_reference(conn, version, columns, options),
-                                       drift.read_batch(conn, DAY, columns, options), columns, options)
-        dataset = conn.execute("select current_rows, columns_computed, columns_drifted from raw.drift_datasets"
-                               " where batch_date = %s", (DAY,)).fetchone()
+        version = drift.batch_reference_version(conn, monitor, DAY)
+        in_process = drift.score_batch(drift.evidently_api(), TAXI, DAY, version,
+                                       drift.read_reference(conn, monitor, version, columns, options),
+                                       drift.read_batch(conn, monitor, DAY, columns, options), columns, options)
+        dataset = conn.execute("""select reference_version, current_rows, columns_computed, columns_drifted
+                                  from raw.drift_datasets where monitor = %s and batch_date = %s""",
+                               (TAXI, DAY)).fetchone()
     assert len(stored) == 7
     expected = {column.column: (column.method, column.threshold, column.score, column.drifted, column.reason)
                 for column in in_process.columns}
     # Equal up to float summation order: Evidently's Jensen-Shannon sums over a set of the
     # categories, whose order follows the process's string hash seed.
     assert {name: (*row[:2], pytest.approx(row[2], rel=1e-12), *row[3:]) for name, row in stored.items()} == expected
-    assert dataset == (2_466, 7, in_process.columns_drifted)
+    assert dataset == (version, 2_466, 7, in_process.columns_drifted)
+    assert in_process.reference_version == version is not None
 
 
 def test_an_error_in_the_worker_reaches_the_run_as_itself(one_batch: Settings) -> None:
     with drift_worker.started(one_batch) as worker:
-        worker.score(one_batch.database_url, [date(2023, 3, 15)])  # never loaded
-        with pytest.raises(UsageError, match="batch 2023-03-15 has not been loaded"):
+        worker.score(one_batch.database_url, TAXI, [date(2023, 3, 15)])  # never loaded
+        with pytest.raises(UsageError, match=f"monitor {TAXI}: batch 2023-03-15 has not been loaded"):
             worker.wait()
-        worker.score(one_batch.database_url, [DAY])  # the worker goes on serving
+        worker.score(one_batch.database_url, TAXI, [DAY])  # the worker goes on serving
         worker.wait()
 
 
@@ -72,15 +76,15 @@ def test_queued_requests_are_answered_in_order_and_the_first_error_comes_after_a
     """A run sends each batch as soon as it is loaded: requests queue in the pipe. wait() reads
     every answer, raises the first error, and leaves nothing unread for the next run."""
     with psycopg.connect(one_batch.database_url, autocommit=True) as conn:
-        conn.execute("delete from raw.drift_scores where batch_date = %s", (DAY,))
+        conn.execute("delete from raw.drift_scores where monitor = %s and batch_date = %s", (TAXI, DAY))
     with drift_worker.started(one_batch) as worker:
         for day in (date(2023, 3, 15), DAY, date(2023, 3, 16)):  # the first and last were never loaded
-            worker.score(one_batch.database_url, [day])
+            worker.score(one_batch.database_url, TAXI, [day])
         assert worker.pending == 3
-        with pytest.raises(UsageError, match="batch 2023-03-15 has not been loaded"):
+        with pytest.raises(UsageError, match=f"monitor {TAXI}: batch 2023-03-15 has not been loaded"):
             worker.wait()
         assert worker.pending == 0
-        worker.score(one_batch.database_url, [DAY])
+        worker.score(one_batch.database_url, TAXI, [DAY])
         worker.wait()  # this request's own answer: no error left over from the queue
     with psycopg.connect(one_batch.database_url, autocommit=True) as conn:
         assert len(_stored(conn, DAY)) == 7  # the request between the failing ones was scored
@@ -97,19 +101,19 @@ def test_runs_in_one_process_share_its_worker_until_one_fails_while_it_scores(on
             assert concurrent.pid != pid
         assert not concurrent.alive()
     with pytest.raises(RuntimeError), drift_worker.started(one_batch) as failing:
-        failing.score(one_batch.database_url, [DAY])
+        failing.score(one_batch.database_url, TAXI, [DAY])
         raise RuntimeError("the run failed while the worker scored")
     assert not failing.alive()
     with drift_worker.started(one_batch) as after:
         assert after.pid != pid and after.alive()
-        after.score(one_batch.database_url, [DAY])
+        after.score(one_batch.database_url, TAXI, [DAY])
         after.wait()
 
 
 def test_a_worker_that_dies_is_an_error_naming_the_drift_step(one_batch: Settings) -> None:
     worker = drift_worker.DriftWorker(one_batch)
     os.kill(worker.pid, signal.SIGKILL)
-    worker.score(one_batch.database_url, [DAY])
+    worker.score(one_batch.database_url, TAXI, [DAY])
     with pytest.raises(DriftError, match=r"the drift step stopped \(killed by signal 9\)"):
         worker.wait()
     worker.close()
@@ -183,9 +187,10 @@ def test_a_drift_step_failing_mid_run_marks_the_batch_and_exits_3(one_batch: Set
     lines = run.stderr.strip().splitlines()
     assert lines == ["Error: the drift step stopped (killed by signal 9): no message"]
     with psycopg.connect(one_batch.database_url, autocommit=True) as conn:
-        status, error = conn.execute("select status, error from raw.batches where batch_date = '2023-02-16'").fetchone()
-        published = conn.execute("select count(*) from marts.published_batches where batch_date = '2023-02-16'"
-                                 ).fetchone()[0]
+        status, error = conn.execute("select status, error from raw.batches"
+                                     " where monitor = %s and batch_date = '2023-02-16'", (TAXI,)).fetchone()
+        published = conn.execute("select count(*) from marts.published_batches"
+                                 " where monitor = %s and batch_date = '2023-02-16'", (TAXI,)).fetchone()[0]
     assert (status, error, published) == ("error", "the drift step stopped (killed by signal 9): no message", 0)
 
 
@@ -200,11 +205,14 @@ def test_a_range_whose_build_fails_stops_the_worker_it_queued_batches_for(one_ba
     worker = drift_worker.DriftWorker(broken)
     try:
         with pytest.raises(TransformError, match="int_value_counts"):
-            pipeline.run_range(broken, FEBRUARY, [date(2023, 2, 15), date(2023, 2, 16)], scorer=worker)
+            pipeline.run_range(broken, broken.monitor(TAXI), FEBRUARY,
+                               [batch_of(TAXI, "day", date(2023, 2, 15)), batch_of(TAXI, "day", date(2023, 2, 16))],
+                               scorer=worker)
         assert not worker.alive()
     finally:
         worker.close()
     with psycopg.connect(one_batch.database_url) as conn:
-        statuses = dict(conn.execute("select batch_date, status from raw.batches where batch_date in (%s, %s)",
-                                     (date(2023, 2, 15), date(2023, 2, 16))).fetchall())
+        statuses = dict(conn.execute("select batch_date, status from raw.batches"
+                                     " where monitor = %s and batch_date in (%s, %s)",
+                                     (TAXI, date(2023, 2, 15), date(2023, 2, 16))).fetchall())
     assert statuses == {date(2023, 2, 15): "error", date(2023, 2, 16): "error"}
