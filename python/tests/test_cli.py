@@ -6,6 +6,7 @@ import functools
 import http.server
 import threading
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -15,7 +16,7 @@ from click.testing import CliRunner
 from modelwatch.cli import main
 from modelwatch.config import Settings
 
-from .conftest import FEBRUARY, shared_file
+from .conftest import FEBRUARY, JANUARY, nannyml_file, shared_file
 
 
 def _invoke(settings: Settings, *args: str):
@@ -153,7 +154,8 @@ def test_day_with_no_rows_in_the_file(trained_settings: Settings) -> None:
     result = _invoke(trained_settings, "run", "--batch-date", "2023-03-05", "--file", str(FEBRUARY))
     assert result.exit_code == 2
     assert _error_line(result) == (
-        f"Error: {FEBRUARY}: no trips with a pickup on 2023-03-05 (its pickups run from 2023-02-01 to 2023-02-28)"
+        f"Error: {FEBRUARY}: no rows with a pickup_datetime in the day of 2023-03-05 "
+        "(its rows' days run from 2023-02-01 to 2023-02-28)"
     )
 
 
@@ -177,3 +179,142 @@ def test_embedded_server_commands(tmp_path: Path) -> None:
     finally:
         assert runner.invoke(main, ["db", "stop"], env=env).output.strip() == "stopped"
     assert runner.invoke(main, ["db", "stop"], env=env).output.strip() == "not running"
+
+
+def _declared_monitors() -> list[str]:
+    import yaml
+
+    from modelwatch.config import PROJECT_DIR
+
+    return sorted(yaml.safe_load((PROJECT_DIR / "dbt_project.yml").read_text())["vars"]["monitors"])
+
+
+@pytest.mark.parametrize("command", [
+    ("run", "--batch-date", "2023-02-14", "--file", str(FEBRUARY)),
+    ("backfill", "--file", str(FEBRUARY)),
+    ("train", "--reference", str(JANUARY)),
+    ("reference", "--file", str(JANUARY)),
+    ("status",),
+    ("report", "--batch-date", "2023-02-14"),
+    ("dashboard",),
+], ids=lambda command: command[0])
+def test_unknown_monitor_names_the_known_ones(tmp_path: Path, command: tuple[str, ...]) -> None:
+    """Before anything else, the database included: an unreachable one would exit 3."""
+    env = {"MODELWATCH_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none", "MODELWATCH_HOME": str(tmp_path)}
+    result = CliRunner().invoke(main, [*command, "--monitor", "nyc_taxis"], env=env)
+    assert result.exit_code == 2, result.output
+    known = _declared_monitors()
+    assert "nyc_taxi" in known and len(known) > 1
+    assert _error_line(result) == (
+        f"Error: unknown monitor 'nyc_taxis' (declared in dbt_project.yml vars.monitors: {', '.join(known)})"
+    )
+    assert not (tmp_path / "reports").exists()
+
+
+def test_status_limit_must_not_be_negative(trained_settings: Settings) -> None:
+    result = _invoke(trained_settings, "status", "--limit", "-1")
+    assert result.exit_code == 2
+    assert "Invalid value for '--limit': -1 is not in the range x>=0." in result.output
+
+
+def test_status_shows_the_monitor_asked_for(demo_settings: Settings) -> None:
+    """The demo's batches are the taxi's (the default monitor); another monitor has none of them."""
+    assert "2023-02-28" in _invoke(demo_settings, "status", "--monitor", "nyc_taxi", "--limit", "1").output
+    other = _invoke(demo_settings, "status", "--monitor", "car_price")
+    assert other.exit_code == 0, other.output
+    assert "2023-02" not in other.output
+
+
+def test_reference_of_a_monitor_whose_files_bring_predictions(fresh_settings: Settings) -> None:
+    """car_price (NannyML's regression example): no model of modelwatch's, so no `train`; its
+    reference file, with predictions and targets, is stored as it is, and its batches are
+    compared with it."""
+    import psycopg
+
+    from modelwatch import pipeline
+
+    reference_file = nannyml_file("regression_synthetic_reference.parquet")
+    analysis_file = nannyml_file("regression_synthetic_analysis.parquet")
+    pipeline.init(fresh_settings)
+    url = fresh_settings.database_url
+
+    untrained = _invoke(fresh_settings, "train", "--monitor", "car_price", "--reference", str(reference_file))
+    assert untrained.exit_code == 2
+    assert _error_line(untrained) == (
+        "Error: monitor car_price declares no model for modelwatch to train: its files bring their predictions "
+        "(store its reference with `modelwatch reference --monitor car_price --file FILE`)"
+    )
+    unreferenced = _invoke(fresh_settings, "run", "--monitor", "car_price", "--batch-date", "2017-02-20",
+                           "--file", str(analysis_file))
+    assert unreferenced.exit_code == 2
+    assert _error_line(unreferenced) == (
+        "Error: monitor car_price has no reference set: store one with "
+        "`modelwatch reference --monitor car_price --file FILE`"
+    )
+    with psycopg.connect(url) as conn:
+        assert conn.execute("select count(*) from raw.batches").fetchone() == (0,)
+
+    stored = _invoke(fresh_settings, "reference", "--monitor", "car_price", "--file", str(reference_file))
+    assert stored.exit_code == 0, stored.output
+    with psycopg.connect(url) as conn:
+        version, file_name, row_count, model_version = conn.execute(
+            "select version, file_name, row_count, model_version from raw.references where monitor = 'car_price'"
+        ).fetchone()
+        rows, predictions, targets, mean_prediction = conn.execute(
+            "select count(*), count(y_pred), count(y_true), avg(y_pred) from raw.car_price__reference"
+            " where reference_version = %s", (version,)
+        ).fetchone()
+    assert stored.output.splitlines()[0] == (
+        f"monitor car_price: reference {version} stored, 60,000 rows from regression_synthetic_reference.parquet"
+    )
+    assert (file_name, row_count, model_version) == ("regression_synthetic_reference.parquet", 60_000, None)
+    expected = pq.read_table(reference_file, columns=["y_pred"])["y_pred"].to_numpy()
+    assert (rows, predictions, targets) == (60_000, 60_000, 60_000)
+    assert abs(mean_prediction - expected.mean()) < 1e-6 * abs(expected.mean())
+
+    run = _invoke(fresh_settings, "run", "--monitor", "car_price", "--batch-date", "2017-02-20",
+                  "--file", str(analysis_file))
+    assert run.exit_code == 0, run.output
+    shown = _invoke(fresh_settings, "status", "--monitor", "car_price")
+    assert "2017-02-20" in shown.output
+    assert "2017-02-20" not in _invoke(fresh_settings, "status").output  # the default monitor: the taxi
+    analysis_day = pq.read_table(analysis_file, columns=["timestamp"])["timestamp"].to_pandas().dt.date
+    with psycopg.connect(url) as conn:
+        assert conn.execute(
+            """select monitor, batch_date, batch_end, rows_loaded, model_version, reference_version
+               from raw.batches"""
+        ).fetchall() == [("car_price", date(2017, 2, 20), date(2017, 2, 20),
+                          int((analysis_day == date(2017, 2, 20)).sum()), None, version)]
+        assert conn.execute("select count(*) from raw.nyc_taxi__rows").fetchone() == (0,)
+
+
+def test_reference_of_the_taxi_is_scored_by_its_model(trained_settings: Settings) -> None:
+    """`modelwatch reference` for a monitor with a model of modelwatch's: every row of the file,
+    scored by the latest model; later batches are compared with it."""
+    import psycopg
+
+    with psycopg.connect(trained_settings.database_url) as conn:
+        (trained_reference, model_version), = conn.execute(
+            "select version, model_version from raw.references where monitor = 'nyc_taxi'").fetchall()
+    result = _invoke(trained_settings, "reference", "--file", str(JANUARY))
+    assert result.exit_code == 0, result.output
+    with psycopg.connect(trained_settings.database_url) as conn:
+        version, row_count, scored_by = conn.execute(
+            "select version, row_count, model_version from raw.references where monitor = 'nyc_taxi'"
+            " order by created_at desc limit 1").fetchone()
+        stored = conn.execute(
+            "select count(*), count(predicted_duration_min) from raw.nyc_taxi__reference where reference_version = %s",
+            (version,)).fetchone()
+    assert result.output.splitlines()[0] == (
+        f"monitor nyc_taxi: reference {version} stored, 68,211 rows from green_tripdata_2023-01.parquet"
+    )
+    # Every row of the file (training keeps January's pickups only: 68,207), each scored.
+    assert pq.read_metadata(JANUARY).num_rows == row_count == 68_211
+    assert stored == (68_211, 68_211)
+    assert scored_by == model_version and version != trained_reference
+    run = _invoke(trained_settings, "run", "--batch-date", "2023-02-14", "--file", str(FEBRUARY))
+    assert run.exit_code == 0, run.output
+    with psycopg.connect(trained_settings.database_url) as conn:
+        assert conn.execute("select reference_version, model_version from raw.batches").fetchone() == (
+            version, model_version)
+        assert conn.execute("select reference_version from raw.drift_datasets").fetchone() == (version,)

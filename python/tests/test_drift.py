@@ -20,16 +20,22 @@ from click.testing import CliRunner
 from modelwatch import db, drift, pipeline, transform
 from modelwatch.cli import main
 from modelwatch.config import Settings
+from modelwatch.monitors import Monitor
 
 from .chromium import chromium_path, visit
-from .conftest import FEBRUARY
+from .conftest import FEBRUARY, TAXI
 
 DAY = date(2023, 2, 14)
 DAY_ROWS = 2_466
 WASSERSTEIN, JENSEN_SHANNON = "Wasserstein distance (normed)", "Jensen-Shannon distance"
 PREDICTION = "predicted_duration_min"
 NUMERIC = ["passenger_count", "trip_distance", "fare_amount", "total_amount", PREDICTION]
-CATEGORICAL = ["pu_location_id", "do_location_id"]
+CATEGORICAL = ["pu_location_id", "do_location_id"]  # zone ids, stored as text
+ROWS, REFERENCE = f"raw.{TAXI}__rows", f"raw.{TAXI}__reference"
+
+
+def _taxi() -> Monitor:
+    return Settings.from_env({}).monitor(TAXI)
 
 
 # ------------------------------------------------------------------ PSI in SQL vs numpy
@@ -46,7 +52,7 @@ def _numpy_bins(reference: pd.DataFrame, column: str, min_share: float) -> list:
     if column in NUMERIC:
         present = values.dropna().astype("float64").to_numpy()
         return sorted(set(np.quantile(present, np.arange(1, 10) / 10, method="inverted_cdf").tolist()))
-    shares = values.dropna().astype("int64").astype(str).value_counts() / len(values)
+    shares = values.dropna().astype(str).value_counts() / len(values)
     return sorted(shares[shares >= min_share].index)
 
 
@@ -58,7 +64,7 @@ def _numpy_shares(values: pd.Series, column: str, bins: list) -> np.ndarray:
         index = np.searchsorted(np.asarray(bins), present.astype("float64").to_numpy(), side="left")
         counts = np.bincount(index, minlength=len(bins) + 1)
     else:
-        as_text = present.astype("int64").astype(str)
+        as_text = present.astype(str)
         counts = np.array([int((as_text == category).sum()) for category in bins]
                           + [int((~as_text.isin(bins)).sum())])
     return np.append(counts, values.isna().sum()) / len(values)
@@ -71,20 +77,19 @@ def _numpy_psi(current: np.ndarray, reference: np.ndarray, epsilon: float = 1e-4
 
 
 def test_sql_psi_equals_numpy_psi_for_every_february_batch(demo_conn: psycopg.Connection) -> None:
-    version = demo_conn.execute("select version from raw.models").fetchone()[0]
-    columns = ", ".join(NUMERIC[:-1] + CATEGORICAL)
-    reference = _frame(demo_conn, f"select {columns}, {PREDICTION} from raw.reference_trips where model_version = %s",
-                       (version,))
-    batches = _frame(demo_conn, f"""select t.batch_date, {', '.join('t.' + c for c in NUMERIC[:-1] + CATEGORICAL)},
-                                           p.{PREDICTION}
-                                    from raw.trips t left join raw.predictions p using (batch_date, trip_id)""")
+    (version,) = demo_conn.execute("select version from raw.references where monitor = %s", (TAXI,)).fetchall()[0]
+    columns = ", ".join(NUMERIC + CATEGORICAL)  # the prediction is stored with the features
+    reference = _frame(demo_conn, f"select {columns} from {REFERENCE} where reference_version = %s", (version,))
+    batches = _frame(demo_conn, f"select batch_date, {columns} from {ROWS}")
     stored = _frame(demo_conn, """select column_name, bin_kind, upper_bound, category, reference_share
-                                  from staging.int_reference_bins where model_version = %s
-                                  order by column_name, bin_index""", (version,))
+                                  from staging.int_reference_bins where monitor = %s and reference_version = %s
+                                  order by column_name, bin_index""", (TAXI, version))
     sql_psi = {(day, column): score for day, column, score in demo_conn.execute(
-        "select batch_date, column_name, score from marts.feature_drift where source = 'sql_psi'").fetchall()}
+        """select batch_date, column_name, score from marts.feature_drift
+           where monitor = %s and source = 'sql_psi'""", (TAXI,)).fetchall()}
 
     assert len(reference) == 68_207 and len(batches) == 64_783
+    assert demo_conn.execute("select count(*) from raw.references").fetchone() == (1,)  # the one reference set
     assert len(sql_psi) == 28 * 7
     worst = 0.0
     for column in NUMERIC + CATEGORICAL:
@@ -118,7 +123,7 @@ def test_evidently_scores_every_february_batch(demo_conn: psycopg.Connection) ->
     rows = demo_conn.execute(
         """select column_name, column_kind, method, threshold, count(*), bool_and(computed),
                   count(*) filter (where drifted), min(evidently_version), max(evidently_version)
-           from raw.drift_scores group by 1, 2, 3, 4 order by 1"""
+           from raw.drift_scores where monitor = %s group by 1, 2, 3, 4 order by 1""", (TAXI,)
     ).fetchall()
     by_column = {row[0]: row[1:] for row in rows}
     assert set(by_column) == set(NUMERIC + CATEGORICAL)
@@ -132,14 +137,14 @@ def test_evidently_scores_every_february_batch(demo_conn: psycopg.Connection) ->
     numeric_alarms = demo_conn.execute(
         """select s.batch_date, s.column_name, round(s.score::numeric, 4), round(f.score::numeric, 4)
            from raw.drift_scores s
-           join marts.feature_drift f on f.batch_date = s.batch_date and f.column_name = s.column_name
-                                     and f.source = 'sql_psi'
-           where s.drifted and s.column_kind <> 'categorical' order by 2"""
+           join marts.feature_drift f on f.monitor = s.monitor and f.batch_date = s.batch_date
+                                     and f.column_name = s.column_name and f.source = 'sql_psi'
+           where s.monitor = %s and s.drifted and s.column_kind <> 'categorical' order by 2""", (TAXI,)
     ).fetchall()
     assert numeric_alarms == [(date(2023, 2, 7), PREDICTION, Decimal("0.1546"), Decimal("0.0072")),
                               (date(2023, 2, 7), "trip_distance", Decimal("0.1549"), Decimal("0.0030"))]
     day = dict(demo_conn.execute(
-        "select column_name, score from raw.drift_scores where batch_date = %s", (DAY,)).fetchall())
+        "select column_name, score from raw.drift_scores where monitor = %s and batch_date = %s", (TAXI, DAY)).fetchall())
     assert day["fare_amount"] == pytest.approx(0.03374573404303935, abs=1e-12)
     assert day["total_amount"] == pytest.approx(0.042749289243216644, abs=1e-12)
     assert day[PREDICTION] == pytest.approx(0.014039147599058695, abs=1e-12)
@@ -152,10 +157,10 @@ def test_dataset_drift_agrees_with_the_column_verdicts(demo_conn: psycopg.Connec
                   d.dataset_drift, d.prediction_drift_score, d.prediction_drifted, d.psi_columns_drifted,
                   d.current_rows, d.evidently_rows,
                   (select count(*) from marts.feature_drift f
-                   where f.batch_date = d.batch_date and f.source = 'evidently' and f.drifted)
-           from marts.dataset_drift d order by d.batch_date"""
+                   where f.monitor = d.monitor and f.batch_date = d.batch_date and f.source = 'evidently' and f.drifted)
+           from marts.dataset_drift d where d.monitor = %s order by d.batch_date""", (TAXI,)
     ).fetchall()
-    rows_per_day = dict(demo_conn.execute("select batch_date, count(*) from raw.trips group by 1").fetchall())
+    rows_per_day = dict(demo_conn.execute(f"select batch_date, count(*) from {ROWS} group by 1").fetchall())
     assert len(rows) == 28
     for day, monitored, computed, drifted, share, flag, prediction, prediction_drifted, psi_drifted, \
             current, used, evidently_drifted in rows:
@@ -199,10 +204,12 @@ def test_the_step_scores_as_an_evidently_report_does(demo_conn: psycopg.Connecti
     """The step runs Evidently's tests without a Report (3x cheaper): same methods, scores, verdicts, count.
     The scores agree to 12 digits, not to the bit: the step hands Evidently the reference's numeric
     values sorted (drift.Rows.sort_numeric), and their standard deviation is summed in that order."""
-    columns = drift.monitored_columns(Settings.from_env({}).monitoring)
+    monitor = _taxi()
+    columns = drift.monitored_columns(monitor)
     options = drift.DriftOptions(max_rows=max_rows)
-    reference = drift.read_reference(demo_conn, drift.batch_model_version(demo_conn, day), columns, options)
-    current = drift.read_batch(demo_conn, day, columns, options)
+    reference = drift.read_reference(demo_conn, monitor, drift.batch_reference_version(demo_conn, monitor, day),
+                                     columns, options)
+    current = drift.read_batch(demo_conn, monitor, day, columns, options)
     scored, dataset = drift.run_evidently(drift.evidently_api(), reference, current, list(columns), 0.5)
     per_column, report_dataset = _report_drift(reference, current, columns)
     assert {column.column: (column.method, column.threshold, pytest.approx(column.score, rel=1e-12, abs=1e-15),
@@ -225,7 +232,8 @@ def _scaled_fares(path: Path, factor: float) -> Path:
 def _drift_of(conn: psycopg.Connection, day: date) -> dict[tuple[str, str], tuple]:
     return {(column, source): (method, score, threshold, drifted) for column, source, method, score, threshold, drifted
             in conn.execute("""select column_name, source, method, score, threshold, drifted
-                               from marts.feature_drift where batch_date = %s""", (day,)).fetchall()}
+                               from marts.feature_drift where monitor = %s and batch_date = %s""",
+                            (TAXI, day)).fetchall()}
 
 
 def test_injected_drift_is_found_by_both_methods(trained_settings: Settings, tmp_path: Path) -> None:
@@ -236,7 +244,7 @@ def test_injected_drift_is_found_by_both_methods(trained_settings: Settings, tmp
         after = _drift_of(conn, DAY)
         dataset = conn.execute(
             """select columns_drifted, share_drifted, dataset_drift, prediction_drifted, psi_columns_drifted
-               from marts.dataset_drift where batch_date = %s""", (DAY,)).fetchone()
+               from marts.dataset_drift where monitor = %s and batch_date = %s""", (TAXI, DAY)).fetchone()
         counts = conn.execute(
             """select (select count(*) from raw.drift_scores), (select count(*) from raw.drift_datasets),
                       (select count(*) from marts.feature_drift), (select count(*) from marts.dataset_drift)"""
@@ -287,11 +295,11 @@ def test_empty_and_constant_columns_are_recorded_not_computed(trained_settings: 
     assert any(check.startswith("missing_share[passenger_count] = 1") for check in outcome.failing_checks)
     with psycopg.connect(trained_settings.database_url) as conn:
         scores = {row[0]: row[1:] for row in conn.execute(
-            "select column_name, computed, method, score, drifted, reason from raw.drift_scores where batch_date = %s",
-            (DAY,)).fetchall()}
+            """select column_name, computed, method, score, drifted, reason from raw.drift_scores
+               where monitor = %s and batch_date = %s""", (TAXI, DAY)).fetchall()}
         dataset = conn.execute(
             """select columns_monitored, columns_computed, columns_drifted, current_rows
-               from raw.drift_datasets where batch_date = %s""", (DAY,)).fetchone()
+               from raw.drift_datasets where monitor = %s and batch_date = %s""", (TAXI, DAY)).fetchone()
     assert scores["passenger_count"] == (False, None, None, None, f"empty in the batch: all {DAY_ROWS} values are null")
     assert scores["trip_distance"] == (False, None, None, None, "constant in the batch: every value is 2.5")
     computed = {column for column, row in scores.items() if row[0]}
@@ -307,8 +315,8 @@ def test_a_constant_column_in_a_passing_batch_reaches_feature_drift(trained_sett
     with psycopg.connect(trained_settings.database_url) as conn:
         found = _drift_of(conn, DAY)
         reason = conn.execute("""select reason from marts.feature_drift
-                                 where batch_date = %s and column_name = 'trip_distance' and source = 'evidently'""",
-                              (DAY,)).fetchone()[0]
+                                 where monitor = %s and batch_date = %s and column_name = 'trip_distance'
+                                   and source = 'evidently'""", (TAXI, DAY)).fetchone()[0]
     assert found[("trip_distance", "evidently")] == (None, None, None, None)
     assert reason == "constant in the batch: every value is 2.5"
     # PSI still sees it: every trip in the (2.27, 2.82] decile bin, against 10% of the reference
@@ -320,22 +328,24 @@ def test_a_constant_column_in_a_passing_batch_reaches_feature_drift(trained_sett
 
 
 def test_sampling_above_max_rows_is_seeded_and_recorded(demo_conn: psycopg.Connection) -> None:
-    columns = drift.monitored_columns(Settings.from_env({}).monitoring)
+    monitor = _taxi()
+    columns = drift.monitored_columns(monitor)
     options = drift.DriftOptions(max_rows=1_000, sample_seed=7)
-    first = drift.read_batch(demo_conn, DAY, columns, options)
-    again = drift.read_batch(demo_conn, DAY, columns, options)
-    other_seed = drift.read_batch(demo_conn, DAY, columns, drift.DriftOptions(max_rows=1_000, sample_seed=8))
-    version = drift.batch_model_version(demo_conn, DAY)
-    reference = drift.read_reference(demo_conn, version, columns, options)
+    first = drift.read_batch(demo_conn, monitor, DAY, columns, options)
+    again = drift.read_batch(demo_conn, monitor, DAY, columns, options)
+    other_seed = drift.read_batch(demo_conn, monitor, DAY, columns, drift.DriftOptions(max_rows=1_000, sample_seed=8))
+    version = drift.batch_reference_version(demo_conn, monitor, DAY)
+    reference = drift.read_reference(demo_conn, monitor, version, columns, options)
     assert (first.total, first.used, reference.total, reference.used) == (DAY_ROWS, 1_000, 68_207, 1_000)
     pd.testing.assert_frame_equal(first.frame, again.frame)
     # The hash bound that spares PostgreSQL the sort of every row picks the very rows a full sort does.
     smallest_hashes = [fare for (fare,) in demo_conn.execute(
-        "select fare_amount from raw.trips where batch_date = %s order by hashint8extended(trip_id, 7) limit 1000",
+        f"select fare_amount from {ROWS} where batch_date = %s order by hashint8extended(trip_id, 7) limit 1000",
         (DAY,)).fetchall()]
     assert first.frame["fare_amount"].tolist() == smallest_hashes
     assert not first.frame.equals(other_seed.frame)
-    result = drift.score_batch(drift.evidently_api(), DAY, version, reference, first, columns, options)
+    result = drift.score_batch(drift.evidently_api(), TAXI, DAY, version, reference, first, columns, options)
+    assert (result.monitor, result.reference_version) == (TAXI, version)
     assert (result.current_rows, result.current_rows_used, result.reference_rows_used, result.sampled) == (
         DAY_ROWS, 1_000, 1_000, True)
     # 1,000 reference rows: Evidently switches to tests (K-S for numbers, chi-square for zones)
@@ -346,7 +356,8 @@ def test_sampling_above_max_rows_is_seeded_and_recorded(demo_conn: psycopg.Conne
 
 
 def test_evidently_is_not_imported_with_the_package() -> None:
-    code = ("import sys, modelwatch.cli, modelwatch.pipeline, modelwatch.drift, modelwatch.report; "
+    code = ("import sys, modelwatch.cli, modelwatch.pipeline, modelwatch.drift, modelwatch.report, "
+            "modelwatch.examples.nyc_taxi.model; "
             "print('evidently' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
@@ -369,7 +380,7 @@ def _invoke(settings: Settings, home: Path, *args: str):
 
 def test_report_writes_html_that_chromium_opens_cleanly(demo_settings: Settings, tmp_path: Path) -> None:
     result = _invoke(demo_settings, tmp_path / "home", "report", "--batch-date", DAY.isoformat())
-    expected = tmp_path / "home" / "reports" / f"drift_{DAY.isoformat()}.html"
+    expected = tmp_path / "home" / "reports" / f"drift_{TAXI}_{DAY.isoformat()}.html"
     assert result.exit_code == 0, result.output
     assert result.output.strip() == str(expected)
     html = expected.read_text()
@@ -389,8 +400,8 @@ def test_report_to_a_chosen_file_and_its_errors(demo_settings: Settings, tmp_pat
     assert result.exit_code == 0 and result.output.strip() == str(out) and out.stat().st_size > 1_000_000
     missing = _invoke(demo_settings, tmp_path / "home", "report", "--batch-date", "2023-03-14")
     assert missing.exit_code == 2
-    assert missing.output.strip() == ("Error: batch 2023-03-14 has not been loaded: "
-                                      "run `modelwatch run --batch-date 2023-03-14` first")
+    assert missing.output.strip() == (f"Error: monitor {TAXI}: batch 2023-03-14 has not been loaded: "
+                                      f"run `modelwatch run --monitor {TAXI} --batch-date 2023-03-14` first")
     blocked = tmp_path / "file"
     blocked.write_text("")
     unwritable = _invoke(demo_settings, tmp_path / "home", "report", "--batch-date", DAY.isoformat(),

@@ -65,7 +65,7 @@ EXPECTED: dict[str, dict[str, tuple[int, list[str]]]] = {
         "Batch health": (29, ["gate"]),  # 28 batches and the closing empty state on 1 March
         "Rows per batch": (28, ["rows loaded"]),
         "Model performance per metric": (28 * 4, ["value"]),  # regression: mae, rmse, bias, r2
-        "Labelled rows and label coverage": (28, ["labelled rows", "label coverage"]),
+        "Label coverage": (28, ["labelled rows", "label coverage"]),
         "Prediction drift score": (28, ["prediction drift score"]),
         "Columns drifted and their share": (28, ["columns drifted", "share drifted"]),
         "Median of each numeric column": (28 * 6, ["p50"]),  # 4 numeric features, prediction, target
@@ -454,7 +454,7 @@ def test_performance_series_per_metric(reader: psycopg.Connection, demo_conn: ps
 
 
 def test_label_coverage_per_batch(reader: psycopg.Connection, demo_conn: psycopg.Connection, now: datetime) -> None:
-    result = _panel_result(reader, "Labelled rows and label coverage", now)
+    result = _panel_result(reader, "Label coverage", now)
     # Every taxi trip has its duration (dropoff - pickup): all rows are labelled.
     labelled = _per_batch(demo_conn, f"count({DURATION})")
     assert _by_day(result, "labelled rows") == labelled == _per_batch(demo_conn, "count(*)")
@@ -753,7 +753,7 @@ def test_overview_panels_for_other_tasks_and_periods(made_up_marts: psycopg.Conn
     assert sorted(series) == ["accuracy", "macro_f1", "recall: a", "recall: b"]  # one series per class's recall
     assert all(len(points) == 9 for points in series.values())
     assert sorted(_series(panel("Model performance per metric", "churn"))) == ["accuracy", "roc_auc"]
-    assert panel("Labelled rows and label coverage", "churn").column("label coverage") == [0.8] * 9
+    assert panel("Label coverage", "churn").column("label coverage") == [0.8] * 9
     # The batch health strip closes each run of batches one period on: a month, a week, a day.
     for monitor, closing in [("rent", [date(2022, 10, 1)]), ("churn", [date(2023, 2, 6), date(2023, 3, 13)]),
                              ("species", [date(2023, 3, 10)])]:
@@ -916,7 +916,7 @@ def test_static_page_of_the_default_monitor(demo_settings: Settings, tmp_path: P
 
 
 def test_static_page_of_a_monitor_without_batches(demo_settings: Settings, tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match="unknown monitor 'no_such_monitor'"):
+    with pytest.raises(UsageError, match=NO_SUCH_MONITOR):  # not declared
         static_page.render_overview(demo_settings, tmp_path / "page.html", NO_SUCH_MONITOR)
     with db.connect(demo_settings.database_url) as conn, \
             pytest.raises(UsageError, match=f"no batches of monitor {NO_SUCH_MONITOR} in marts.batch_health"):

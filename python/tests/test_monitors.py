@@ -259,3 +259,87 @@ def test_minimal_monitor_reference_backfill_and_a_month_that_fails(server_url: s
                 "failed",)
             assert conn.execute("select count(*) from marts.model_performance where batch_date = '2018-06-01'"
                                 ).fetchone() == (0,)
+            after_failure = _snapshot(conn, "wfh_monthly", date(1900, 1, 1))
+        # One more monitor declared and `init` again: it gets its tables, nothing else changes.
+        config["vars"]["monitors"]["second"] = {**MINIMAL, "batch_period": "week"}
+        (project / "dbt_project.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+        result = runner.invoke(main, ["init"], env=env)
+        assert result.exit_code == 0, result.output
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert _snapshot(conn, "wfh_monthly", date(1900, 1, 1)) == after_failure
+            assert conn.execute("select count(*) from raw.second__rows").fetchone() == (0,)
+            assert conn.execute("select count(*) from raw.second__reference").fetchone() == (0,)
+
+
+# ---------------------------------------------------------------- the generic checks, each on a batch built to fail it
+
+def _credit_card_day(day: date) -> pd.DataFrame:
+    frame = pd.read_parquet(nannyml_file("mc_analysis.parquet")).merge(
+        pd.read_parquet(nannyml_file("mc_analysis_gt.parquet")), on="id")
+    return frame[frame["timestamp"].dt.date == day].reset_index(drop=True)
+
+
+def _corrupt(frame: pd.DataFrame, how: str) -> pd.DataFrame:
+    frame = frame.copy()
+    part = frame.sample(frac=0.1, random_state=3).index
+    if how == "duplicate_ids":
+        frame.loc[part, "id"] = frame["id"].iloc[0]
+    elif how == "probability_out_of_range_share":
+        frame.loc[part, "y_pred_proba_upmarket_card"] = 1.5
+    elif how == "probability_sum_off_share":
+        for name in ("y_pred_proba_prepaid_card", "y_pred_proba_highstreet_card", "y_pred_proba_upmarket_card"):
+            frame.loc[part, name] = frame.loc[part, name] * 0.8  # each still in [0, 1], their sum 0.8
+    elif how == "unseen_category_share":
+        frame.loc[part, "acq_channel"] = "Carrier pigeon"
+    elif how == "out_of_reference_range_share":
+        frame.loc[part, "stated_income"] = frame["stated_income"].max() * 100
+    elif how == "row_count_min":
+        frame = frame.iloc[:0]
+    return frame
+
+
+# check -> (severity, the failing column or '', the measured value)
+FAILURES = {
+    "duplicate_ids": ("error", "", None),
+    "probability_out_of_range_share": ("error", "y_pred_proba_upmarket_card", 0.1),
+    "probability_sum_off_share": ("error", "", 0.1),
+    "unseen_category_share": ("warn", "acq_channel", 0.1),
+    "out_of_reference_range_share": ("warn", "stated_income", 0.1),
+}
+
+
+def test_each_generic_check_fails_the_batch_built_to_fail_it(server_url: str, tmp_path: Path) -> None:
+    with db.scratch_database(server_url, scratch_name("mw_checks")) as url:
+        settings = Settings(home=tmp_path / "home", database_url=url)
+        pipeline.init(settings)
+        pipeline.reference(settings, "credit_card", nannyml_file("mc_reference.parquet"))
+        first = date(2020, 10, 1)
+        good = tmp_path / "good.parquet"
+        _credit_card_day(first).to_parquet(good, index=False)
+        assert pipeline.run_batch(settings, first, good, "credit_card").status == "passed"
+        for offset, (check, (severity, column, share)) in enumerate(FAILURES.items(), start=1):
+            day = date(2020, 10, 1 + offset)
+            path = tmp_path / f"{check}.parquet"
+            rows = _credit_card_day(day)
+            corrupted = _corrupt(rows, check)
+            corrupted.to_parquet(path, index=False)
+            outcome = pipeline.run_batch(settings, day, path, "credit_card")
+            assert outcome.status == ("failed" if severity == "error" else "warned"), (check, outcome)
+            with psycopg.connect(url, autocommit=True) as conn:
+                failing = conn.execute(
+                    "select check_name, column_name, measured_value from marts.batch_checks "
+                    "where monitor = 'credit_card' and batch_date = %s and not passed", (day,)).fetchall()
+                recorded = conn.execute(
+                    "select test_name, column_name, test_status from marts.test_results "
+                    "where monitor = 'credit_card' and batch_date = %s and test_status <> 'pass'", (day,)).fetchall()
+            also = [("probability_sum_off_share", "")] if check == "probability_out_of_range_share" else []  # 1.5 too
+            assert [(name, col) for name, col, _ in failing] == [(check, column)] + also, (check, failing)
+            if share is not None:
+                assert failing[0][2] == pytest.approx(round(len(rows) * share) / len(rows)), check
+            else:
+                assert failing[0][2] == len(corrupted) - corrupted["id"].nunique() > 40
+            assert recorded == [(f"contract_{name}", col, "fail" if severity == "error" else "warn")
+                                for name, col in [(check, column)] + also]
+        with psycopg.connect(url, autocommit=True) as conn:  # the good batch is untouched by the others
+            assert conn.execute("select status from raw.batches where batch_date = %s", (first,)).fetchone() == (
+                "passed",)

@@ -4,25 +4,27 @@ Evidently's QuantileValue and MissingValueCount on the same rows, per batch."""
 from __future__ import annotations
 
 import pandas as pd
+import psycopg
 import pytest
+from psycopg import sql
 
 from modelwatch.config import Settings
+from modelwatch.monitors import Monitor
+
+from .conftest import TAXI
 
 TOLERANCE = 1e-9
 
 
-def _batch_frame(conn, monitoring) -> pd.DataFrame:
-    """The batch rows as stored (raw), with the target computed in pandas, not SQL."""
-    rows = conn.execute(
-        """select t.batch_date, t.pickup_datetime, t.dropoff_datetime, t.passenger_count, t.trip_distance,
-                  t.fare_amount, t.total_amount, t.pu_location_id, t.do_location_id, p.predicted_duration_min
-           from raw.trips t join raw.predictions p using (batch_date, trip_id)"""
-    ).fetchall()
-    frame = pd.DataFrame(rows, columns=[
-        "batch_date", "pickup_datetime", "dropoff_datetime", "passenger_count", "trip_distance", "fare_amount",
-        "total_amount", "pu_location_id", "do_location_id", "predicted_duration_min",
-    ])
-    frame[monitoring.target] = (frame.dropoff_datetime - frame.pickup_datetime).dt.total_seconds() / 60.0
+def _batch_frame(conn: psycopg.Connection, monitor: Monitor) -> pd.DataFrame:
+    """The batch rows as stored (raw.nyc_taxi__rows, the prediction among them), with the target
+    (the monitor's derived duration_min) computed in pandas, not SQL."""
+    stored = ["batch_date", "pickup_datetime", "dropoff_datetime", *monitor.features, monitor.prediction]
+    cursor = conn.execute(sql.SQL("select {} from {}").format(
+        sql.SQL(", ").join(map(sql.Identifier, stored)), sql.Identifier("raw", monitor.rows_table)))
+    frame = pd.DataFrame(cursor.fetchall(), columns=stored)
+    assert monitor.target in monitor.derived and monitor.target not in frame
+    frame[monitor.target] = (frame.dropoff_datetime - frame.pickup_datetime).dt.total_seconds() / 60.0
     return frame
 
 
@@ -30,15 +32,16 @@ def test_column_quality_matches_evidently(demo_settings: Settings, demo_conn) ->
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import MissingValueCount, QuantileValue
 
-    monitoring = demo_settings.monitoring
-    numeric = list(monitoring.numeric_columns)
-    categorical = list(monitoring.categorical_features)
-    frame = _batch_frame(demo_conn, monitoring)
+    monitor = demo_settings.monitor(TAXI)
+    numeric = list(monitor.numeric_columns)  # the features, the prediction and the target
+    categorical = list(monitor.categorical_columns)  # the zones, as text
+    assert len(numeric) + len(categorical) == 8
+    frame = _batch_frame(demo_conn, monitor)
     marts = {
         (day, column): (p50, missing)
         for day, column, p50, missing in demo_conn.execute(
-            "select batch_date, column_name, p50, missing_count from marts.column_quality"
-        ).fetchall()
+            "select batch_date, column_name, p50, missing_count from marts.column_quality where monitor = %s",
+            (TAXI,)).fetchall()
     }
     assert len(marts) == 28 * (len(numeric) + len(categorical))
     metrics = [QuantileValue(column=c, quantile=0.5) for c in numeric] + [
@@ -69,11 +72,11 @@ def test_column_quality_matches_evidently(demo_settings: Settings, demo_conn) ->
 def test_daily_trips_match_pandas(demo_settings: Settings, demo_conn) -> None:
     """daily_trips takes the means and medians of monitored columns from column_quality: they must
     still be the day's own figures, as pandas computes them from the stored rows."""
-    frame = _batch_frame(demo_conn, demo_settings.monitoring)
+    frame = _batch_frame(demo_conn, demo_settings.monitor(TAXI))
     columns = ["duration_min", "trip_distance", "fare_amount", "total_amount"]
     marts = {row[0]: row[1:] for row in demo_conn.execute(
         f"select batch_date, trips, {', '.join(f'mean_{c}, p50_{c}' for c in columns)} from marts.daily_trips"
-    ).fetchall()}
+        " where monitor = %s", (TAXI,)).fetchall()}
     assert len(marts) == 28
     for day, batch in frame.groupby("batch_date"):
         expected = [len(batch)]
@@ -85,21 +88,27 @@ def test_daily_trips_match_pandas(demo_settings: Settings, demo_conn) -> None:
 def test_quantiles_from_counts_equal_percentile_cont_on_the_rows(demo_settings: Settings, demo_conn) -> None:
     """column_quality reads its quantiles off the batch's frequency table: every one of them, for
     every batch and numeric column, is exactly (==, not approximately) what percentile_cont gives
-    on the batch's rows, and its min, max and missing counts too."""
-    demo_conn.execute(
-        """create temporary view scored_rows as
-           select t.*, p.predicted_duration_min
-           from staging.stg_trips t join staging.stg_predictions p using (batch_date, trip_id)""")
+    on the batch's rows, and its min, max and missing counts too. The rows: the stored ones,
+    with the monitor's derived columns (duration_min) by its declared SQL, as double precision."""
+    monitor = demo_settings.monitor(TAXI)
+    numeric = monitor.numeric_columns
+    demo_conn.execute(sql.SQL("create temporary view scored_rows as select batch_date, {} from {}").format(
+        sql.SQL(", ").join(
+            sql.SQL("cast({} as double precision) as {}").format(
+                sql.SQL("({})").format(sql.SQL(monitor.derived[column])) if column in monitor.derived
+                else sql.Identifier(column), sql.Identifier(column))
+            for column in numeric),
+        sql.Identifier("raw", monitor.rows_table)))
     selects = " union all ".join(
         f"""select batch_date, '{column}', count(*) - count({column}), min({column}),
                    percentile_cont(array[0.05, 0.25, 0.5, 0.75, 0.95]) within group (order by {column}),
                    max({column})
             from scored_rows group by batch_date"""
-        for column in demo_settings.monitoring.numeric_columns)
+        for column in numeric)
     on_rows = {(day, column): (missing, low, *quantiles, high)
                for day, column, missing, low, quantiles, high in demo_conn.execute(selects).fetchall()}
     in_mart = {(day, column): tuple(rest) for day, column, *rest in demo_conn.execute(
         """select batch_date, column_name, missing_count, min_value, p05, p25, p50, p75, p95, max_value
-           from marts.column_quality where column_kind = 'numeric'""").fetchall()}
-    assert len(on_rows) == 28 * len(demo_settings.monitoring.numeric_columns) == len(in_mart)
+           from marts.column_quality where monitor = %s and column_kind = 'numeric'""", (TAXI,)).fetchall()}
+    assert len(on_rows) == 28 * len(numeric) == len(in_mart) == 28 * 6
     assert in_mart == on_rows

@@ -180,50 +180,33 @@ def test_init_hands_a_database_left_to_the_login_to_the_role(trained_settings: S
     assert _not_owned_by(url, db.PIPELINE_ROLE) == 0
 
 
-# The one-monitor modelwatch's tables (schema version 1, which recorded no version), as its `init`
-# left them before the pipeline role existed: owned by the login.
-ONE_MONITOR_DDL = """
-create schema raw;
-create table raw.batches (batch_date date primary key, file_name text not null, file_sha256 text not null,
-                          rows_in_file bigint not null, rows_loaded bigint, rows_outside_day bigint,
-                          model_version text, coercions text, status text not null,
-                          started_at timestamptz not null default now(), finished_at timestamptz, error text);
-create table raw.trips (batch_date date not null, trip_id bigint not null, fare_amount double precision);
-create table raw.predictions (batch_date date not null, trip_id bigint not null, model_version text not null,
-                              predicted_duration_min double precision not null);
-insert into raw.batches (batch_date, file_name, file_sha256, rows_in_file, status)
-values ('2023-02-14', 'green_tripdata_2023-02.parquet', 'abc', 2, 'passed');
-insert into raw.trips values ('2023-02-14', 1, 7.5), ('2023-02-14', 2, 12.0);
-"""
+# The one-monitor modelwatch's schema (version 1, which recorded no version): test_migration's fixture.
+V1_DDL = Path(__file__).parent / "fixtures" / "schema_v1.sql"
 
 
-def test_init_refuses_an_older_database_and_hands_nothing_over(fresh_settings: Settings) -> None:
-    """A database of the one-monitor modelwatch is not migrated: `init` (and any command that
-    checks the version) stops with a UsageError saying what to do, before it hands anything to
-    the role or creates anything; sessions keep the login's rights, as before."""
+def test_an_older_database_is_refused_until_init_migrates_it_for_the_role(fresh_settings: Settings) -> None:
+    """A database of the one-monitor modelwatch, as its `init` left it before the pipeline role
+    existed (every object the login's): the version check refuses it with a UsageError that says
+    to run `init`, and sessions keep the login's rights; `init` then migrates it and hands every
+    schema and relation to the role, the version-1 tables gone."""
     url = fresh_settings.database_url
     login = _login(url)
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(ONE_MONITOR_DDL)
-    owners = _owners(url)
-    assert _not_owned_by(url, login) == 0 and owners == {("raw", login): 4}  # 3 tables, the batches' key
-    with pytest.raises(UsageError) as refused:
-        pipeline.init(fresh_settings)
-    message = str(refused.value)
-    assert message == ("the database holds the one-monitor schema of an older modelwatch (version 1), which this "
-                       "one does not migrate: use a new database (or drop its schemas raw, staging, marts and "
-                       "audit) and run `modelwatch init`, then run its batches again")
+        conn.execute(V1_DDL.read_text())
+    assert _not_owned_by(url, login) == 0
     with db.connect(url) as conn:
-        with pytest.raises(UsageError, match="one-monitor schema of an older modelwatch"):
+        assert conn.execute("select current_user").fetchone() == (login,)  # not handed over yet
+        with pytest.raises(UsageError) as refused:
             schema.check_version(conn)
-        assert conn.execute("select current_user").fetchone() == (login,)  # not handed over
-        assert conn.execute("select to_regclass('raw.schema_version')").fetchone() == (None,)
-        assert conn.execute("select count(*), sum(fare_amount) from raw.trips").fetchone() == (2, 19.5)
-    assert _owners(url) == owners and _not_owned_by(url, login) == 0
-    with psycopg.connect(url) as conn:  # nothing else made: no other schema, no monitor's table
-        schemas = {name for (name,) in conn.execute(
-            "select nspname from pg_namespace where nspname = any(%s)", (list(db.PIPELINE_SCHEMAS),))}
-    assert schemas == {"raw"}
+    assert str(refused.value) == ("the database holds the schema of an older modelwatch (version 1): "
+                                  "run `modelwatch init` to migrate it (its batches become monitor nyc_taxi's)")
+    pipeline.init(fresh_settings)
+    assert _not_owned_by(url, db.PIPELINE_ROLE) == 0
+    with db.connect(url) as conn:
+        assert conn.execute("select current_user").fetchone() == (db.PIPELINE_ROLE,)
+        schema.check_version(conn)  # this schema now
+        raw = {name for (name,) in conn.execute("select tablename from pg_tables where schemaname = 'raw'")}
+    assert raw == _raw_tables(fresh_settings)  # raw.trips, raw.predictions, raw.reference_trips gone
 
 
 def test_init_hands_over_a_single_table_left_behind(fresh_settings: Settings) -> None:
