@@ -293,8 +293,6 @@ def _corrupt(frame: pd.DataFrame, how: str) -> pd.DataFrame:
         frame.loc[part, "acq_channel"] = "Carrier pigeon"
     elif how == "out_of_reference_range_share":
         frame.loc[part, "stated_income"] = frame["stated_income"].max() * 100
-    elif how == "row_count_min":
-        frame = frame.iloc[:0]
     return frame
 
 
