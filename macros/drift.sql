@@ -91,8 +91,9 @@
 {%- endmacro %}
 
 {#-
-  How bins are made, stored with them: a change of vars.drift or of the
-  monitored columns re-bins a model version at its next build.
+  How bins are made, stored with them: after a change of the drift settings or
+  of the monitored columns, the next run of the reference models (storing a
+  reference set) re-bins every reference version of the monitor.
 -#}
 {% macro psi_binning_label() -%}
     {{ return(

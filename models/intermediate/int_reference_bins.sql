@@ -12,9 +12,9 @@
     counts as drift.
   Shares are over all reference rows, nulls included: a column's shares sum
   to 1. Incremental: bins every reference version of the monitor that is not
-  binned yet, or was binned with other settings (psi_binning_label); storing a
+  binned yet, or was binned with other settings (psi_binning_label). Storing a
   reference set (`modelwatch reference`, `train`) builds it, so its bins exist
-  before its first batch.
+  before its first batch; a build bins a batch's reference only when it has none.
 -#}
 {{ config(materialized='incremental', incremental_strategy='delete+insert',
           unique_key=['monitor', 'reference_version'], tags=['reference']) }}

@@ -21,9 +21,8 @@
 
 {#-
   The raw rows themselves, not int_batch_rows: a custom condition may name any
-  stored column, and this mart is then built beside int_batch_rows rather than
-  after it. Read by two aggregates below: not materialized, or PostgreSQL would
-  copy every row first.
+  stored column, which int_batch_rows does not keep. Read by two aggregates
+  below: not materialized, or PostgreSQL would copy every row first.
 -#}
 with batch_rows as not materialized (
     {{ modelwatch.monitor_rows(m, modelwatch.rows_relation(m), 'batch_date', modelwatch.in_batch_range('batch_date')) }}

@@ -219,6 +219,11 @@ def parse_monitors(dbt_vars: Mapping[str, Any], where: str = "dbt_project.yml") 
     return Monitors(monitors, default)
 
 
+KNOWN_KEYS = ("task", "id", "timestamp", "batch_period", "features", "prediction", "probability", "target",
+              "positive_class", "id_type", "generate_id", "rename", "columns", "derived", "model",
+              "performance_where", "lookups", "contract", "checks", "drift")
+
+
 def parse_monitor(name: Any, block: Any, defaults: Mapping[str, Any], where: str = "dbt_project.yml") -> Monitor:
     if not isinstance(name, str) or not _MONITOR_NAME.match(name):
         raise UsageError(f"{where}: monitor name {name!r} must be lower-case letters, digits and _ "
@@ -226,6 +231,9 @@ def parse_monitor(name: Any, block: Any, defaults: Mapping[str, Any], where: str
     at = f"{where}: monitor {name}"
     if not isinstance(block, Mapping):
         raise UsageError(f"{at}: the declaration must be a mapping of keys")
+    unknown = sorted(set(block) - set(KNOWN_KEYS))
+    if unknown:
+        raise UsageError(f"{at}: unknown key {unknown[0]!r} (the keys of a monitor: {', '.join(KNOWN_KEYS)})")
     spec = deep_merge(defaults, block)
 
     def key(path: str, required: bool = True) -> Any:
@@ -316,6 +324,8 @@ def parse_monitor(name: Any, block: Any, defaults: Mapping[str, Any], where: str
         raw=spec,
     )
     _check_roles(monitor, at)
+    if monitor.generate_id and monitor.id_type != "bigint":
+        raise UsageError(f"{at}: generate_id numbers the rows: it needs id_type bigint, not {monitor.id_type}")
     return _with_checks(monitor, spec, at)
 
 

@@ -1,7 +1,7 @@
 """The dbt project's views, created when the project changes, not by every build.
 
 A view holds no data, so re-creating the staging views in every build costs
-time and changes nothing: eight CREATE VIEWs, each a create, two renames and a
+time and changes nothing: a CREATE VIEW for each, a create, two renames and a
 drop, ahead of every table that reads them (about a second of a month's
 backfill). `modelwatch init` creates them, and the database records the digest
 of the project that last created its views (raw.dbt_views); a build leaves the

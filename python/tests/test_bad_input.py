@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 from datetime import date, datetime
 from pathlib import Path
@@ -17,6 +18,8 @@ from click.testing import CliRunner
 from modelwatch import pipeline
 from modelwatch.cli import main
 from modelwatch.config import PROJECT_DIR, Settings
+from modelwatch.errors import UsageError
+from modelwatch.monitors import BUILT_IN_CHECKS, parse_monitors
 
 from .conftest import FEBRUARY, copy_project
 
@@ -169,3 +172,82 @@ def test_unknown_zone_ids_fail_the_referential_check(trained_settings: Settings,
     result = _invoke(trained_settings, "run", "--batch-date", DAY.isoformat(), "--file", str(path))
     assert result.exit_code == 1
     assert "known_zone_share[pu_location_id] = 0.89" in result.output
+
+
+def _project_vars() -> dict:
+    return yaml.safe_load((PROJECT_DIR / "dbt_project.yml").read_text())["vars"]
+
+
+CLASSIFIER = {  # a minimal binary classifier of the tests' own, declared like NannyML's example
+    "task": "binary_classification", "id": "id", "timestamp": "ts", "batch_period": "week",
+    "features": {"numeric": ["tenure"], "categorical": ["workday"]},
+    "prediction": "y_pred", "probability": "y_pred_proba", "target": "y_true",
+}
+
+
+def _declared(monitor: str, block: dict, edit) -> dict:
+    """The project's vars with `block` declared as `monitor` after `edit(block)`."""
+    dbt_vars = copy.deepcopy(_project_vars())
+    block = copy.deepcopy(block)
+    edit(block)
+    dbt_vars["monitors"][monitor] = block
+    return dbt_vars
+
+
+def test_the_declarations_as_shipped_parse() -> None:
+    monitors = parse_monitors(_project_vars())
+    taxi = monitors.get(None)
+    assert taxi.name == "nyc_taxi" and taxi.task == "regression" and taxi.prediction == "predicted_duration_min"
+    assert parse_monitors(_declared("test_clf", CLASSIFIER, lambda block: None)).get("test_clf").probability == \
+        "y_pred_proba"
+
+
+@pytest.mark.parametrize(("monitor", "edit", "message"), [
+    ("nyc_taxi", lambda block: block.update(task="forecasting"),
+     "task 'forecasting' is not one of regression, binary_classification, multiclass_classification"),
+    ("test_clf", lambda block: block.pop("probability"),
+     "key 'probability' is missing (a binary classifier's positive-class probability column)"),
+    ("test_clf", lambda block: block.update(probability={"0": "p0", "1": "p1"}),
+     "key 'probability' must be one column for a binary classifier"),
+    ("nyc_taxi", lambda block: block["features"]["numeric"].append("predicted_duration_min"),
+     "column 'predicted_duration_min' is declared both as features.numeric and as prediction"),
+    ("test_clf", lambda block: block["features"]["categorical"].append("tenure"),
+     "column 'tenure' is declared both as features.numeric and as features.categorical"),
+    ("test_clf", lambda block: block.update(target="id"),
+     "column 'id' is declared both as id and as target"),
+    ("nyc_taxi", lambda block: block.pop("target"), "key 'target' is missing"),
+    ("nyc_taxi", lambda block: block.update(batch_period="hour"),
+     "batch_period 'hour' is not one of day, week, month"),
+    ("nyc_taxi", lambda block: block["contract"].update(row_count_max={"max": 10}),
+     "contract.row_count_max: no such check (built in: " + ", ".join(BUILT_IN_CHECKS)
+     + "; a check of your own goes under 'checks' with a 'where' condition)"),
+    ("nyc_taxi", lambda block: block["features"].update(categorical=["pu_location_id", "select"]),
+     "features.categorical: 'select' is a reserved word of SQL; give the column another name "
+     "(the monitor's rename key maps a file's column to it)"),
+], ids=["unknown_task", "binary_without_probability", "binary_with_probabilities", "prediction_as_feature",
+        "feature_in_two_kinds", "id_as_target", "no_target", "unknown_period", "unknown_check", "reserved_word"])
+def test_a_wrong_declaration_is_one_line_naming_the_monitor_and_key(monitor: str, edit, message: str) -> None:
+    base = copy.deepcopy(_project_vars()["monitors"]["nyc_taxi"]) if monitor == "nyc_taxi" else CLASSIFIER
+    with pytest.raises(UsageError) as raised:
+        parse_monitors(_declared(monitor, base, edit))
+    assert str(raised.value) == f"dbt_project.yml: monitor {monitor}: {message}"
+    assert raised.value.exit_code == 2
+
+
+def test_a_default_monitor_not_declared() -> None:
+    dbt_vars = {**copy.deepcopy(_project_vars()), "default_monitor": "nyc_taxis"}
+    with pytest.raises(UsageError) as raised:
+        parse_monitors(dbt_vars)
+    assert str(raised.value) == "dbt_project.yml: vars.default_monitor 'nyc_taxis' is not declared under vars.monitors"
+
+
+def test_a_wrong_declaration_stops_every_command_before_the_database(one_batch: Settings, tmp_path: Path) -> None:
+    before = _stored(one_batch.database_url)
+    project = _project_with_taxi(tmp_path, features__numeric=["fare_amount", "predicted_duration_min"])
+    expected = (f"Error: {project / 'dbt_project.yml'}: monitor nyc_taxi: column 'predicted_duration_min' is "
+                "declared both as features.numeric and as prediction")
+    for command in (("run", "--batch-date", DAY.isoformat(), "--file", str(FEBRUARY)), ("init",), ("status",)):
+        result = _invoke(one_batch, *command, project_dir=project)
+        assert result.exit_code == 2, (command, result.output)
+        assert _error_line(result) == expected, command
+    assert _stored(one_batch.database_url) == before

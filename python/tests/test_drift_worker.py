@@ -45,7 +45,7 @@ def test_the_worker_stores_what_the_step_computes_in_process(one_batch: Settings
         stored = _stored(conn, DAY)
         monitor = one_batch.monitor(TAXI)
         columns = drift.monitored_columns(monitor)
-        options = drift.DriftOptions.from_settings(one_batch)
+        options = drift.DriftOptions.from_settings(one_batch, monitor)
         version = drift.batch_reference_version(conn, monitor, DAY)
         in_process = drift.score_batch(drift.evidently_api(), TAXI, DAY, version,
                                        drift.read_reference(conn, monitor, version, columns, options),
