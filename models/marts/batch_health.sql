@@ -31,6 +31,7 @@ test_counts as (
 select
     batches.monitor,
     batches.batch_date,
+    batches.batch_end,
     cast(
         case
             when coalesce(test_counts.tests_failed, 0) > 0 then 'failed'
