@@ -175,13 +175,20 @@ def add_declared_columns(conn: psycopg.Connection, monitor: Monitor) -> list[str
     return sorted(set(added))
 
 
+def _raw_table_exists(conn: psycopg.Connection, name: str) -> bool:
+    """From the catalog, which needs no privilege on schema raw (a login may have none yet)."""
+    return conn.execute(
+        """select exists (select 1 from pg_class as c join pg_namespace as n on n.oid = c.relnamespace
+                          where n.nspname = 'raw' and c.relname = %s)""", (name,)).fetchone()[0]
+
+
 def stored_version(conn: psycopg.Connection) -> int | None:
     """The schema version the database holds: None when it holds no modelwatch schema,
     1 for the schema of the one-monitor modelwatch (it recorded none)."""
-    if conn.execute("select to_regclass('raw.schema_version')").fetchone()[0] is not None:
+    if _raw_table_exists(conn, "schema_version"):
         row = conn.execute("select max(version) from raw.schema_version").fetchone()
         return int(row[0]) if row[0] is not None else None
-    if conn.execute("select to_regclass('raw.batches')").fetchone()[0] is not None:
+    if _raw_table_exists(conn, "batches"):
         return 1
     return None
 

@@ -138,14 +138,19 @@ def test_a_year_of_daily_batches_passes_without_leaks(trained_settings: Settings
     with psycopg.connect(trained_settings.database_url) as conn:
         statuses = dict(conn.execute("select status, count(*) from raw.batches group by 1").fetchall())
         loaded = dict(conn.execute("select batch_date, rows_loaded from raw.batches").fetchall())
-        in_raw = dict(conn.execute("select batch_date, count(*) from raw.trips group by 1").fetchall())
+        in_raw = dict(conn.execute("select batch_date, count(*) from raw.nyc_taxi__rows group by 1").fetchall())
+        predicted = conn.execute("select count(predicted_duration_min) from raw.nyc_taxi__rows").fetchone()[0]
         in_mart = dict(conn.execute("select batch_date, trips from marts.daily_trips").fetchall())
-        scored = conn.execute("select count(*), count(distinct batch_date) from marts.model_performance").fetchone()
+        scored = conn.execute(
+            """select count(*), count(distinct batch_date), count(*) filter (where metric = 'mae'),
+                      count(*) filter (where metric = 'mae' and n > 0 and value is not null)
+               from marts.model_performance""").fetchone()
         drift_rows = conn.execute("select count(*) from marts.feature_drift").fetchone()[0]
     assert statuses == {"passed": DAYS}
     assert loaded == in_raw == in_mart == expected
     assert sum(expected.values()) > 800_000
-    assert scored == (DAYS, DAYS)
+    assert predicted == sum(expected.values())  # every trip scored
+    assert scored == (DAYS * 4, DAYS, DAYS, DAYS)  # mae, rmse, bias, r2 of every batch
     assert drift_rows == DAYS * 7 * 2  # 7 columns, Evidently and PSI
 
     # Early: after the first month (imports and caches warm) up to a third; late: the last third.

@@ -376,10 +376,6 @@ def test_init_without_the_right_to_manage_roles(database_owner: tuple[str, str],
         assert conn.execute("select current_user").fetchone() == (owner,)
 
 
-@pytest.mark.xfail(strict=True, raises=psycopg.errors.InsufficientPrivilege, reason=(
-    "library bug: schema.stored_version (python/modelwatch/schema.py, called first thing in init_schema) runs "
-    "to_regclass('raw.schema_version'), which raises a bare 'permission denied for schema raw' for a login "
-    "without USAGE on an admin's schema raw, before hand_over can say in one line what it cannot hand over"))
 def test_init_says_in_one_line_what_it_cannot_hand_over(database_owner: tuple[str, str], server_url: str,
                                                        tmp_path: Path) -> None:
     login, url = database_owner
