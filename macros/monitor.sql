@@ -155,3 +155,24 @@
     {%- endfor %}
     where false
 {%- endmacro %}
+
+{#-
+  The two CTEs an incremental reference model starts from: `versions`, the
+  reference versions of `rows` (int_reference_rows) that `this` has no rows for
+  where `done` holds, and `reference`, their rows.
+-#}
+{% macro reference_versions_to_do(rows, done) -%}
+versions as (
+    select distinct reference_version
+    from {{ rows }}
+    {%- if is_incremental() %}
+    where reference_version not in (select reference_version from {{ this }} where {{ done }})
+    {%- endif %}
+),
+
+reference as (
+    select reference_rows.*
+    from {{ rows }} as reference_rows
+    inner join versions on versions.reference_version = reference_rows.reference_version
+)
+{%- endmacro %}

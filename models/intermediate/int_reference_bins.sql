@@ -23,20 +23,7 @@
 {%- set numeric_columns = modelwatch.drift_numeric_columns() -%}
 {%- set categorical_columns = modelwatch.drift_categorical_columns() -%}
 
-with versions as (
-    select distinct reference_version
-    from {{ ref('int_reference_rows') }}
-    {%- if is_incremental() %}
-    where reference_version not in (
-        select reference_version from {{ this }} where monitor = '{{ m.name }}' and binning = '{{ binning }}')
-    {%- endif %}
-),
-
-reference as (
-    select reference_rows.*
-    from {{ ref('int_reference_rows') }} as reference_rows
-    inner join versions on versions.reference_version = reference_rows.reference_version
-),
+with {{ modelwatch.reference_versions_to_do(ref('int_reference_rows'), "monitor = '" ~ m.name ~ "' and binning = '" ~ binning ~ "'") }},
 
 reference_rows as (
     select reference_version, count(*) as row_count
