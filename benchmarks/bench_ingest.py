@@ -149,7 +149,8 @@ def run(srv: Server, repeats: int = 5) -> Figure:
     return Figure(
         KEY, "Ingest: load rows/s / server-side COPY rows/s", ratio, "x", ">= 0.8", details,
         note=(f"{rows:,} rows (trips with their predictions, one table), one batch: "
-              f"load {rows / median['batch_load']:,.0f} rows/s, COPY {rows / median['batch_copy']:,.0f} rows/s; as {len(days)} daily batches "
+              f"load {rows / median['batch_load']:,.0f} rows/s, COPY {rows / median['batch_copy']:,.0f} rows/s; "
+              f"as {len(days)} daily batches "
               f"{days_ratio.median:.2f}x COPY ({details['daily_loop_fixed_ms_per_batch']:.0f} ms fixed per batch)"),
     )
 

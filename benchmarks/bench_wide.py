@@ -18,10 +18,13 @@ Timed, each as a process on the same initialised database:
 - PostgreSQL's own `COPY raw.wide200__rows FROM 'file'` of the same rows as
   modelwatch stores them (`load.batch_rows`, as CSV);
 - the same `modelwatch run` for wide20 on the 20-feature file.
-Before each run the monitor's rows table is emptied, so each run is a first
-run of the day. Where the time goes is recorded with the figures: Evidently's
-seconds (raw.drift_datasets.seconds) and dbt's per-model timings of the run
-(its log under the home's dbt dir, every invocation of the run).
+Before each run the monitor's rows table (and its drift rows of the day) is
+emptied, so each run is a first run of the day. Where the time goes is recorded
+with the figures: Evidently's seconds (raw.drift_datasets.seconds) and dbt's
+per-node timings of the run (its log under the home's dbt dir: every
+invocation of the run, where target/run_results.json keeps the last one). A
+run still going after TIMEOUT_S is killed: its figures are then lower bounds,
+marked not met, with the dbt nodes it was still running.
 """
 
 from __future__ import annotations
@@ -44,6 +47,9 @@ DAY = date(2024, 6, 1)
 REFERENCE_DAY = date(2024, 5, 1)
 ROWS = int(os.environ.get("MODELWATCH_BENCH_WIDE_ROWS") or 100_000)
 REFERENCE_ROWS = int(os.environ.get("MODELWATCH_BENCH_WIDE_REFERENCE_ROWS") or 100_000)
+# A `modelwatch run` still going after this long is killed and its figure reported as a lower
+# bound (not met), with what it was running; no further repetitions are made.
+TIMEOUT_S = float(os.environ.get("MODELWATCH_BENCH_WIDE_TIMEOUT_S") or 300)
 SEED = 20240601
 WIDE, NARROW = "wide200", "wide20"
 FEATURES = {WIDE: (100, 100), NARROW: (10, 10)}  # numeric, categorical
@@ -181,6 +187,19 @@ def _median_by_node(samples: list[dict[str, float]], top: int = 12) -> dict[str,
 # ---------------------------------------------------------------- the benchmark
 
 
+def _running_nodes(conn: Any, database: str) -> list[dict[str, Any]]:
+    """What a killed run left running on the server: each active session of the database, with
+    the dbt node its query is for (dbt's query comment) and how long it had run; then ended."""
+    rows = conn.execute(
+        """select pid, extract(epoch from now() - query_start),
+                  coalesce(substring(query from '"node_id": "([^"]+)"'), left(query, 80))
+           from pg_stat_activity
+           where datname = %s and pid <> pg_backend_pid() and state <> 'idle'""", (database,)).fetchall()
+    for pid, _, _ in rows:
+        conn.execute("select pg_terminate_backend(%s)", (pid,))
+    return [{"node": node, "seconds": float(seconds or 0.0)} for _, seconds, node in rows]
+
+
 def run(srv: Server, repeats: int = 3) -> list[Figure]:
     import psycopg
 
@@ -194,25 +213,28 @@ def run(srv: Server, repeats: int = 3) -> list[Figure]:
         f"(parquet {files[WIDE]['batch'].stat().st_size / 2**20:.0f} MB)")
     project = common.copy_project(srv.scratch / "wide_project",
                                   {name: declaration(*FEATURES[name]) for name in (WIDE, NARROW)})
-    runs: dict[str, list[common.ChildRun]] = {WIDE: [], NARROW: []}
-    copy_s: dict[str, list[float]] = {WIDE: [], NARROW: []}
-    evidently_s: dict[str, list[float]] = {WIDE: [], NARROW: []}
-    dbt_s: dict[str, list[float]] = {WIDE: [], NARROW: []}
-    dbt_nodes: dict[str, list[dict[str, float]]] = {WIDE: [], NARROW: []}
+    names = (WIDE, NARROW)
+    runs: dict[str, list[common.ChildRun]] = {name: [] for name in names}
+    copy_s: dict[str, list[float]] = {name: [] for name in names}
+    evidently_s: dict[str, list[float | None]] = {name: [] for name in names}
+    dbt_s: dict[str, list[float]] = {name: [] for name in names}
+    dbt_nodes: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+    unfinished: dict[str, list[dict[str, Any]]] = {}
     statuses: dict[str, Any] = {}
     with common.fresh_database(srv, "wide", project_dir=project) as db:
-        setup, _ = timed(lambda: pipeline.init(db.settings))
+        setup: dict[str, float] = {"init": timed(lambda: pipeline.init(db.settings))[0]}
         references = {}
         csv: dict[str, tuple[Path, list[str]]] = {}
-        for name in (WIDE, NARROW):
+        for name in names:
             seconds, stored = timed(lambda: pipeline.reference(db.settings, name, files[name]["reference"]))
-            setup += seconds
+            setup[f"reference_{name}"] = seconds
             references[name] = {"version": stored.version, "rows": stored.rows}
             monitor = db.settings.monitor(name)
             as_loaded = load.batch_rows(monitor, batch_of(name, monitor.batch_period, DAY),
                                         read_batch_file(files[name]["batch"], monitor).table, None)
             csv[name] = (common.write_csv(as_loaded, srv.scratch / f"{name}_{DAY}.csv"), as_loaded.column_names)
-        log(f"wide: database initialised and references stored in {setup:.0f} s")
+        log("wide: database initialised, references stored: "
+            + ", ".join(f"{step} {value:.0f} s" for step, value in setup.items()))
 
         def copy(name: str) -> None:
             target = f"raw.{db.settings.monitor(name).rows_table}"
@@ -224,19 +246,26 @@ def run(srv: Server, repeats: int = 3) -> list[Figure]:
         def modelwatch(name: str) -> None:
             log_file = db.home / "dbt" / "logs" / "dbt.log"
             log_file.unlink(missing_ok=True)  # this run's invocations only
+            with psycopg.connect(db.url, autocommit=True) as conn:  # this run's Evidently figures only
+                for table in ("drift_scores", "drift_datasets"):
+                    conn.execute(f"delete from raw.{table} where monitor = %s and batch_date = %s", (name, DAY))
             child = common.run_child(
                 [common.MODELWATCH_CLI, "run", "--monitor", name, "--batch-date", DAY.isoformat(),
-                 "--file", str(files[name]["batch"])], env=db.env(), check=False)
-            if child.returncode not in (0, 1):  # 1: the contract failed, the batch still ran
-                raise RuntimeError(f"modelwatch run --monitor {name} exited {child.returncode}: "
-                                   f"{child.stderr[-2000:]}")
+                 "--file", str(files[name]["batch"])], env=db.env(), check=False, timeout=TIMEOUT_S)
             runs[name].append(child)
             dbt_s[name].append(dbt_invocation_seconds(log_file))
             dbt_nodes[name].append(dbt_node_seconds(log_file))
-            with psycopg.connect(db.url) as conn:
-                evidently_s[name].append(conn.execute(
-                    "select seconds from raw.drift_datasets where monitor = %s and batch_date = %s",
-                    (name, DAY)).fetchone()[0])
+            with psycopg.connect(db.url, autocommit=True) as conn:
+                if child.timed_out:
+                    unfinished[name] = _running_nodes(conn, db.name)
+                    log(f"wide: {name} did not finish in {TIMEOUT_S:.0f} s; still running: "
+                        + ", ".join(f"{item['node']} ({item['seconds']:.0f} s)" for item in unfinished[name]))
+                elif child.returncode not in (0, 1):  # 1: the contract failed, the batch still ran
+                    raise RuntimeError(f"modelwatch run --monitor {name} exited {child.returncode}: "
+                                       f"{child.stderr[-2000:]}")
+                row = conn.execute("select seconds from raw.drift_datasets where monitor = %s and batch_date = %s",
+                                   (name, DAY)).fetchone()
+                evidently_s[name].append(row[0] if row else None)
                 statuses[name] = conn.execute(
                     "select status, rows_loaded, error from raw.batches where monitor = %s and batch_date = %s",
                     (name, DAY)).fetchone()
@@ -246,10 +275,12 @@ def run(srv: Server, repeats: int = 3) -> list[Figure]:
             for side, name in (steps if repeat % 2 == 0 else list(reversed(steps))):
                 common.empty_raw_tables(db.url, (f"raw.{db.settings.monitor(name).rows_table}",))
                 (copy if side == "copy" else modelwatch)(name)
-            log(f"wide run {repeat + 1}/{repeats}: {WIDE} {runs[WIDE][-1].seconds:.1f} s "
-                f"(Evidently {evidently_s[WIDE][-1]:.1f} s, dbt {dbt_s[WIDE][-1]:.1f} s), COPY {copy_s[WIDE][-1]:.2f} s; "
-                f"{NARROW} {runs[NARROW][-1].seconds:.1f} s (Evidently {evidently_s[NARROW][-1]:.1f} s, "
-                f"dbt {dbt_s[NARROW][-1]:.1f} s), COPY {copy_s[NARROW][-1]:.2f} s")
+            log(f"wide run {repeat + 1}/{repeats}: " + "; ".join(
+                f"{name} {runs[name][-1].seconds:.1f} s{' (killed)' if runs[name][-1].timed_out else ''} "
+                f"(Evidently {_seconds(evidently_s[name][-1])}, dbt {dbt_s[name][-1]:.1f} s), "
+                f"COPY {copy_s[name][-1]:.2f} s" for name in names))
+            if unfinished:  # a run past the limit: no more repetitions (the figures are lower bounds)
+                break
 
     def seconds_of(name: str) -> list[float]:
         return [child.seconds for child in runs[name]]
@@ -257,40 +288,52 @@ def run(srv: Server, repeats: int = 3) -> list[Figure]:
     per_monitor = {
         name: {
             "features": {"numeric": FEATURES[name][0], "categorical": FEATURES[name][1]},
-            "status": statuses[name][0],
-            "rows_loaded": statuses[name][1],
-            "failing_checks": statuses[name][2],
+            "status": statuses[name][0] if statuses.get(name) else None,
+            "rows_loaded": statuses[name][1] if statuses.get(name) else None,
+            "failing_checks": statuses[name][2] if statuses.get(name) else None,
             "reference": references[name],
+            "setup_reference_seconds": setup[f"reference_{name}"],
             "modelwatch_seconds": Spread.of(seconds_of(name)).__dict__,
+            "timed_out": [child.timed_out for child in runs[name]],
+            "still_running_when_killed": unfinished.get(name, []),
             "server_copy_seconds": Spread.of(copy_s[name]).__dict__,
             "peak_mb": Spread.of([child.peak_rss_mb for child in runs[name]]).__dict__,
-            "evidently_seconds": Spread.of(evidently_s[name]).__dict__,
+            "evidently_seconds": [value for value in evidently_s[name]],
             "dbt_execution_seconds": Spread.of(dbt_s[name]).__dict__,
             "dbt_slowest_nodes_seconds": _median_by_node(dbt_nodes[name]),
         }
-        for name in (WIDE, NARROW)
+        for name in names
     }
     details = {"rows": ROWS, "reference_rows": REFERENCE_ROWS, "batch_date": DAY.isoformat(), "seed": SEED,
-               "monitors": per_monitor}
-    median = {name: Spread.of(seconds_of(name)).median for name in (WIDE, NARROW)}
+               "time_limit_seconds": TIMEOUT_S, "setup_seconds": setup, "monitors": per_monitor}
+    median = {name: Spread.of(seconds_of(name)).median for name in names}
 
     def where(name: str) -> str:
         facts = per_monitor[name]
-        return (f"Evidently {facts['evidently_seconds']['median']:.1f} s, "
+        evidently = [value for value in evidently_s[name] if value is not None]
+        killed = f"killed at {TIMEOUT_S:.0f} s, " if name in unfinished else ""
+        return (f"{killed}Evidently {_seconds(Spread.of(evidently).median if evidently else None)}, "
                 f"dbt {facts['dbt_execution_seconds']['median']:.1f} s")
 
+    lower_bound = " (a lower bound: a run was killed at the time limit)" if unfinished else ""
     return [
         Figure(KEY, f"One day of {ROWS:,} rows x 200 features end to end / server-side COPY of its rows",
-               common.ratio_spread(seconds_of(WIDE), copy_s[WIDE]), "x", "<= 4", details,
+               common.ratio_spread(seconds_of(WIDE), copy_s[WIDE][:len(runs[WIDE])]), "x", "<= 4", details,
                note=f"{median[WIDE]:.1f} s ({where(WIDE)}) vs COPY "
-                    f"{per_monitor[WIDE]['server_copy_seconds']['median']:.2f} s"),
+                    f"{per_monitor[WIDE]['server_copy_seconds']['median']:.2f} s{lower_bound}",
+               valid=WIDE not in unfinished),
         Figure(COLUMNS_KEY, "The same day with 200 features / with 20, end to end",
                common.ratio_spread(seconds_of(WIDE), seconds_of(NARROW)), "x", "<= 12",
                {"monitors": {name: {key: per_monitor[name][key] for key in
-                                    ("modelwatch_seconds", "evidently_seconds", "dbt_execution_seconds")}
-                             for name in (WIDE, NARROW)}},
-               note=f"{median[WIDE]:.1f} s vs {median[NARROW]:.1f} s ({where(NARROW)})"),
+                                    ("modelwatch_seconds", "timed_out", "evidently_seconds", "dbt_execution_seconds")}
+                             for name in names}},
+               note=f"{median[WIDE]:.1f} s vs {median[NARROW]:.1f} s ({where(NARROW)}){lower_bound}",
+               valid=not unfinished),
     ]
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} s"
 
 
 if __name__ == "__main__":

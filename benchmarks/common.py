@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -308,6 +309,7 @@ class ChildRun:
     stdout: str
     stderr: str
     own_peak_rss_mb: float = 0.0  # the process alone (wait4's ru_maxrss)
+    timed_out: bool = False  # killed (with its children) at run_child's time limit
 
 
 MEMORY_SAMPLE_S = 0.2  # reading smaps_rollup of a 1 GB process takes milliseconds: not every 20
@@ -333,19 +335,27 @@ def _tree_pss_mb(pid: int) -> float:
 
 
 def run_child(args: Sequence[str], env: dict[str, str] | None = None, cwd: Path | None = None,
-              check: bool = True) -> ChildRun:
+              check: bool = True, timeout: float | None = None) -> ChildRun:
     """Run a process: its wall time, and the peak memory of it and its children together
     (proportional set size, sampled every 200 ms: a child's memory is not in the parent's
-    ru_maxrss)."""
+    ru_maxrss). `timeout`: after that many seconds the process and its children are killed
+    (a session of their own) and the run is returned with timed_out set."""
     out = tempfile.TemporaryFile()
     err = tempfile.TemporaryFile()
     clock = time.perf_counter()
-    process = subprocess.Popen(list(args), env=env, cwd=cwd, stdout=out, stderr=err)
+    process = subprocess.Popen(list(args), env=env, cwd=cwd, stdout=out, stderr=err,
+                               start_new_session=timeout is not None)
     peak = 0.0
+    timed_out = False
     while True:
         pid, status, usage = os.wait4(process.pid, os.WNOHANG)
         if pid:
             break
+        if timeout is not None and not timed_out and time.perf_counter() - clock > timeout:
+            timed_out = True
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            continue
         peak = max(peak, _tree_pss_mb(process.pid))
         time.sleep(MEMORY_SAMPLE_S)
     seconds = time.perf_counter() - clock
@@ -354,9 +364,11 @@ def run_child(args: Sequence[str], env: dict[str, str] | None = None, cwd: Path 
     err.seek(0)
     own = usage.ru_maxrss / 1024
     run = ChildRun(seconds, max(peak, own), process.returncode,
-                   out.read().decode(errors="replace"), err.read().decode(errors="replace"), own)
+                   out.read().decode(errors="replace"), err.read().decode(errors="replace"), own, timed_out)
     out.close()
     err.close()
+    if check and timed_out:
+        raise RuntimeError(f"{' '.join(args)} did not finish in {timeout:.0f} s")
     if check and run.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} exited {run.returncode}:\n{run.stderr[-3000:]}")
     return run

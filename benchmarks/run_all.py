@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=",".join(ORDER), help=f"comma-separated subset of {', '.join(ORDER)}")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 2 repetitions, 300k-row big batch, 62 days of history, "
-                             "20k-row wide batch")
+                             "5k-row wide batch")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     chosen = [name for name in ORDER if name in args.only.split(",")]
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         repeats = {name: 2 for name in repeats}
         bench_big_batch.ROWS = 300_000
         bench_history.HISTORY_DAYS = 62
-        bench_wide.ROWS = bench_wide.REFERENCE_ROWS = 20_000
+        bench_wide.ROWS = bench_wide.REFERENCE_ROWS = 5_000
 
     started = time.perf_counter()
     load_before = os.getloadavg()

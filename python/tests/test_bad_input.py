@@ -47,7 +47,7 @@ def _stored(url: str) -> tuple:
 
 def _project_with_taxi(tmp_path: Path, **changes: object) -> Path:
     """A copy of the dbt project whose taxi monitor (vars.monitors.nyc_taxi) differs: a key
-    with dots (features.numeric) names a key inside another."""
+    with __ names a key inside another (features__numeric: features.numeric)."""
     project = copy_project(tmp_path / "project")
     config = yaml.safe_load((project / "dbt_project.yml").read_text())
     for key, value in changes.items():
