@@ -20,7 +20,7 @@ from typing import Any
 
 import psycopg
 
-from . import db, grafana
+from . import db, grafana, schema
 from .config import Settings
 from .errors import UsageError
 
@@ -79,6 +79,7 @@ def render_overview(settings: Settings, out: Path, monitor: str | None = None,
     variables = {**grafana.current_values(dashboard), grafana.MONITOR_VARIABLE: name}
     url = db.database_url(settings)
     with db.connect(url) as conn:
+        schema.check_version(conn)
         conn.read_only = True  # the page only reads, like Grafana's role
         time_range = data_time_range(conn, name)
         results = tuple(run_panel(conn, query, time_range, variables) for query in grafana.panel_queries(dashboard))

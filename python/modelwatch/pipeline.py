@@ -129,6 +129,7 @@ def train(settings: Settings, reference: Path | str, monitor_name: str | None = 
     url = db.database_url(settings)
     with db.connect(url) as conn:
         schema.check_version(conn)
+        schema.check_monitor_tables(conn, monitor)
     file = read_batch_file(reference, monitor)
     trained = module.train(file)
     reference_rows = load.main_period_rows(file.table, monitor)
@@ -158,6 +159,7 @@ def reference(settings: Settings, monitor_name: str | None, file: Path | str) ->
     url = db.database_url(settings)
     with db.connect(url) as conn:
         schema.check_version(conn)
+        schema.check_monitor_tables(conn, monitor)
         read = read_batch_file(file, monitor)
         if read.rows == 0:
             raise InputError(f"{read.path}: the file holds no rows")
@@ -278,6 +280,7 @@ def run_range(
         read = file if isinstance(file, BatchFile) else read_batch_file(file, monitor)
         conn = stack.enter_context(db.connect(url, autocommit=True))
         schema.check_version(conn)  # an older database fails here, before anything is loaded
+        schema.check_monitor_tables(conn, monitor)
         trained = module.load_latest(conn, monitor.name) if module else None
         reference_version = load.latest_reference(conn, monitor)
         if reference_version is None:

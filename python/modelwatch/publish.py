@@ -27,11 +27,6 @@ create table if not exists marts.published_batches (
 """
 
 
-def check_initialised(conn: psycopg.Connection) -> None:
-    """UndefinedTable (the CLI then says: run `modelwatch init`) on a database from before publishing."""
-    conn.execute("select from marts.published_batches limit 0")
-
-
 def withdraw(conn: psycopg.Connection, monitor: str, days: list[date]) -> None:
     """Hide the monitor's batches from readers while their marts are rebuilt."""
     conn.execute("delete from marts.published_batches where monitor = %s and batch_date = any(%s)",

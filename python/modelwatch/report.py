@@ -11,7 +11,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from . import db, drift
+from . import db, drift, schema
 from .config import Settings
 from .errors import ModelwatchError, UsageError
 from .periods import batch_of
@@ -31,6 +31,7 @@ def write_report(settings: Settings, batch_date: date, out: Path | None = None,
     options = drift.DriftOptions.from_settings(settings, monitor)
     columns = drift.monitored_columns(monitor)
     with db.connect(db.database_url(settings)) as conn:
+        schema.check_version(conn)
         version = drift.batch_reference_version(conn, monitor, batch_date)
         reference = drift.read_reference(conn, monitor, version, columns, options)
         current = drift.read_batch(conn, monitor, batch_date, columns, options)

@@ -203,6 +203,21 @@ def check_version(conn: psycopg.Connection) -> None:
     raise UsageError(_version_message(version))
 
 
+def check_monitor_tables(conn: psycopg.Connection, monitor: Monitor) -> None:
+    """UsageError unless the monitor's tables hold every column it declares (a monitor or a column
+    declared since the last `init` has none yet)."""
+    for table in (monitor.rows_table, monitor.reference_table):
+        present = {row[0] for row in conn.execute(
+            "select attname from pg_attribute where attrelid = to_regclass(%s) and attnum > 0 and not attisdropped",
+            (f"raw.{table}",))}
+        if not present:
+            raise UsageError(f"monitor {monitor.name} has no tables yet: run `modelwatch init` to create them")
+        missing = [name for name, _ in monitor.stored_columns if name not in present]
+        if missing:
+            raise UsageError(f"monitor {monitor.name}: column {', '.join(repr(name) for name in missing)} is declared "
+                             f"but raw.{table} lacks it: run `modelwatch init` to add it")
+
+
 def _version_message(version: int) -> str:
     if version > SCHEMA_VERSION:
         return (f"the database holds schema version {version}, newer than this modelwatch's "

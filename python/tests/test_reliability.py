@@ -345,14 +345,6 @@ def test_a_database_of_the_one_monitor_schema_is_refused_before_loading_then_mig
         assert [row.batch_date for row in status.recent_batches(conn, TAXI)] == [V1_DAY, DAY]
 
 
-_READERS_UNCHECKED = (
-    "library bug: report.write_report and dashboard.render_overview never call schema.check_version, so on a "
-    "database of the one-monitor schema they fail on its old columns: `report` with 'Error: database: column "
-    "\"reference_version\" does not exist' (exit 3, drift.batch_reference_version), `dashboard` with 'Error: "
-    "database: column \"monitor\" does not exist' (marts.batch_health), not the one-line refusal (exit 2)")
-
-
-@pytest.mark.xfail(strict=True, reason=_READERS_UNCHECKED)
 @pytest.mark.parametrize("command", [("report", "--batch-date", V1_DAY.isoformat()), ("dashboard",)],
                          ids=lambda command: command[0])
 def test_a_database_of_the_one_monitor_schema_is_refused_by_the_readers(
