@@ -277,7 +277,8 @@ def run(srv: Server, repeats: int = 3) -> list[Figure]:
                 (copy if side == "copy" else modelwatch)(name)
             log(f"wide run {repeat + 1}/{repeats}: " + "; ".join(
                 f"{name} {runs[name][-1].seconds:.1f} s{' (killed)' if runs[name][-1].timed_out else ''} "
-                f"(Evidently {_seconds(evidently_s[name][-1])}, dbt {dbt_s[name][-1]:.1f} s), "
+                f"(Evidently {_seconds(evidently_s[name][-1])}, "
+                f"dbt {'unfinished' if runs[name][-1].timed_out else f'{dbt_s[name][-1]:.1f} s'}), "
                 f"COPY {copy_s[name][-1]:.2f} s" for name in names))
             if unfinished:  # a run past the limit: no more repetitions (the figures are lower bounds)
                 break
@@ -311,9 +312,14 @@ def run(srv: Server, repeats: int = 3) -> list[Figure]:
     def where(name: str) -> str:
         facts = per_monitor[name]
         evidently = [value for value in evidently_s[name] if value is not None]
-        killed = f"killed at {TIMEOUT_S:.0f} s, " if name in unfinished else ""
-        return (f"{killed}Evidently {_seconds(Spread.of(evidently).median if evidently else None)}, "
-                f"dbt {facts['dbt_execution_seconds']['median']:.1f} s")
+        evidently_text = f"Evidently {_seconds(Spread.of(evidently).median if evidently else None)}"
+        if name not in unfinished:
+            return f"{evidently_text}, dbt {facts['dbt_execution_seconds']['median']:.1f} s"
+        running = ", ".join(f"{item['node'].split('.')[-1]} for {item['seconds']:.0f} s" for item in unfinished[name])
+        done = ", ".join(f"{node.split('.')[-1]} {value:.0f} s"
+                         for node, value in list(facts["dbt_slowest_nodes_seconds"].items())[:3])
+        return (f"killed at {TIMEOUT_S:.0f} s running {running or 'no query'}; "
+                f"done before: {done or 'no dbt node'}; {evidently_text}")
 
     lower_bound = " (a lower bound: a run was killed at the time limit)" if unfinished else ""
     return [

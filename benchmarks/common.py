@@ -308,7 +308,7 @@ class ChildRun:
     returncode: int
     stdout: str
     stderr: str
-    own_peak_rss_mb: float = 0.0  # the process alone (wait4's ru_maxrss)
+    own_peak_rss_mb: float = 0.0  # the process alone: its peak RSS (VmHWM) at the last sample
     timed_out: bool = False  # killed (with its children) at run_child's time limit
 
 
@@ -334,35 +334,49 @@ def _tree_pss_mb(pid: int) -> float:
     return total
 
 
+def _peak_rss_mb(pid: int) -> float:
+    """The process's own peak RSS so far (VmHWM: its address space's high-water mark, which
+    starts afresh at exec). Not wait4's ru_maxrss: Linux carries the parent's peak into the
+    child's across exec, so a child of a 1.6 GB benchmark process would report 1.6 GB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pass
+    return 0.0
+
+
 def run_child(args: Sequence[str], env: dict[str, str] | None = None, cwd: Path | None = None,
               check: bool = True, timeout: float | None = None) -> ChildRun:
     """Run a process: its wall time, and the peak memory of it and its children together
     (proportional set size, sampled every 200 ms: a child's memory is not in the parent's
-    ru_maxrss). `timeout`: after that many seconds the process and its children are killed
-    (a session of their own) and the run is returned with timed_out set."""
+    peak RSS), and its own peak RSS. `timeout`: after that many seconds the process and its
+    children are killed (a session of their own) and the run is returned with timed_out set."""
     out = tempfile.TemporaryFile()
     err = tempfile.TemporaryFile()
     clock = time.perf_counter()
     process = subprocess.Popen(list(args), env=env, cwd=cwd, stdout=out, stderr=err,
                                start_new_session=timeout is not None)
-    peak = 0.0
+    peak = own = 0.0
     timed_out = False
     while True:
-        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        pid, status, _ = os.wait4(process.pid, os.WNOHANG)
         if pid:
             break
         if timeout is not None and not timed_out and time.perf_counter() - clock > timeout:
             timed_out = True
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
+            time.sleep(0.05)
             continue
         peak = max(peak, _tree_pss_mb(process.pid))
+        own = max(own, _peak_rss_mb(process.pid))
         time.sleep(MEMORY_SAMPLE_S)
     seconds = time.perf_counter() - clock
     process.returncode = os.waitstatus_to_exitcode(status)
     out.seek(0)
     err.seek(0)
-    own = usage.ru_maxrss / 1024
     run = ChildRun(seconds, max(peak, own), process.returncode,
                    out.read().decode(errors="replace"), err.read().decode(errors="replace"), own, timed_out)
     out.close()

@@ -116,18 +116,19 @@ reference_checks as (
         counts.batch_date,
         counts.column_name,
         cast(coalesce(sum(counts.row_count) filter (
-            where (counts.category is not null and not exists (
-                    select 1 from {{ ref('int_reference_profile') }} as seen
-                    where seen.monitor = '{{ m.name }}' and seen.reference_version = batches.reference_version
-                      and seen.column_name = counts.column_name and seen.category = counts.category))
-               or (counts.value is not null and exists (
-                    select 1 from {{ ref('int_reference_profile') }} as range
-                    where range.monitor = '{{ m.name }}' and range.reference_version = batches.reference_version
-                      and range.column_name = counts.column_name
-                      and (counts.value < range.min_value or counts.value > range.max_value)))
+            where (counts.category is not null and seen.category is null)
+               or (counts.value is not null and (counts.value < reference_range.min_value
+                                                 or counts.value > reference_range.max_value))
         ), 0) as {{ dbt.type_float() }}) / nullif(sum(counts.row_count), 0) as share_outside_reference
     from {{ ref('int_value_counts') }} as counts
     inner join batches on batches.batch_date = counts.batch_date
+    {#- Joins, not a subquery per value: a wide batch's frequency table has millions of rows. #}
+    left join {{ ref('int_reference_profile') }} as seen
+        on seen.monitor = '{{ m.name }}' and seen.reference_version = batches.reference_version
+        and seen.column_name = counts.column_name and seen.category = counts.category
+    left join {{ ref('int_reference_profile') }} as reference_range
+        on reference_range.monitor = '{{ m.name }}' and reference_range.reference_version = batches.reference_version
+        and reference_range.column_name = counts.column_name and reference_range.category is null
     where counts.column_name in ('{{ features | join("', '") }}')
     group by counts.batch_date, counts.column_name
 ),

@@ -79,8 +79,8 @@ def render_overview(settings: Settings, out: Path, monitor: str | None = None,
     variables = {**grafana.current_values(dashboard), grafana.MONITOR_VARIABLE: name}
     url = db.database_url(settings)
     with db.connect(url) as conn:
-        schema.check_version(conn)
         conn.read_only = True  # the page only reads, like Grafana's role
+        schema.check_version(conn)
         time_range = data_time_range(conn, name)
         results = tuple(run_panel(conn, query, time_range, variables) for query in grafana.panel_queries(dashboard))
     page = DashboardPage(path=out, monitor=name, time_range=time_range, panels=results)
