@@ -27,6 +27,9 @@
     {%- if name is none -%}
         {{ exceptions.raise_compiler_error("no monitor: declare one under vars.monitors (and vars.default_monitor)") }}
     {%- endif -%}
+    {%- if name not in var('monitors', {}) -%}
+        {{ exceptions.raise_compiler_error("unknown monitor '" ~ name ~ "': declare it under vars.monitors") }}
+    {%- endif -%}
     {{ return(name) }}
 {%- endmacro %}
 

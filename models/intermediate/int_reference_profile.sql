@@ -2,15 +2,18 @@
   What the monitor's reference sets hold, for the contract's checks against
   them: per numeric drift column its range (min, max), per categorical one every
   category seen. Incremental like int_reference_bins: each reference version once,
-  when it is stored.
+  when a reference set is stored, and again then if the monitor's columns changed.
 -#}
 {{ config(materialized='incremental', incremental_strategy='delete+insert',
           unique_key=['monitor', 'reference_version'], tags=['reference']) }}
 {%- set m = modelwatch.monitor() -%}
 {%- set numeric_columns = modelwatch.drift_numeric_columns(m) -%}
 {%- set categorical_columns = modelwatch.drift_categorical_columns(m) -%}
+{#- What was profiled, stored with it: a monitor that declares other columns is profiled again. -#}
+{%- set profiled = 'numeric: ' ~ numeric_columns | join(',') ~ '; categorical: ' ~ categorical_columns | join(',') -%}
 
-with {{ modelwatch.reference_versions_to_do(ref('int_reference_rows'), "monitor = '" ~ m.name ~ "'") }},
+with {{ modelwatch.reference_versions_to_do(ref('int_reference_rows'),
+                                            "monitor = '" ~ m.name ~ "' and profiled = '" ~ profiled ~ "'") }},
 
 counts as (
     {{ modelwatch.value_counts('reference', ['reference_version'], numeric_columns, categorical_columns) }}
@@ -22,7 +25,8 @@ select
     cast(column_name as {{ dbt.type_string() }}) as column_name,
     cast(min(value) as {{ dbt.type_float() }}) as min_value,
     cast(max(value) as {{ dbt.type_float() }}) as max_value,
-    cast(null as {{ dbt.type_string() }}) as category
+    cast(null as {{ dbt.type_string() }}) as category,
+    cast('{{ profiled }}' as {{ dbt.type_string() }}) as profiled
 from counts
 where column_name in ('{{ numeric_columns | join("', '") }}')
 group by reference_version, column_name
@@ -35,7 +39,8 @@ select
     cast(column_name as {{ dbt.type_string() }}),
     cast(null as {{ dbt.type_float() }}),
     cast(null as {{ dbt.type_float() }}),
-    category
+    category,
+    cast('{{ profiled }}' as {{ dbt.type_string() }})
 from counts
 where column_name in ('{{ categorical_columns | join("', '") }}')
   and category is not null

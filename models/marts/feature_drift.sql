@@ -66,7 +66,7 @@ batch_rows as (
     group by batch_date
 ),
 
--- every bin of the batch's model version, with the batch's share in it (0 when empty)
+-- every bin of the batch's reference set, with the batch's share in it (0 when empty)
 shares as (
     select
         batches.batch_date,

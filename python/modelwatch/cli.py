@@ -48,6 +48,13 @@ def handle_errors(func: F) -> F:
                 first += " (run `modelwatch init` to create or upgrade the schema)"
             err_console.print(f"Error: database: {first}", markup=False, highlight=False, soft_wrap=True)
             sys.exit(3)
+        except Exception as exc:  # noqa: BLE001 - a defect of modelwatch's still gets one line, not a traceback
+            if debug:
+                raise
+            first = " ".join(str(exc).split())[:300]
+            err_console.print(f"Error: internal error, {type(exc).__name__}: {first} (--debug shows where)",
+                              markup=False, highlight=False, soft_wrap=True)
+            sys.exit(3)
 
     return wrapper  # type: ignore[return-value]
 

@@ -34,7 +34,7 @@ from .config import Settings
 from .errors import UsageError
 from .monitors import Monitor, deep_merge
 
-NUMERIC, CATEGORICAL, PREDICTION = "numeric", "categorical", "prediction"
+CATEGORICAL = "categorical"  # a drift column's kind: numeric, categorical or prediction
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ class Rows:
     # five columns a batch). The distance is the same; the reference's standard deviation, which
     # scales it, may differ in the last bits (another order of summation).
     sort_numeric: bool = False
-    # Evidently Datasets of these rows by column list: a reference serves every batch of its model
+    # Evidently Datasets of these rows by column list: a reference serves every batch compared with it
     datasets: dict[tuple[str, ...], Any] = field(default_factory=dict, compare=False, repr=False)
     # Each column's values as Evidently scores them, cleaned once: a reference serves every batch
     cleaned: dict[str, pd.Series] = field(default_factory=dict, compare=False, repr=False)

@@ -314,19 +314,66 @@ def parse_monitor(name: Any, block: Any, defaults: Mapping[str, Any], where: str
         probabilities=probabilities,
         positive_class=str(key("positive_class")),
         id_type=id_type,
-        generate_id=bool(key("generate_id", required=False)),
+        generate_id=_flag(key("generate_id", required=False), f"{at}: generate_id"),
         rename=rename,
         columns=dict(stored_extra),
         derived=derived,
-        model=key("model", required=False),
-        performance_where=key("performance_where", required=False),
-        lookups=dict(key("lookups", required=False) or {}),
+        model=_module_name(key("model", required=False), f"{at}: model"),
+        performance_where=_text(key("performance_where", required=False), f"{at}: performance_where"),
+        lookups=_lookups(key("lookups", required=False), at),
         raw=spec,
     )
     _check_roles(monitor, at)
     if monitor.generate_id and monitor.id_type != "bigint":
         raise UsageError(f"{at}: generate_id numbers the rows: it needs id_type bigint, not {monitor.id_type}")
     return _with_checks(monitor, spec, at)
+
+
+def _flag(value: Any, where: str) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise UsageError(f"{where}: {value!r} is not true or false")
+    return value
+
+
+_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def _module_name(value: Any, where: str) -> str | None:
+    if value is not None and (not isinstance(value, str) or not _MODULE.match(value)):
+        raise UsageError(f"{where}: {value!r} is not a Python module name (such as package.module)")
+    return value
+
+
+def _text(value: Any, where: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise UsageError(f"{where}: must be text (a SQL condition)")
+    return value
+
+
+def _lookups(value: Any, at: str) -> dict[str, dict[str, str]]:
+    """{name: {seed: SEED, key: COLUMN}}: both names reach SQL, so both are plain identifiers."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise UsageError(f"{at}: lookups must map names to {{seed: SEED, key: COLUMN}}")
+    lookups = {}
+    for name, spec in value.items():
+        where = f"{at}: lookups.{name}"
+        if not isinstance(spec, Mapping) or set(spec) != {"seed", "key"}:
+            raise UsageError(f"{where}: must be {{seed: SEED, key: COLUMN}}")
+        lookups[check_identifier(name, f"{at}: lookups")] = {
+            "seed": check_identifier(spec["seed"], f"{where}: seed"), "key": check_identifier(spec["key"], f"{where}: key")}
+    return lookups
+
+
+def _number(value: Any, where: str, integer: bool = False) -> float | int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        raise UsageError(f"{where}: {value!r} is not {'a whole number' if integer else 'a number'}")
+    return value
 
 
 def _mapping_of_text(value: Any, where: str) -> dict[str, str]:
@@ -396,23 +443,30 @@ def _check(name: str, bound: Any, where: str, monitor: Monitor) -> Check:
     severity = bound.get("severity", "error")
     if severity not in SEVERITIES:
         raise UsageError(f"{where}: severity {severity!r} is not error or warn")
-    numbers = {}
-    for side in ("min", "max"):
-        value = bound.get(side)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise UsageError(f"{where}: {side} {value!r} is not a number")
-        numbers[side] = None if value is None else float(value)
+    numbers = {side: _number(bound.get(side), f"{where}: {side}") for side in ("min", "max")}
+    _number(bound.get("min_history"), f"{where}: min_history", integer=True)  # these reach SQL as written
+    _number(bound.get("tolerance"), f"{where}: tolerance")
+    for text in ("where", "lookup_where"):
+        _text(bound.get(text), f"{where}: {text}")
     per_column = bound.get("columns") if name in BUILT_IN_CHECKS else {}
-    listed = bound.get("columns") if name not in BUILT_IN_CHECKS else ()
+    listed = bound.get("columns") if name not in BUILT_IN_CHECKS else None
     if per_column is not None and not isinstance(per_column, Mapping):
         raise UsageError(f"{where}: columns must map column names to bounds")
-    for column in per_column or {}:
+    if listed is not None and not isinstance(listed, list):
+        raise UsageError(f"{where}: columns must be a list of column names")
+    for column, override in (per_column or {}).items():
         check_identifier(column, f"{where}: columns")
+        if not isinstance(override, Mapping):
+            raise UsageError(f"{where}: columns.{column}: must be a mapping such as {{max: 0.05}}")
+        for side in ("min", "max"):
+            _number(override.get(side), f"{where}: columns.{column}: {side}")
+        if override.get("severity", severity) not in SEVERITIES:
+            raise UsageError(f"{where}: columns.{column}: severity {override.get('severity')!r} is not error or warn")
     return Check(
         name=name,
         severity=severity,
-        min=numbers["min"],
-        max=numbers["max"],
+        min=None if numbers["min"] is None else float(numbers["min"]),
+        max=None if numbers["max"] is None else float(numbers["max"]),
         where=bound.get("where"),
         lookup=bound.get("lookup"),
         lookup_where=bound.get("lookup_where"),

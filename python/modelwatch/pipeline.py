@@ -22,7 +22,7 @@ from typing import Any
 
 import psycopg
 
-from . import db, drift_worker, load, migrations, publish, results, schema, transform
+from . import db, drift_worker, load, publish, results, schema, transform
 from .config import Settings
 from .errors import InputError, ModelwatchError, UsageError
 from .monitors import Monitor
@@ -80,22 +80,29 @@ def init(settings: Settings) -> str:
         model_module(monitor)
     url = db.database_url(settings)
     with db.connect(url, as_pipeline=False) as conn:  # the login's own rights: it manages the roles
-        migrated = schema.init_schema(conn, monitors, settings.reader_password, settings.pipeline_password)
+        schema.init_schema(conn, monitors, settings.reader_password, settings.pipeline_password)
     transform.seed(settings, url)
     with db.connect(url, autocommit=True) as conn, db.build_lock(conn):  # builds re-create views too
         transform.create_views(settings, url, conn)
-    if migrated:
-        rebuild_marts(settings, settings.monitor(migrations.V1_MONITOR))
+    for monitor in monitors:
+        rebuild_marts(settings, monitor)
     return url
 
 
 def rebuild_marts(settings: Settings, monitor: Monitor) -> int:
-    """Build the marts of every finished batch of the monitor again from what raw holds (after a
-    migration: the marts are derived, the raw rows and drift scores are kept); returns how many."""
+    """Build the marts of the monitor's finished batches that have none (after a migration, which
+    keeps raw and drops the derived marts; or after a rebuild that failed) from what raw holds;
+    returns how many."""
     url = db.database_url(settings)
     with db.connect(url, autocommit=True) as conn:
+        if conn.execute("select to_regclass('marts.batch_health')").fetchone()[0] is None:
+            health = "select monitor, batch_date from raw.batches where false"
+        else:
+            health = "select monitor, batch_date from marts.batch_health"
         rows = conn.execute(
-            "select batch_date, batch_end from raw.batches where monitor = %s and status = any(%s) order by 1",
+            f"""select batch_date, batch_end from raw.batches
+                where monitor = %s and status = any(%s) and (monitor, batch_date) not in ({health})
+                order by 1""",
             (monitor.name, list(publish.FINISHED))).fetchall()
         batches = [Batch(monitor.name, start, end) for start, end in rows]
         for first in range(0, len(batches), BACKFILL_CHUNK_BATCHES):
@@ -339,7 +346,8 @@ def build_batches(settings: Settings, conn: psycopg.Connection, url: str, monito
                 transform.bin_references(settings, url, monitor.name)
             publish.withdraw(conn, monitor.name, days)  # readers see these batches again once rebuilt whole
             build = transform.build(settings, url, conn, monitor.name, first, last, drift_scored)
-            statuses = results.record_tests(conn, monitor.name, build, batches)
+            seeds = tuple(lookup["seed"] for lookup in monitor.lookups.values())
+            statuses = results.record_tests(conn, monitor.name, build, batches, seeds)
             transform.build_run_results(settings, url, monitor.name, first, last)
     except ModelwatchError as exc:
         _mark_all(conn, monitor, batches, "error", str(exc))

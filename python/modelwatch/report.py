@@ -1,4 +1,4 @@
-"""The debugging report: Evidently's HTML for one batch against its model's reference.
+"""The debugging report: Evidently's HTML for one batch against its reference set.
 
 For the ad-hoc root-cause work the course did in a notebook: data drift and
 data summary presets, with Evidently's tests, in one self-contained HTML file
@@ -32,6 +32,7 @@ def write_report(settings: Settings, batch_date: date, out: Path | None = None,
     columns = drift.monitored_columns(monitor)
     with db.connect(db.database_url(settings)) as conn:
         schema.check_version(conn)
+        schema.check_monitor_tables(conn, monitor)
         version = drift.batch_reference_version(conn, monitor, batch_date)
         reference = drift.read_reference(conn, monitor, version, columns, options)
         current = drift.read_batch(conn, monitor, batch_date, columns, options)

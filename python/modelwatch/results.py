@@ -20,8 +20,10 @@ from .transform import BuildResult, TestOutcome
 CONTRACT_TESTS = ("contract_errors", "contract_warnings")
 
 
-def record_tests(conn: psycopg.Connection, monitor: str, build: BuildResult, batches: list[Batch]) -> dict[date, str]:
-    """Store each test's outcome per batch in raw.dbt_test_runs; return each batch's verdict."""
+def record_tests(conn: psycopg.Connection, monitor: str, build: BuildResult, batches: list[Batch],
+                 lookups: tuple[str, ...] = ()) -> dict[date, str]:
+    """Store each test's outcome per batch in raw.dbt_test_runs; return each batch's verdict. A test
+    of a seed counts only for a monitor whose lookups (`lookups`: seed names) include it."""
     days = [batch.start for batch in batches]
     rows: list[tuple] = []
     verdict = {day: "passed" for day in days}
@@ -36,7 +38,7 @@ def record_tests(conn: psycopg.Connection, monitor: str, build: BuildResult, bat
 
     contract = [test for test in build.tests if test.name in CONTRACT_TESTS]
     for test in build.tests:
-        if test.name in CONTRACT_TESTS:
+        if test.name in CONTRACT_TESTS or (test.seeds and not set(test.seeds) & set(lookups)):
             continue
         per_batch = _failures_per_batch(conn, test, days)
         for day in days:

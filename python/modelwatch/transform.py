@@ -39,6 +39,7 @@ class TestOutcome:
     message: str | None
     relation: str | None
     invocation_id: str  # the dbt invocation that ran it
+    seeds: tuple[str, ...] = ()  # the seeds it tests (a monitor's lookups)
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,7 @@ def build(settings: Settings, url: str, conn: psycopg.Connection, monitor: str, 
                     message=node_result.message,
                     relation=node.relation_name if node.config.get("store_failures") else None,
                     invocation_id=invocation_id,
+                    seeds=tuple(parent.split(".")[-1] for parent in node.depends_on.nodes if parent.startswith("seed.")),
                 ))
             elif status == "skipped" and GATED_TAG in node.tags:
                 skipped.append(node.name)
