@@ -194,17 +194,26 @@ def start_batch(conn: psycopg.Connection, file: BatchFile, batch: Batch, model_v
 
 
 def main_period_rows(table: pa.Table, monitor: Monitor) -> pa.Table:
-    """The rows of the file that are not strays: those of its periods (the monitor's) from the
-    first to the last that holds at least a tenth of the median period's rows. Thin periods at the
-    edges go (a month's file of daily trips holds a few of the day before and of 2008); every
-    period between stays, however thin, for the contract to judge."""
-    starts = periods.period_starts(monitor.batch_period, table[monitor.timestamp])
-    counts = {item["values"]: item["counts"] for item in pc.value_counts(starts).to_pylist()
+    """The rows of the file that are not strays: those of the file's busiest month and the
+    months next to it that hold at least a tenth as many rows (a month's file may hold a few
+    rows of 2008; a file of a year of weekly batches holds all its months)."""
+    months = pc.strftime(table[monitor.timestamp], format="%Y-%m")
+    counts = {item["values"]: item["counts"] for item in pc.value_counts(months).to_pylist()
               if item["values"] is not None}
     if not counts:
         return table.slice(0, 0)
-    floor = float(np.median(list(counts.values()))) / 10
-    dense = sorted(start for start, count in counts.items() if count >= floor)
-    first, last = pa.scalar(dense[0], pa.date32()), pa.scalar(dense[-1], pa.date32())
-    inside = pc.and_(pc.greater_equal(starts, first), pc.less_equal(starts, last))
-    return table.filter(pc.fill_null(inside, False))
+    ordered = sorted(counts)
+    busiest = max(ordered, key=lambda month: counts[month])
+    floor = counts[busiest] / 10
+    first = last = ordered.index(busiest)
+    while first > 0 and counts[ordered[first - 1]] >= floor and _adjacent(ordered[first - 1], ordered[first]):
+        first -= 1
+    while last < len(ordered) - 1 and counts[ordered[last + 1]] >= floor and _adjacent(ordered[last], ordered[last + 1]):
+        last += 1
+    kept = pa.array(ordered[first:last + 1], pa.string())
+    return table.filter(pc.fill_null(pc.is_in(months, value_set=kept), False))
+
+
+def _adjacent(month: str, following: str) -> bool:
+    year, number = int(month[:4]), int(month[5:])
+    return following == (f"{year + 1}-01" if number == 12 else f"{year}-{number + 1:02d}")
