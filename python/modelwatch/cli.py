@@ -255,7 +255,7 @@ def demo() -> None:
 @click.option("--base-url", default=None, help="Where the monthly files live (default: the TLC's address).")
 @handle_errors
 def fetch(month: str, out_dir: Path | None, base_url: str | None) -> None:
-    """Download a month of green-taxi trips, e.g. `modelwatch fetch 2024-05`."""
+    """Download a month of the nyc_taxi monitor's data (TLC files), e.g. `modelwatch fetch 2024-05`."""
     from .examples.nyc_taxi.fetch import TLC_BASE_URL, fetch_month
 
     path = fetch_month(month, out_dir or settings().home / "data", base_url or TLC_BASE_URL)

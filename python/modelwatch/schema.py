@@ -29,7 +29,7 @@ from .roles import (
 )
 
 # The version of the schema this modelwatch writes; a database records the one it holds.
-# 1: one monitor (the taxi's raw.trips, raw.predictions); 2: declared monitors.
+# 1: one monitor, its rows and predictions in two fixed tables (modelwatch.migrations); 2: declared monitors.
 SCHEMA_VERSION = 2
 
 SHARED_DDL = """
