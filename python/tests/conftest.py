@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,11 +44,17 @@ def nannyml_file(name: str) -> Path:
 
 
 @pytest.fixture(scope="session")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server_url() -> Iterator[str]:
     """An admin URL to a PostgreSQL server (its maintenance database)."""
     url = os.environ.get("MODELWATCH_TEST_DATABASE_URL") or os.environ.get("MODELWATCH_DATABASE_URL")
-    with embedded.admin_server(tmp_path_factory.mktemp("pg"), url) as admin_url:
-        yield admin_url
+    # Outside pytest's basetemp: a later pytest session makes that folder 0700, which
+    # locks the embedded server's own user out of its data directory mid-run.
+    home = Path(tempfile.mkdtemp(prefix="modelwatch-test-pg-"))
+    try:
+        with embedded.admin_server(home, url) as admin_url:
+            yield admin_url
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def copy_project(destination: Path) -> Path:
