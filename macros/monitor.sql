@@ -179,3 +179,9 @@ reference as (
     inner join versions on versions.reference_version = reference_rows.reference_version
 )
 {%- endmacro %}
+
+{#- How long a monitor may go without a new batch before its silence is an alert
+    (modelwatch.monitors: two of its batch periods unless declared). -#}
+{% macro stale_after(m) -%}
+    {{ return(m.get('stale_after') or ('2 ' ~ m.batch_period ~ 's')) }}
+{%- endmacro %}

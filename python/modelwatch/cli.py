@@ -222,11 +222,30 @@ def status_command(limit: int, monitor: str | None) -> None:
     with db.connect(db.database_url(current)) as conn:
         schema.check_version(conn)
         rows = status.recent_batches(conn, name, limit)
+        fresh = status.freshness(conn, name)
     table = Table("batch", "status", "rows loaded", "rows in file", "file", "seconds", "error")
     for row in rows:
         table.add_row(str(row.batch_date), row.status, _n(row.rows_loaded), _n(row.rows_in_file), row.file_name,
                       f"{row.seconds:.1f}" if row.seconds is not None else "", (row.error or "")[:80])
     console.print(table)
+    for state in fresh:
+        click.echo(state.describe())  # one line each, for scripts too (never wrapped)
+
+
+@main.command(name="check-freshness")
+@MONITOR_OPTION
+@handle_errors
+def check_freshness(monitor: str | None) -> None:
+    """Exit 1 when a monitor's batches stopped arriving (every monitor, or --monitor's)."""
+    current = settings()
+    name = current.monitor(monitor).name if monitor else None
+    with db.connect(db.database_url(current)) as conn:
+        schema.check_version(conn)
+        states = status.freshness(conn, name)
+    for state in states:
+        click.echo(state.describe())
+    if any(state.stale for state in states):
+        sys.exit(1)
 
 
 @main.command()

@@ -95,6 +95,7 @@ class Monitor:
     performance_where: str | None = None
     lookups: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     checks: tuple[Check, ...] = ()
+    stale_after: str = "2 days"  # a PostgreSQL interval: no new batch for this long is an alert
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -221,7 +222,19 @@ def parse_monitors(dbt_vars: Mapping[str, Any], where: str = "dbt_project.yml") 
 
 KNOWN_KEYS = ("task", "id", "timestamp", "batch_period", "features", "prediction", "probability", "target",
               "positive_class", "id_type", "generate_id", "rename", "columns", "derived", "model",
-              "performance_where", "lookups", "contract", "checks", "drift")
+              "performance_where", "lookups", "contract", "checks", "drift", "stale_after")
+
+
+_INTERVAL = re.compile(r"^[1-9][0-9]{0,3} (hour|day|week|month)s?$")
+
+
+def _stale_after(value: Any, period: str, at: str) -> str:
+    """How long without a new batch is silence: two of the monitor's periods unless declared."""
+    if value is None:
+        return f"2 {period}s"
+    if not isinstance(value, str) or not _INTERVAL.match(value):
+        raise UsageError(f"{at}: {value!r} is not a number of hours, days, weeks or months (e.g. '36 hours')")
+    return value
 
 
 def parse_monitor(name: Any, block: Any, defaults: Mapping[str, Any], where: str = "dbt_project.yml") -> Monitor:
@@ -321,6 +334,7 @@ def parse_monitor(name: Any, block: Any, defaults: Mapping[str, Any], where: str
         model=_module_name(key("model", required=False), f"{at}: model"),
         performance_where=_text(key("performance_where", required=False), f"{at}: performance_where"),
         lookups=_lookups(key("lookups", required=False), at),
+        stale_after=_stale_after(key("stale_after", required=False), period, f"{at}: stale_after"),
         raw=spec,
     )
     _check_roles(monitor, at)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 import psycopg
 
@@ -48,3 +48,45 @@ def _seconds(started: datetime | None, finished: datetime | None) -> float | Non
     if started is None or finished is None:
         return None
     return (finished - started).total_seconds()
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """Whether a monitor's batches still arrive (marts.monitor_freshness, read now)."""
+
+    monitor: str
+    stale_after: timedelta
+    batches: int
+    latest_batch_date: date | None
+    silent_for: timedelta | None
+    stale: bool
+
+    def describe(self) -> str:
+        if not self.batches:
+            return f"{self.monitor}: no batch yet"
+        state = "STALE" if self.stale else "fresh"
+        return (f"{self.monitor}: {state}: latest batch {self.latest_batch_date} finished "
+                f"{_duration(self.silent_for)} ago (stale after {_duration(self.stale_after)})")
+
+
+def freshness(conn: psycopg.Connection, monitor: str | None = None) -> list[Freshness]:
+    """Each declared monitor's freshness (or `monitor`'s alone); none before the first build."""
+    if conn.execute("select to_regclass('marts.monitor_freshness')").fetchone()[0] is None:
+        return []
+    rows = conn.execute(
+        """select monitor, stale_after, batches, latest_batch_date, now() - last_batch_at,
+                  coalesce(now() - last_batch_at > stale_after, false)
+           from marts.monitor_freshness where %(monitor)s::text is null or monitor = %(monitor)s
+           order by monitor""",
+        {"monitor": monitor},
+    ).fetchall()
+    return [Freshness(*row) for row in rows]
+
+
+def _duration(span: timedelta | None) -> str:
+    if span is None:
+        return "?"
+    hours = span.total_seconds() / 3600
+    if hours < 48:
+        return f"{hours:.0f} hours" if round(hours) != 1 else "1 hour"
+    return f"{hours / 24:.0f} days"

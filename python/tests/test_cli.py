@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import http.server
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 from datetime import date
@@ -159,8 +161,18 @@ def test_day_with_no_rows_in_the_file(trained_settings: Settings) -> None:
     )
 
 
-def test_embedded_server_commands(tmp_path: Path) -> None:
+@pytest.fixture
+def server_home() -> Iterator[Path]:
+    """A folder outside pytest's basetemp, which another pytest session may make 0700 (and so
+    lock the embedded server's own user out) while this test runs."""
+    home = Path(tempfile.mkdtemp(prefix="modelwatch-test-db-"))
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def test_embedded_server_commands(server_home: Path) -> None:
     """db start / url / status / stop on an embedded server of this test's own."""
+    tmp_path = server_home
     env = {"MODELWATCH_HOME": str(tmp_path / "home"), "MODELWATCH_DATABASE_URL": ""}
     runner = CliRunner()
     stopped = runner.invoke(main, ["db", "status"], env=env)

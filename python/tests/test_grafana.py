@@ -243,7 +243,7 @@ def test_alert_rules_reference_what_is_provisioned() -> None:
     rules = [rule for group in document["groups"] for rule in group["rules"]]
     assert [rule["uid"] for rule in rules] == [
         "modelwatch-dataset-drift-share", "modelwatch-batch-gate-failed", "modelwatch-mae-vs-trailing-median",
-        "modelwatch-score-vs-trailing-median"]
+        "modelwatch-score-vs-trailing-median", "modelwatch-monitor-stale"]
     for rule in rules:
         ref_ids = {step["refId"] for step in rule["data"]}
         assert rule["condition"] in ref_ids
@@ -260,14 +260,17 @@ def test_alert_rules_reference_what_is_provisioned() -> None:
         # Titles and labels are expanded from the environment by provisioning: no `$` there.
         assert "$" not in rule["title"] and not any("$" in value for value in rule["labels"].values())
         assert not any("${" in value for value in rule["annotations"].values())
-        # One instance per monitor and batch: both are labels, and the summary names them.
+        # One instance per monitor and batch (per monitor for freshness): labels the summary names.
         assert "{{ $labels.monitor }}" in rule["annotations"]["summary"]
-        assert "{{ $labels.batch }}" in rule["annotations"]["summary"]
+        if rule["uid"] != "modelwatch-monitor-stale":
+            assert "{{ $labels.batch }}" in rule["annotations"]["summary"]
     parsed = grafana.alert_rules()
     assert [(rule.reducer, rule.threshold_type, rule.threshold) for rule in parsed] == [
-        ("last", "gt", (0.5,)), ("last", "gt", (0.0,)), ("last", "gt", (1.2,)), ("last", "lt", (0.8,))]
+        ("last", "gt", (0.5,)), ("last", "gt", (0.0,)), ("last", "gt", (1.2,)), ("last", "lt", (0.8,)),
+        ("last", "gt", (1.0,))]
     for rule in parsed:  # alert rules have no dashboard variables: every monitor in one query
-        assert "$monitor" not in rule.raw_sql and "AS batch" in rule.raw_sql
+        assert "$monitor" not in rule.raw_sql
+        assert ("AS batch" in rule.raw_sql) == (rule.uid != "modelwatch-monitor-stale")  # freshness: per monitor
 
 
 def _bind_mounts(service: dict[str, Any]) -> list[tuple[Path, str]]:
@@ -567,7 +570,7 @@ def test_every_query_reads_marts_only(reader: psycopg.Connection, now: datetime)
         read |= relations
     assert {table for _, table in read} == {  # published_batches: row-level security, the batches readers see
         "batch_health", "model_performance", "column_quality", "test_results", "feature_drift", "dataset_drift",
-        "batch_checks", "daily_trips", "published_batches"}
+        "batch_checks", "daily_trips", "published_batches", "monitor_freshness"}
 
 
 def test_all_queries_once_per_variable_value(reader: psycopg.Connection, demo_settings: Settings) -> None:
