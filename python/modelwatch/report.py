@@ -7,6 +7,7 @@ data summary presets, with Evidently's tests, in one self-contained HTML file
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from . import db, drift, schema
 from .config import Settings
 from .errors import ModelwatchError, UsageError
+from .monitors import Monitor
 from .periods import batch_of
 
 
@@ -21,13 +23,24 @@ def default_path(settings: Settings, monitor: str, batch_date: date) -> Path:
     return settings.reports_dir / f"drift_{monitor}_{batch_date.isoformat()}.html"
 
 
-def write_report(settings: Settings, batch_date: date, out: Path | None = None,
-                 monitor_name: str | None = None) -> Path:
-    """Write the report for the monitor's batch of `batch_date` (the period holding it) to `out`
-    (default: under reports_dir) and return its path."""
+@dataclass(frozen=True)
+class BatchData:
+    """One batch of a monitor and the reference set it was compared with, as Evidently sees them."""
+
+    monitor: Monitor
+    batch_date: date
+    reference_version: str
+    reference: drift.Rows
+    current: drift.Rows
+    columns: tuple[drift.MonitoredColumn, ...]
+    options: drift.DriftOptions
+
+
+def batch_data(settings: Settings, batch_date: date, monitor_name: str | None = None) -> BatchData:
+    """The monitor's batch of `batch_date` (the period holding it) and its reference, read back
+    from the database; UsageError when either has no rows."""
     monitor = settings.monitor(monitor_name)
     batch_date = batch_of(monitor.name, monitor.batch_period, batch_date).start
-    path = Path(out) if out is not None else default_path(settings, monitor.name, batch_date)
     options = drift.DriftOptions.from_settings(settings, monitor)
     columns = drift.monitored_columns(monitor)
     with db.connect(db.database_url(settings)) as conn:
@@ -41,25 +54,35 @@ def write_report(settings: Settings, batch_date: date, out: Path | None = None,
     if reference.total == 0:
         raise UsageError(f"monitor {monitor.name}: reference {version} has no rows: store one with "
                          "`modelwatch reference`")
-    html = _render(drift.evidently_api(), reference, current, columns, options)
-    _write(path, html)
+    return BatchData(monitor, batch_date, version, reference, current, columns, options)
+
+
+def write_report(settings: Settings, batch_date: date, out: Path | None = None,
+                 monitor_name: str | None = None) -> Path:
+    """Write the report for the monitor's batch of `batch_date` (the period holding it) to `out`
+    (default: under reports_dir) and return its path."""
+    data = batch_data(settings, batch_date, monitor_name)
+    path = Path(out) if out is not None else default_path(settings, data.monitor.name, data.batch_date)
+    _write(path, evidently_snapshot(data).get_html_str(as_iframe=False))
     return path
 
 
-def _render(api: drift.EvidentlyApi, reference: drift.Rows, current: drift.Rows,
-            columns: tuple[drift.MonitoredColumn, ...], options: drift.DriftOptions) -> str:
+def evidently_snapshot(data: BatchData) -> Any:
+    """Evidently's data drift and data summary presets, with their tests, run on the batch against
+    its reference: a Snapshot (shown inline by a notebook, or written as HTML)."""
+    api = drift.evidently_api()
     # Drift only where Evidently can score (it raises on an empty column); the
     # summary shows every column, empty and constant ones included.
-    scorable = [column.name for column in columns
-                if drift.skip_reason(column, reference, current) is None]
-    presets: list[Any] = [api.DataSummaryPreset(columns=[column.name for column in columns])]
+    scorable = [column.name for column in data.columns
+                if drift.skip_reason(column, data.reference, data.current) is None]
+    presets: list[Any] = [api.DataSummaryPreset(columns=[column.name for column in data.columns])]
     if scorable:
-        presets.insert(0, api.DataDriftPreset(columns=scorable, drift_share=options.drift_share))
+        presets.insert(0, api.DataDriftPreset(columns=scorable, drift_share=data.options.drift_share))
     report = api.Report(presets, include_tests=True)
+    columns = list(data.columns)
     try:
         with drift.quiet_numerics():
-            snapshot = report.run(current.dataset(api, list(columns)), reference.dataset(api, list(columns)))
-        return snapshot.get_html_str(as_iframe=False)
+            return report.run(data.current.dataset(api, columns), data.reference.dataset(api, columns))
     except Exception as exc:  # noqa: BLE001 - one line for the user, not Evidently's traceback
         first = " ".join(str(exc).split())[:300] or type(exc).__name__
         raise ModelwatchError(f"Evidently could not build the report: {first}") from None
