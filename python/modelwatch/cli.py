@@ -20,7 +20,7 @@ from rich.table import Table
 
 from . import db, embedded, pipeline, schema, status
 from .config import Settings
-from .errors import ModelwatchError
+from .errors import ModelwatchError, UsageError
 
 F = TypeVar("F", bound=Callable[..., Any])
 console = Console()
@@ -246,6 +246,24 @@ def check_freshness(monitor: str | None) -> None:
         click.echo(state.describe())
     if any(state.stale for state in states):
         sys.exit(1)
+
+
+@main.command()
+@MONITOR_OPTION
+@click.option("--cron", required=True, metavar="CRON", help='When to look for new files, e.g. "0 6 * * *".')
+@click.option("--folder", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The folder new batch files arrive in.")
+@click.option("--pattern", default="*.parquet", show_default=True, help="Which files of the folder.")
+@handle_errors
+def schedule(monitor: str | None, cron: str, folder: Path, pattern: str) -> None:
+    """Serve the monitor's folder flow on a schedule (Prefect): every new file's batches, until stopped."""
+    name = settings().monitor(monitor).name
+    try:
+        from . import flows
+    except ImportError as exc:
+        raise UsageError(f"modelwatch schedule needs Prefect ({exc.name} is missing): "
+                         "pip install 'modelwatch[prefect]'") from None
+    flows.serve_folder(name, folder.resolve(), cron, pattern)
 
 
 @main.command()

@@ -188,14 +188,19 @@ def run_batch(settings: Settings, batch_date: date, file: Path | str, monitor_na
     batch = batch_of(monitor.name, monitor.batch_period, batch_date)
     with drift_worker.started(settings) as scorer:  # imports while the file is read
         read = read_batch_file(file, monitor)
-        if load.rows_in(read.table, monitor, batch).num_rows == 0:
-            starts = load.batch_starts(load.main_period_rows(read.table, monitor), monitor)
-            span = (f"its rows' {monitor.batch_period}s run from {starts[0]} to {starts[-1]}" if starts
-                    else f"it holds no {monitor.timestamp}")
-            raise InputError(f"{read.path}: no rows with a {monitor.timestamp} in the {monitor.batch_period} of "
-                             f"{batch} ({span})")
+        require_rows(read, monitor, batch)
         outcome = run_range(settings, monitor, read, [batch], scorer=scorer)
     return outcome.batches[0]
+
+
+def require_rows(read: BatchFile, monitor: Monitor, batch: Batch) -> None:
+    """InputError when the file holds no row of the batch, saying where its rows are."""
+    if load.rows_in(read.table, monitor, batch).num_rows == 0:
+        starts = load.batch_starts(load.main_period_rows(read.table, monitor), monitor)
+        span = (f"its rows' {monitor.batch_period}s run from {starts[0]} to {starts[-1]}" if starts
+                else f"it holds no {monitor.timestamp}")
+        raise InputError(f"{read.path}: no rows with a {monitor.timestamp} in the {monitor.batch_period} of "
+                         f"{batch} ({span})")
 
 
 BACKFILL_CHUNK_BATCHES = 31  # batches per dbt build: one invocation per month of days, resumable by chunk
