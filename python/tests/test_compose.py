@@ -91,6 +91,7 @@ def test_the_pipeline_service_and_its_image() -> None:
     assert os.access(ENTRYPOINT, os.X_OK)
 
 
+@pytest.mark.once
 def test_the_entrypoint_initialises_runs_the_demo_and_serves(server_url: str, tmp_path: Path) -> None:
     """docker/pipeline.sh as the container runs it, this checkout standing for /opt/modelwatch."""
     home = tmp_path / "home"

@@ -25,6 +25,8 @@ from modelwatch.config import Settings
 from .conftest import nannyml_file, scratch_name
 from .test_monitors import labelled_analysis
 
+pytestmark = pytest.mark.once
+
 pytest.importorskip("prefect")
 
 from prefect.client.orchestration import get_client  # noqa: E402

@@ -15,6 +15,9 @@ from nbclient import NotebookClient
 
 from modelwatch.config import PROJECT_DIR, Settings
 
+pytestmark = pytest.mark.once
+
+
 NOTEBOOK = PROJECT_DIR / "notebooks" / "debugging.ipynb"
 DAY = "2023-02-07"
 
