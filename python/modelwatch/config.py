@@ -18,9 +18,28 @@ import yaml
 from .errors import UsageError
 from .monitors import Monitor, Monitors, parse_monitors
 
-# The repo root is the dbt project; the package lives in python/modelwatch.
-PROJECT_DIR = Path(__file__).resolve().parents[2]
-PACKAGE_DATA_DIR = Path(__file__).resolve().parent / "data"
+PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DATA_DIR = PACKAGE_DIR / "data"
+# The project that ships the taxi demo: in a wheel, the copy made at build time (pyproject's
+# force-include); in a checkout or an editable install, the repo root itself.
+PACKAGED_PROJECT_DIR = PACKAGE_DIR / "project"
+PROJECT_DIR = (PACKAGED_PROJECT_DIR if (PACKAGED_PROJECT_DIR / "dbt_project.yml").is_file()
+               else PACKAGE_DIR.parents[1])
+# Where a project of one's own finds modelwatch's generic models and macros (a dbt package).
+PACKAGE_PROJECT_ENV = "MODELWATCH_PACKAGE_DIR"
+
+
+def find_project(explicit: Path | str | None, environ: Mapping[str, str], cwd: Path | None = None) -> Path:
+    """The dbt project to run: --project, else MODELWATCH_PROJECT_DIR, else the current folder
+    when it holds a dbt_project.yml, else the one shipped with modelwatch (the taxi demo's)."""
+    chosen = explicit or environ.get("MODELWATCH_PROJECT_DIR") or None
+    if chosen:
+        path = Path(chosen).expanduser().resolve()
+        if not (path / "dbt_project.yml").is_file():
+            raise UsageError(f"{path}: no dbt_project.yml there (`modelwatch new {chosen}` makes a project)")
+        return path
+    here = (cwd or Path.cwd()).resolve()
+    return here if (here / "dbt_project.yml").is_file() else PROJECT_DIR
 
 @dataclass(frozen=True)
 class Settings:
@@ -32,13 +51,13 @@ class Settings:
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, project: Path | str | None = None) -> Settings:
         env = dict(os.environ if environ is None else environ)
         home = Path(env.get("MODELWATCH_HOME") or ".modelwatch").expanduser().resolve()
         return cls(
             home=home,
             database_url=env.get("MODELWATCH_DATABASE_URL") or None,
-            project_dir=Path(env.get("MODELWATCH_PROJECT_DIR") or PROJECT_DIR).resolve(),
+            project_dir=find_project(project, env),
             environ=env,
         )
 
@@ -49,6 +68,18 @@ class Settings:
     @property
     def pgdata(self) -> Path:
         return self.home / "pgdata"
+
+    @property
+    def profiles_dir(self) -> Path:
+        """Where the project's profiles.yml is: its `profiles/` folder, or the project itself."""
+        folder = self.project_dir / "profiles"
+        return folder if (folder / "profiles.yml").exists() else self.project_dir
+
+    @property
+    def grafana_dir(self) -> Path:
+        """The project's Grafana dashboards and provisioning, or those shipped with modelwatch."""
+        own = self.project_dir / "grafana"
+        return own if (own / "dashboards").is_dir() else PROJECT_DIR / "grafana"
 
     @property
     def models_dir(self) -> Path:

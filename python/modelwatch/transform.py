@@ -19,7 +19,7 @@ from typing import Any
 
 import psycopg
 
-from . import views
+from . import db, views
 from .config import Settings
 from .db import dbt_env
 from .errors import TransformError
@@ -47,13 +47,54 @@ class BuildResult:
     tests: tuple[TestOutcome, ...]
 
 
+# The profile's target modelwatch builds with: its schemas are raw, staging, marts and audit
+# (macros/generate_schema_name.sql); any other target (`dev`, plain dbt's default) gets its own.
+PIPELINE_TARGET = "pipeline"
+
+
 def _base_args(settings: Settings) -> list[str]:
     return [
         "--project-dir", str(settings.project_dir),
-        "--profiles-dir", str(settings.project_dir / "profiles"),
+        "--profiles-dir", str(settings.profiles_dir),
+        "--target", PIPELINE_TARGET,
         "--target-path", str(settings.dbt_dir / "target"),
         "--log-path", str(settings.dbt_dir / "logs"),
     ]
+
+
+# Flags of _base_args a command by hand may give itself (with their short forms).
+_HAND_FLAGS = {"--project-dir": (), "--profiles-dir": (), "--target": ("-t",), "--target-path": (),
+               "--log-path": ()}
+
+
+def is_subcommand(args: list[str]) -> bool:
+    """Whether dbt's command line names a command (`dbt --version` and `dbt --help` do not)."""
+    return bool(args) and not args[0].startswith("-")
+
+
+def by_hand(settings: Settings, url: str | None, args: list[str]) -> int:
+    """Any dbt command (`args` as on dbt's command line) on the project and the database at
+    `url`, as the pipeline role (the profile's role), while no build runs; returns dbt's exit
+    code (0, 1: a node failed, 2: dbt could not run). dbt logs to stdout as it does alone.
+    `url` None: dbt's own --version or --help, which reach no database."""
+    command = list(args)
+    if url is None or not is_subcommand(command):
+        result = dbt_runner()().invoke(command)
+        return 0 if result.success else (2 if result.exception is not None else 1)
+    os.environ.update(dbt_env(url))
+    base = _base_args(settings)
+    for flag, value in zip(base[::2], base[1::2], strict=True):
+        given = (flag, *_HAND_FLAGS[flag])
+        if not any(arg in given or arg.startswith(flag + "=") for arg in command):
+            command += [flag, value]
+    settings.dbt_dir.mkdir(parents=True, exist_ok=True)
+    with db.connect(url, autocommit=True) as conn, db.build_lock(conn):
+        result = dbt_runner()().invoke(command)
+        if command[0] in ("build", "run", "seed", "snapshot", "clone"):
+            views.forget(conn)  # what dbt made by hand may differ: the next build makes the views again
+    if result.exception is not None:
+        return 2
+    return 0 if result.success else 1
 
 
 def dbt_runner() -> Any:
@@ -164,7 +205,8 @@ READS_DRIFT_SELECTOR = "reads_drift"
 
 
 def build(settings: Settings, url: str, conn: psycopg.Connection, monitor: str, start: date, end: date,
-          drift_scored: Callable[[], None] = lambda: None) -> BuildResult:
+          drift_scored: Callable[[], None] = lambda: None,
+          phase: Callable[[str], None] = lambda _: None) -> BuildResult:
     """`dbt build` for the monitor's batches start..end, then the gated marts for the batches
     that passed.
 
@@ -184,11 +226,14 @@ def build(settings: Settings, url: str, conn: psycopg.Connection, monitor: str, 
     digest = _project_digest(settings)
     keep_views = views.current(conn, digest, _view_relations(_manifest(settings, env, "build")))
     selector = BEFORE_DRIFT_KEEPING_VIEWS_SELECTOR if keep_views else BEFORE_DRIFT_SELECTOR
+    phase("dbt build: quality, performance, the contract (drift scored alongside)")
     phases = [(_invoke(settings, env, ["build"], selector=selector, **common), _invocation_id())]
     _raise_errors(phases[0][0])
     if not keep_views and _all_views_built(phases[0][0]):
         views.record(conn, digest)
+    phase("drift: waiting for Evidently's scores")
     drift_scored()
+    phase("dbt build: the drift marts and their tests")
     phases.append((_invoke(settings, env, ["build"], selector=READS_DRIFT_SELECTOR, **common), _invocation_id()))
     _raise_errors(phases[1][0])
     tests: list[TestOutcome] = []
