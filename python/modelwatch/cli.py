@@ -179,6 +179,20 @@ def dbt_command(args: tuple[str, ...]) -> None:
     sys.exit(transform.by_hand(current, url, list(args)))
 
 
+@main.command(name="new")
+@click.argument("folder", metavar="DIR", type=click.Path(path_type=Path, file_okay=False))
+@handle_errors
+def new_command(folder: Path) -> None:
+    """Make a monitoring project of your own in DIR: its dbt project, which uses modelwatch's models
+    as a dbt package, with one commented example monitor."""
+    from .scaffold import new_project
+
+    for path in new_project(folder):
+        console.print(f"wrote {path}", soft_wrap=True, highlight=False)
+    console.print(f"Next: declare your monitor in {folder / 'dbt_project.yml'}, then `cd {folder}` and "
+                  "`modelwatch reference ...` (see its README.md).", soft_wrap=True, highlight=False)
+
+
 @main.command()
 @handle_errors
 def init() -> None:

@@ -41,6 +41,13 @@ def find_project(explicit: Path | str | None, environ: Mapping[str, str], cwd: P
     here = (cwd or Path.cwd()).resolve()
     return here if (here / "dbt_project.yml").is_file() else PROJECT_DIR
 
+def _project_vars(path: Path) -> dict[str, Any]:
+    try:
+        return dict(yaml.safe_load(path.read_text())["vars"] or {})
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError) as exc:
+        raise UsageError(f"{path}: cannot read vars ({exc})") from None
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything configurable, from the environment (MODELWATCH_*) over defaults."""
@@ -103,13 +110,18 @@ class Settings:
         """Makes modelwatch_pipeline a login role with this password (init); unset: it stays as it is."""
         return self.environ.get("MODELWATCH_PIPELINE_PASSWORD") or None
 
+    @property
+    def uses_package(self) -> bool:
+        """Whether the project is one of its own (`modelwatch new`) that uses modelwatch's models as
+        a dbt package, rather than modelwatch's project (or a copy of it)."""
+        return (self.project_dir / "packages.yml").is_file() and self.project_dir != PROJECT_DIR
+
     @cached_property
     def dbt_vars(self) -> dict[str, Any]:
-        path = self.project_dir / "dbt_project.yml"
-        try:
-            return dict(yaml.safe_load(path.read_text())["vars"])
-        except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
-            raise UsageError(f"{path}: cannot read vars ({exc})") from None
+        """The project's vars; a project that uses the package gets the package's for every var it
+        does not set (dbt resolves them the same way)."""
+        own = _project_vars(self.project_dir / "dbt_project.yml")
+        return {**_project_vars(PROJECT_DIR / "dbt_project.yml"), **own} if self.uses_package else own
 
     @cached_property
     def monitors(self) -> Monitors:

@@ -213,7 +213,8 @@ def parse_monitors(dbt_vars: Mapping[str, Any], where: str = "dbt_project.yml") 
     monitors = {}
     for name, block in declared.items():
         monitors[name] = parse_monitor(name, block, defaults, where)
-    default = dbt_vars.get("default_monitor")
+    # Unset (or null): the first monitor declared, as macros/monitor.sql has it.
+    default = dbt_vars.get("default_monitor") or next(iter(monitors), None)
     if default is not None and default not in monitors:
         raise UsageError(f"{where}: vars.default_monitor {default!r} is not declared under vars.monitors")
     return Monitors(monitors, default)

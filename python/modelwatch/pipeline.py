@@ -74,6 +74,9 @@ def init(settings: Settings) -> str:
     """Schemas, shared tables, every declared monitor's tables, roles, the dbt seeds and views;
     idempotent. Returns the database URL."""
     monitors = list(settings.monitors)  # a wrong declaration fails here, before anything is created
+    if not monitors:
+        raise UsageError(f"{settings.project_dir / 'dbt_project.yml'}: declares no monitor under vars.monitors "
+                         "(uncomment the example or add one)")
     for monitor in monitors:
         model_module(monitor)
     url = db.database_url(settings)

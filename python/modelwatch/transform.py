@@ -20,7 +20,8 @@ from typing import Any
 import psycopg
 
 from . import db, views
-from .config import Settings
+from . import scaffold
+from .config import PACKAGE_PROJECT_ENV, PROJECT_DIR, Settings
 from .db import dbt_env
 from .errors import TransformError
 
@@ -82,6 +83,7 @@ def by_hand(settings: Settings, url: str | None, args: list[str]) -> int:
         result = dbt_runner()().invoke(command)
         return 0 if result.success else (2 if result.exception is not None else 1)
     os.environ.update(dbt_env(url))
+    prepare_project(settings)
     base = _base_args(settings)
     for flag, value in zip(base[::2], base[1::2], strict=True):
         given = (flag, *_HAND_FLAGS[flag])
@@ -141,8 +143,8 @@ def _manifest(settings: Settings, env: dict[str, str], command: str) -> Any:
     re-parses.
     """
     os.environ.update(env)  # what profiles.yml reads, for the parse and the invocation that follows
-    key = (str(settings.project_dir), str(settings.dbt_dir), tuple(sorted(env.items())),
-           _project_files(settings.project_dir))
+    prepare_project(settings)
+    key = (str(settings.project_dir), str(settings.dbt_dir), tuple(sorted(env.items())), _project_files(settings))
     if key not in _parsed:
         result = dbt_runner()().invoke(["parse", *_base_args(settings), *_LOG_ARGS])
         if result.exception is not None or not result.success:
@@ -159,9 +161,33 @@ PROJECT_PARTS = ("dbt_project.yml", "selectors.yml", "packages.yml", "dependenci
                  "macros", "seeds", "tests", "snapshots", "analyses")
 
 
-def _project_files(project_dir: Path) -> tuple[tuple[str, int, int], ...]:
-    """(path, size, mtime) of every file dbt parses, to notice an edited project."""
-    roots = [project_dir / name for name in PROJECT_PARTS]
+def prepare_project(settings: Settings) -> None:
+    """A project of one's own (`modelwatch new`) gets modelwatch's package installed (`dbt deps`:
+    a link to the installed modelwatch's project) where it is missing or points elsewhere, and
+    the package's selectors.yml, which modelwatch's builds select by (dbt reads the root's only)."""
+    if not settings.uses_package:
+        return
+    shipped = (PROJECT_DIR / "selectors.yml").read_text()
+    selectors = settings.project_dir / "selectors.yml"
+    if not selectors.is_file() or selectors.read_text() != shipped:
+        selectors.write_text(shipped)
+    installed = settings.project_dir / "dbt_packages" / scaffold.PACKAGE_NAME
+    if installed.exists() and installed.resolve() == PROJECT_DIR.resolve():
+        return
+    os.environ[PACKAGE_PROJECT_ENV] = str(PROJECT_DIR)
+    result = dbt_runner()().invoke(["deps", "--project-dir", str(settings.project_dir), "--profiles-dir",
+                                    str(settings.profiles_dir), "--log-path", str(settings.dbt_dir / "logs"),
+                                    *_LOG_ARGS])
+    if result.exception is not None or not result.success:
+        raise TransformError(f"dbt deps could not install modelwatch's package into {settings.project_dir}: "
+                             f"{_first_line(result.exception or 'see its log')}")
+
+
+def _project_files(settings: Settings) -> tuple[tuple[str, int, int], ...]:
+    """(path, size, mtime) of every file dbt parses (the package's too, for a project that uses
+    it), to notice an edited project or an upgraded modelwatch."""
+    dirs = [settings.project_dir, PROJECT_DIR] if settings.uses_package else [settings.project_dir]
+    roots = [project_dir / name for project_dir in dirs for name in PROJECT_PARTS]
     files = [root for root in roots if root.is_file()]
     files += [path for root in roots if root.is_dir() for path in root.rglob("*") if path.is_file()]
     return tuple(sorted((str(path), (stat := path.stat()).st_size, stat.st_mtime_ns) for path in files))
@@ -172,7 +198,7 @@ _digests: dict[tuple, str] = {}
 
 def _project_digest(settings: Settings) -> str:
     """views.project_digest of the project, computed again only when a file's size or time changes."""
-    files = _project_files(settings.project_dir)
+    files = _project_files(settings)
     if files not in _digests:
         from dbt.adapters.postgres.__version__ import version as adapter_version
         from dbt.version import __version__ as dbt_version

@@ -178,3 +178,34 @@ def test_parse_has_no_deprecation_warning(tmp_path) -> None:
          "--show-all-deprecations"])
     assert result.success, lines
     assert [line for line in lines if "Deprecation" in line.split(":")[0]] == []
+
+
+def _readme_cli_usages() -> list[str]:
+    """The first column of the README's CLI table: `modelwatch COMMAND [options]`, one a row."""
+    from modelwatch.config import PROJECT_DIR
+
+    text = (PROJECT_DIR / "README.md").read_text()
+    table = text.split("## CLI", 1)[1].split("\n| command |", 1)[1].split("\n\n", 1)[0]
+    return [line.split("`")[1].replace("\\|", "|") for line in table.splitlines()[2:]]
+
+
+def test_readme_cli_table_matches_the_commands() -> None:
+    """Every command is in the README's table with exactly the options its --help lists."""
+    import re
+
+    import click
+
+    rows: dict[str, set[str]] = {}
+    for usage in _readme_cli_usages():
+        words = usage.split()
+        assert words[0] == "modelwatch", usage
+        rows[words[1]] = set(re.findall(r"--[a-z-]+", usage))
+        if words[1] == "db":
+            assert words[2].split("|") == list(main.commands["db"].commands), usage
+    assert sorted(rows) == sorted(main.commands)
+    for name, command in main.commands.items():
+        if isinstance(command, click.Group):
+            continue
+        options = {opt for param in command.params if isinstance(param, click.Option) for opt in param.opts
+                   if opt.startswith("--") and opt != "--help"}
+        assert rows[name] == options, name
