@@ -49,6 +49,8 @@ def handle_errors(func: F) -> F:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if isinstance(exc, (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName)):
                 first += " (run `modelwatch init` to create or upgrade the schema)"
+            elif isinstance(exc, psycopg.errors.InsufficientPrivilege):  # e.g. a view dbt made as another role
+                first += " (`modelwatch init` hands modelwatch's tables and views back to modelwatch_pipeline)"
             err_console.print(f"Error: database: {first}", markup=False, highlight=False, soft_wrap=True)
             sys.exit(3)
         except Exception as exc:  # noqa: BLE001 - a defect of modelwatch's still gets one line, not a traceback

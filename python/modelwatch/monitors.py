@@ -193,6 +193,8 @@ class Monitors:
     def get(self, name: str | None) -> Monitor:
         """The monitor `name`, or the default one; UsageError naming the known ones."""
         chosen = name or self.default
+        if chosen is None and not self.by_name:
+            raise UsageError("dbt_project.yml declares no monitor under vars.monitors")
         if chosen is None:
             raise UsageError("no monitor given (--monitor) and dbt_project.yml sets no vars.default_monitor")
         if chosen not in self.by_name:

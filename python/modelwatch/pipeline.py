@@ -23,12 +23,13 @@ from typing import Any
 import psycopg
 
 from . import db, drift_worker, load, publish, results, schema, transform
-from .progress import SILENT, Progress
 from .config import Settings
 from .errors import InputError, ModelwatchError, UsageError
 from .monitors import Monitor
 from .periods import Batch, batch_of
+from .progress import SILENT, Progress
 from .source import BatchFile, read_batch_file
+
 
 @dataclass(frozen=True)
 class BatchOutcome:

@@ -298,7 +298,9 @@ def _raise_errors(result: Any) -> None:
     errors = [f"{r.node.resource_type} {r.node.name}: {_first_line(r.message)}"
               for r in result.result.results if r.node.resource_type != "test" and str(r.status) == "error"]
     if errors:
-        raise TransformError("dbt build failed: " + "; ".join(errors))
+        hint = (" (a relation made by another role, e.g. a dbt run by hand as the login: `modelwatch init` hands "
+                "them back to modelwatch_pipeline)" if any("permission denied" in error for error in errors) else "")
+        raise TransformError("dbt build failed: " + "; ".join(errors) + hint)
 
 
 def build_run_results(settings: Settings, url: str, monitor: str, start: date, end: date) -> None:
