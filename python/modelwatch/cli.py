@@ -398,11 +398,15 @@ class _Bar:
         self._bar.update(self._task, description=text)
 
 
+PROGRESS_COLUMNS = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn())
+
+
 @contextmanager
 def _progress_bar() -> Iterator[_Bar]:
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
-    with Progress(*columns, console=err_console, transient=False) as bar:
+    """The bar on stderr when it is a terminal; a script's stderr gets only the errors."""
+    with Progress(*PROGRESS_COLUMNS, console=err_console, transient=False,
+                  disable=not err_console.is_terminal) as bar:
         progress = _Bar(bar)
         yield progress
         progress.phase("built and tested")
