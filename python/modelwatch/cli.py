@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import click
 import psycopg
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from . import __version__, db, embedded, pipeline, schema, status, transform
@@ -381,25 +381,32 @@ def report(batch_date: date, out: Path | None, monitor: str | None) -> None:
 
 
 class _Bar:
-    """pipeline's Progress drawn on stderr: batches loaded of the total, and the phase running
-    (the spinner and the clock move while dbt builds)."""
+    """pipeline's Progress drawn on stderr: batches loaded of the total, and the phase running.
+    The task counts one step more than the batches, the build, so that it is not finished (its
+    spinner and clock stop then) while dbt builds."""
 
     def __init__(self, bar: Progress) -> None:
         self._bar = bar
-        self._task = bar.add_task("starting", total=None)
+        self._loaded = 0
+        self._task = bar.add_task("starting", total=None, loaded=0, batches="?")
 
     def total(self, batches: int) -> None:
-        self._bar.update(self._task, total=batches)
+        self._bar.update(self._task, total=batches + 1, batches=batches)
 
     def loaded(self, day: date) -> None:
-        self._bar.update(self._task, advance=1, description=f"loaded {day}")
+        self._loaded += 1
+        self._bar.update(self._task, advance=1, loaded=self._loaded, description=f"loaded {day}")
 
     def phase(self, text: str) -> None:
         self._bar.update(self._task, description=text)
 
+    def done(self) -> None:
+        task = self._bar.tasks[self._task]
+        self._bar.update(self._task, description="built and tested", completed=task.total or task.completed)
 
-PROGRESS_COLUMNS = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn())
+
+PROGRESS_COLUMNS = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                    TextColumn("{task.fields[loaded]}/{task.fields[batches]}"), TimeElapsedColumn())
 
 
 @contextmanager
@@ -409,7 +416,7 @@ def _progress_bar() -> Iterator[_Bar]:
                   disable=not err_console.is_terminal) as bar:
         progress = _Bar(bar)
         yield progress
-        progress.phase("built and tested")
+        progress.done()
 
 
 def _batch_json(batch: pipeline.BatchOutcome) -> dict[str, Any]:

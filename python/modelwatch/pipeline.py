@@ -324,6 +324,7 @@ def run_range(
                 scorer.score(url, monitor.name, [batch.start])  # committed: Evidently scores it while the next load
                 started[batch.start] = time.perf_counter() - clock
                 progress.loaded(batch.start)
+            progress.phase("statistics, then dbt reads the project")
             clock = time.perf_counter()
             load.analyze(conn, monitor)  # fresh statistics for the new batch dates
             warming.join()

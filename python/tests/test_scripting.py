@@ -41,6 +41,9 @@ def test_progress_bar_shows_the_total_and_the_phase() -> None:
         progress.phase("dbt build: the drift marts and their tests")
         bar.refresh()
         shown = screen.file.getvalue()
+        assert not bar.tasks[0].finished  # the build is a step of its own: the clock goes on
+        progress.done()
+        assert bar.tasks[0].finished
     assert "3/28" in shown and "dbt build: the drift marts and their tests" in shown
 
 
