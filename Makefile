@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: install browser demo test test-pg15 test-load bench clean
+.PHONY: install browser demo test test-pg15 test-load wheel-check bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ test-pg15: install browser
 # memory, file descriptors and connections flat (about 2 minutes; CI runs it).
 test-load: install
 	$(BIN)/pytest -m load -s python/tests/test_load.py
+
+# The wheel as a user gets it: built, installed (not editable) into a fresh venv, then
+# --version, the demo (28 passed batches) and status --json from an empty folder (CI runs it).
+wheel-check:
+	bash .ci/wheel-check $(PYTHON)
 
 bench: install
 	$(BIN)/python benchmarks/run_all.py

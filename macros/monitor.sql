@@ -17,12 +17,13 @@
 
 {#-
   The monitor being built: var('monitor'), which modelwatch sets for every build; else the
-  project's default monitor; while dbt parses (no build yet), the first one declared.
+  project's default monitor; else (none set, as Python's modelwatch.monitors has it) the first
+  one declared.
 -#}
 {% macro current_monitor() -%}
     {%- set name = var('monitor', none) or var('default_monitor', none) -%}
-    {%- if name is none and not execute -%}
-        {%- set name = (var('monitors', {}).keys() | list or [none]) | first -%}
+    {%- if name is none -%}
+        {%- set name = ((var('monitors', {}) or {}).keys() | list or [none]) | first -%}
     {%- endif -%}
     {%- if name is none -%}
         {{ exceptions.raise_compiler_error("no monitor: declare one under vars.monitors (and vars.default_monitor)") }}

@@ -6,8 +6,10 @@
   without the policy, and only changes the table when the policy is missing
   (after a first build or a full refresh) or row-level security was turned off.
   Any role other than the owner and the reader sees no rows of the marts.
+  Another target than the pipeline's (a development build) has no published batches: nothing.
 -#}
 {% macro published_only() -%}
+{%- if target.name == 'pipeline' -%}
 do $$
 begin
     if not exists (
@@ -24,4 +26,5 @@ begin
     end if;
 end
 $$
+{%- endif -%}
 {%- endmacro %}

@@ -6,8 +6,11 @@ Errors from the library (ModelwatchError) become `Error: ...` and its exit code.
 from __future__ import annotations
 
 import functools
+import json
+import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,10 +18,10 @@ from typing import Any, TypeVar
 import click
 import psycopg
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import db, embedded, pipeline, schema, status
+from . import __version__, db, embedded, pipeline, schema, status, transform
 from .config import Settings
 from .errors import ModelwatchError, UsageError
 
@@ -46,6 +49,8 @@ def handle_errors(func: F) -> F:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if isinstance(exc, (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName)):
                 first += " (run `modelwatch init` to create or upgrade the schema)"
+            elif isinstance(exc, psycopg.errors.InsufficientPrivilege):  # e.g. a view dbt made as another role
+                first += " (`modelwatch init` hands modelwatch's tables and views back to modelwatch_pipeline)"
             err_console.print(f"Error: database: {first}", markup=False, highlight=False, soft_wrap=True)
             sys.exit(3)
         except Exception as exc:  # noqa: BLE001 - a defect of modelwatch's still gets one line, not a traceback
@@ -78,13 +83,38 @@ MONITOR_OPTION = click.option(
     help="The monitor (a key of vars.monitors in dbt_project.yml; default: vars.default_monitor).")
 
 
+JSON_OPTION = click.option(
+    "--json", "as_json", is_flag=True,
+    help="Print the outcome as JSON on stdout, and nothing else there (progress and errors go to stderr).")
+
+
 def settings() -> Settings:
-    return Settings.from_env()
+    """The environment's settings, with the project of the command line's --project."""
+    context = click.get_current_context(silent=True)
+    return Settings.from_env(project=context.find_root().params.get("project") if context else None)
+
+
+def first_use(current: Settings, monitor: str | None) -> None:
+    """Initialise a database that was never initialised, saying so in one line (stderr); an
+    unknown monitor is refused first, before the database is reached."""
+    current.monitor(monitor)
+    url = pipeline.initialise_if_new(current)
+    if url:
+        err_console.print(f"initialised {db.describe(url)} (first use: schemas, roles, tables, seeds)",
+                          markup=False, highlight=False, soft_wrap=True)
+
+
+def print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="modelwatch", message="%(prog)s %(version)s")
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
-def main(debug: bool) -> None:
+@click.option("--project", default=None, metavar="DIR",
+              help="The dbt project (default: MODELWATCH_PROJECT_DIR, else the current folder when it holds a "
+                   "dbt_project.yml, else the taxi demo's, shipped with modelwatch).")
+def main(debug: bool, project: str | None) -> None:
     """modelwatch: batch model monitoring on PostgreSQL and dbt."""
 
 
@@ -129,6 +159,42 @@ def db_status() -> None:
                   soft_wrap=True, highlight=False)
 
 
+@db_group.command(name="env")
+@handle_errors
+def db_env() -> None:
+    """Print `export` lines for plain dbt in the project folder: `eval "$(modelwatch db env)"`."""
+    current = settings()
+    values = {**db.dbt_env(db.database_url(current)), "DBT_PROFILES_DIR": str(current.profiles_dir)}
+    for name, value in values.items():
+        click.echo(f"export {name}={shlex.quote(value)}")
+
+
+@main.command(name="dbt", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False,
+                                            "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@handle_errors
+def dbt_command(args: tuple[str, ...]) -> None:
+    """Run any dbt command (`modelwatch dbt build`, `... dbt docs generate`) on the project and
+    modelwatch's database, as the pipeline role; exits with dbt's code."""
+    current = settings()
+    url = db.database_url(current) if transform.is_subcommand(list(args)) else None
+    sys.exit(transform.by_hand(current, url, list(args)))
+
+
+@main.command(name="new")
+@click.argument("folder", metavar="DIR", type=click.Path(path_type=Path, file_okay=False))
+@handle_errors
+def new_command(folder: Path) -> None:
+    """Make a monitoring project of your own in DIR: its dbt project, which uses modelwatch's models
+    as a dbt package, with one commented example monitor."""
+    from .scaffold import new_project
+
+    for path in new_project(folder):
+        console.print(f"wrote {path}", soft_wrap=True, highlight=False)
+    console.print(f"Next: declare your monitor in {folder / 'dbt_project.yml'}, then `cd {folder}` and "
+                  "`modelwatch reference ...` (see its README.md).", soft_wrap=True, highlight=False)
+
+
 @main.command()
 @handle_errors
 def init() -> None:
@@ -144,7 +210,9 @@ def init() -> None:
 @handle_errors
 def train(reference: Path, monitor: str | None) -> None:
     """Train the model a monitor declares (its `model` key) and register it with its reference set."""
-    trained = pipeline.train(settings(), reference, monitor)
+    current = settings()
+    first_use(current, monitor)
+    trained = pipeline.train(current, reference, monitor)
     console.print(
         f"model {trained.version}: {trained.train_rows} training rows, train MAE {trained.train_mae:.3f}, "
         f"validation MAE {trained.validation_mae:.3f} ({trained.validation_rows} rows)"
@@ -158,7 +226,9 @@ def train(reference: Path, monitor: str | None) -> None:
 @handle_errors
 def reference(file: Path, monitor: str | None) -> None:
     """Store the monitor's reference set, which its batches' drift is measured against."""
-    stored = pipeline.reference(settings(), monitor, file)
+    current = settings()
+    first_use(current, monitor)
+    stored = pipeline.reference(current, monitor, file)
     console.print(f"monitor {stored.monitor}: reference {stored.version} stored, {stored.rows:,} rows from "
                   f"{stored.file.name}", soft_wrap=True, highlight=False)
     if stored.coercions:
@@ -170,11 +240,18 @@ def reference(file: Path, monitor: str | None) -> None:
               help="The batch: any day of its period (the monitor's batch_period).")
 @click.option("--file", "file", required=True, type=click.Path(path_type=Path), help="File (parquet or CSV).")
 @MONITOR_OPTION
+@JSON_OPTION
 @handle_errors
-def run(batch_date: date, file: Path, monitor: str | None) -> None:
+def run(batch_date: date, file: Path, monitor: str | None, as_json: bool) -> None:
     """Load, score, build and test one batch."""
-    outcome = pipeline.run_batch(settings(), batch_date, file, monitor)
-    _print_batches([outcome])
+    current = settings()
+    first_use(current, monitor)
+    with _progress_bar() as progress:
+        outcome = pipeline.run_batch(current, batch_date, file, monitor, progress)
+    if as_json:
+        print_json(_batch_json(outcome))
+    else:
+        _print_batches([outcome])
     if outcome.status == "failed":
         raise_contract(outcome)
 
@@ -194,28 +271,31 @@ def raise_contract(outcome: pipeline.BatchOutcome) -> None:
 @click.option("--pace", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
               help="Replay: one batch every SECONDS, each its own build, to watch Grafana fill (redoes batches).")
 @MONITOR_OPTION
+@JSON_OPTION
 @handle_errors
 def backfill(file: Path, start: date | None, end: date | None, force: bool, pace: float | None,
-             monitor: str | None) -> None:
+             monitor: str | None, as_json: bool) -> None:
     """Run every batch of a file, in order (resuming: finished batches are skipped)."""
-    if pace is not None:
-        outcome = _with_progress(
-            lambda progress: pipeline.replay(settings(), file, pace, start, end, progress, monitor_name=monitor))
-        _finish_range(outcome)
-        return
-    outcome = _with_progress(
-        lambda progress: pipeline.backfill(settings(), file, start, end, progress=progress, force=force,
-                                           monitor_name=monitor)
-    )
-    _finish_range(outcome)
+    current = settings()
+    first_use(current, monitor)
+    with _progress_bar() as progress:
+        if pace is not None:
+            outcome = pipeline.replay(current, file, pace, start, end, progress, monitor_name=monitor)
+        else:
+            outcome = pipeline.backfill(current, file, start, end, progress=progress, force=force,
+                                        monitor_name=monitor)
+    _finish_range(outcome, as_json=as_json)
 
 
 @main.command(name="status")
 @click.option("--limit", default=30, show_default=True, type=click.IntRange(min=0),
               help="How many recent batches.")
 @MONITOR_OPTION
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the batches as a JSON list (monitor, batch_date, status, rows_loaded, failing_checks, "
+                   "times), newest first.")
 @handle_errors
-def status_command(limit: int, monitor: str | None) -> None:
+def status_command(limit: int, monitor: str | None, as_json: bool) -> None:
     """The monitor's recent batches."""
     current = settings()
     name = current.monitor(monitor).name
@@ -223,6 +303,9 @@ def status_command(limit: int, monitor: str | None) -> None:
         schema.check_version(conn)
         rows = status.recent_batches(conn, name, limit)
         fresh = status.freshness(conn, name)
+    if as_json:
+        print_json([row.as_json() for row in rows])
+        return
     table = Table("batch", "status", "rows loaded", "rows in file", "file", "seconds", "error")
     for row in rows:
         table.add_row(str(row.batch_date), row.status, _n(row.rows_loaded), _n(row.rows_in_file), row.file_name,
@@ -273,9 +356,8 @@ def demo() -> None:
     from .examples.nyc_taxi.demo import run_demo
 
     current = settings()
-    outcome = _with_progress(
-        lambda progress: run_demo(current, on_step=lambda text: console.print(f"- {text}"), progress=progress)
-    )
+    with _progress_bar() as progress:
+        outcome = run_demo(current, on_step=lambda text: console.print(f"- {text}"), progress=progress)
     _finish_range(outcome, exit_on_failure=False)
     _print_dashboard(_render_dashboard(current, current.reports_dir / "dashboard.html"))
     console.print(
@@ -335,20 +417,73 @@ def report(batch_date: date, out: Path | None, monitor: str | None) -> None:
     console.print(str(write_report(settings(), batch_date, out, monitor)), soft_wrap=True, highlight=False)
 
 
-def _with_progress(work: Callable[[pipeline.Progress], pipeline.RangeOutcome]) -> pipeline.RangeOutcome:
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err_console, transient=False) as bar:
-        task = bar.add_task("loading batches", total=None)
+class _Bar:
+    """pipeline's Progress drawn on stderr: batches loaded of the total, and the phase running.
+    The task counts one step more than the batches, the build, so that it is not finished (its
+    spinner and clock stop then) while dbt builds."""
 
-        def step(day: date) -> None:
-            bar.update(task, advance=1, description=f"loaded {day}")
+    def __init__(self, bar: Progress) -> None:
+        self._bar = bar
+        self._loaded = 0
+        self._task = bar.add_task("starting", total=None, loaded=0, batches="?")
 
-        outcome = work(step)
-        bar.update(task, description="built and tested")
-    return outcome
+    def total(self, batches: int) -> None:
+        self._bar.update(self._task, total=batches + 1, batches=batches)
+
+    def loaded(self, day: date) -> None:
+        self._loaded += 1
+        self._bar.update(self._task, advance=1, loaded=self._loaded, description=f"loaded {day}")
+
+    def phase(self, text: str) -> None:
+        self._bar.update(self._task, description=text)
+
+    def done(self) -> None:
+        task = self._bar.tasks[self._task]
+        self._bar.update(self._task, description="built and tested", completed=task.total or task.completed)
 
 
-def _finish_range(outcome: pipeline.RangeOutcome, exit_on_failure: bool = True) -> None:
+PROGRESS_COLUMNS = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                    TextColumn("{task.fields[loaded]}/{task.fields[batches]}"), TimeElapsedColumn())
+
+
+@contextmanager
+def _progress_bar() -> Iterator[_Bar]:
+    """The bar on stderr when it is a terminal; a script's stderr gets only the errors."""
+    with Progress(*PROGRESS_COLUMNS, console=err_console, transient=False,
+                  disable=not err_console.is_terminal) as bar:
+        progress = _Bar(bar)
+        yield progress
+        progress.done()
+
+
+def _batch_json(batch: pipeline.BatchOutcome) -> dict[str, Any]:
+    return {"monitor": batch.monitor, "batch_date": batch.batch_date.isoformat(), "status": batch.status,
+            "rows_loaded": batch.rows_loaded, "rows_outside_period": batch.rows_outside_period,
+            "failing_checks": list(batch.failing_checks), "seconds": round(batch.seconds, 3)}
+
+
+def _range_json(outcome: pipeline.RangeOutcome) -> dict[str, Any]:
+    return {"monitor": outcome.monitor, "file": str(outcome.file), "rows_in_file": outcome.rows_in_file,
+            "rows_in_no_batch": outcome.rows_in_no_batch,
+            "skipped": [day.isoformat() for day in outcome.skipped], "coercions": list(outcome.coercions),
+            "batches": [_batch_json(batch) for batch in outcome.batches]}
+
+
+def _finish_range(outcome: pipeline.RangeOutcome, exit_on_failure: bool = True, as_json: bool = False) -> None:
+    if as_json:
+        print_json(_range_json(outcome))
+    else:
+        _print_range(outcome)
+    if outcome.failed and exit_on_failure:
+        from .errors import ContractFailed
+
+        raise ContractFailed(
+            f"{len(outcome.failed)} batch(es) failed their data contract: "
+            + "; ".join(f"{b.batch_date}: {', '.join(b.failing_checks)}" for b in outcome.failed)
+        )
+
+
+def _print_range(outcome: pipeline.RangeOutcome) -> None:
     _print_batches(list(outcome.batches))
     console.print(
         f"{len(outcome.batches)} batches of {outcome.monitor} from {outcome.file.name}: {outcome.rows_in_file} "
@@ -360,13 +495,6 @@ def _finish_range(outcome: pipeline.RangeOutcome, exit_on_failure: bool = True) 
                       "(--force redoes them).")
     if outcome.coercions:
         console.print("coerced: " + "; ".join(outcome.coercions), soft_wrap=True)
-    if outcome.failed and exit_on_failure:
-        from .errors import ContractFailed
-
-        raise ContractFailed(
-            f"{len(outcome.failed)} batch(es) failed their data contract: "
-            + "; ".join(f"{b.batch_date}: {', '.join(b.failing_checks)}" for b in outcome.failed)
-        )
 
 
 def _print_batches(batches: list[pipeline.BatchOutcome]) -> None:

@@ -18,9 +18,35 @@ import yaml
 from .errors import UsageError
 from .monitors import Monitor, Monitors, parse_monitors
 
-# The repo root is the dbt project; the package lives in python/modelwatch.
-PROJECT_DIR = Path(__file__).resolve().parents[2]
-PACKAGE_DATA_DIR = Path(__file__).resolve().parent / "data"
+PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DATA_DIR = PACKAGE_DIR / "data"
+# The project that ships the taxi demo: in a wheel, the copy made at build time (pyproject's
+# force-include); in a checkout or an editable install, the repo root itself.
+PACKAGED_PROJECT_DIR = PACKAGE_DIR / "project"
+PROJECT_DIR = (PACKAGED_PROJECT_DIR if (PACKAGED_PROJECT_DIR / "dbt_project.yml").is_file()
+               else PACKAGE_DIR.parents[1])
+# Where a project of one's own finds modelwatch's generic models and macros (a dbt package).
+PACKAGE_PROJECT_ENV = "MODELWATCH_PACKAGE_DIR"
+
+
+def find_project(explicit: Path | str | None, environ: Mapping[str, str], cwd: Path | None = None) -> Path:
+    """The dbt project to run: --project, else MODELWATCH_PROJECT_DIR, else the current folder
+    when it holds a dbt_project.yml, else the one shipped with modelwatch (the taxi demo's)."""
+    chosen = explicit or environ.get("MODELWATCH_PROJECT_DIR") or None
+    if chosen:
+        path = Path(chosen).expanduser().resolve()
+        if not (path / "dbt_project.yml").is_file():
+            raise UsageError(f"{path}: no dbt_project.yml there (`modelwatch new {chosen}` makes a project)")
+        return path
+    here = (cwd or Path.cwd()).resolve()
+    return here if (here / "dbt_project.yml").is_file() else PROJECT_DIR
+
+def _project_vars(path: Path) -> dict[str, Any]:
+    try:
+        return dict(yaml.safe_load(path.read_text())["vars"] or {})
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError) as exc:
+        raise UsageError(f"{path}: cannot read vars ({exc})") from None
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -32,13 +58,13 @@ class Settings:
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, project: Path | str | None = None) -> Settings:
         env = dict(os.environ if environ is None else environ)
         home = Path(env.get("MODELWATCH_HOME") or ".modelwatch").expanduser().resolve()
         return cls(
             home=home,
             database_url=env.get("MODELWATCH_DATABASE_URL") or None,
-            project_dir=Path(env.get("MODELWATCH_PROJECT_DIR") or PROJECT_DIR).resolve(),
+            project_dir=find_project(project, env),
             environ=env,
         )
 
@@ -49,6 +75,18 @@ class Settings:
     @property
     def pgdata(self) -> Path:
         return self.home / "pgdata"
+
+    @property
+    def profiles_dir(self) -> Path:
+        """Where the project's profiles.yml is: its `profiles/` folder, or the project itself."""
+        folder = self.project_dir / "profiles"
+        return folder if (folder / "profiles.yml").exists() else self.project_dir
+
+    @property
+    def grafana_dir(self) -> Path:
+        """The project's Grafana dashboards and provisioning, or those shipped with modelwatch."""
+        own = self.project_dir / "grafana"
+        return own if (own / "dashboards").is_dir() else PROJECT_DIR / "grafana"
 
     @property
     def models_dir(self) -> Path:
@@ -72,13 +110,18 @@ class Settings:
         """Makes modelwatch_pipeline a login role with this password (init); unset: it stays as it is."""
         return self.environ.get("MODELWATCH_PIPELINE_PASSWORD") or None
 
+    @property
+    def uses_package(self) -> bool:
+        """Whether the project is one of its own (`modelwatch new`) that uses modelwatch's models as
+        a dbt package, rather than modelwatch's project (or a copy of it)."""
+        return (self.project_dir / "packages.yml").is_file() and self.project_dir != PROJECT_DIR
+
     @cached_property
     def dbt_vars(self) -> dict[str, Any]:
-        path = self.project_dir / "dbt_project.yml"
-        try:
-            return dict(yaml.safe_load(path.read_text())["vars"])
-        except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
-            raise UsageError(f"{path}: cannot read vars ({exc})") from None
+        """The project's vars; a project that uses the package gets the package's for every var it
+        does not set (dbt resolves them the same way)."""
+        own = _project_vars(self.project_dir / "dbt_project.yml")
+        return {**_project_vars(PROJECT_DIR / "dbt_project.yml"), **own} if self.uses_package else own
 
     @cached_property
     def monitors(self) -> Monitors:

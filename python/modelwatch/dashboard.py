@@ -71,10 +71,11 @@ class Series:
 
 
 def render_overview(settings: Settings, out: Path, monitor: str | None = None,
-                    dashboard_path: Path = grafana.OVERVIEW) -> DashboardPage:
-    """Query every panel of the overview for `monitor`'s batches (the default monitor when None)
-    and write the page to `out`."""
+                    dashboard_path: Path | None = None) -> DashboardPage:
+    """Query every panel of the overview (the project's, by default) for `monitor`'s batches (the
+    default monitor when None) and write the page to `out`."""
     name = settings.monitor(monitor).name  # a monitor not declared is a UsageError
+    dashboard_path = dashboard_path or settings.grafana_dir / grafana.OVERVIEW.relative_to(grafana.GRAFANA_DIR)
     dashboard = grafana.load_dashboard(dashboard_path)
     variables = {**grafana.current_values(dashboard), grafana.MONITOR_VARIABLE: name}
     url = db.database_url(settings)

@@ -16,7 +16,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from . import embedded
-from .config import Settings
+from .config import PACKAGE_PROJECT_ENV, PROJECT_DIR, Settings
 from .errors import DatabaseError
 from .roles import PIPELINE_ROLE, PIPELINE_SCHEMAS, READER_ROLE, act_as_pipeline, pipeline_role
 
@@ -167,6 +167,8 @@ def dbt_env(url: str) -> dict[str, str]:
         "MODELWATCH_DB_USER": str(info.get("user") or "postgres"),
         "MODELWATCH_DB_PASSWORD": str(info.get("password") or ""),
         "MODELWATCH_DB_NAME": str(info.get("dbname") or "postgres"),
+        # a project of one's own finds modelwatch's models here (its packages.yml)
+        PACKAGE_PROJECT_ENV: str(PROJECT_DIR),
     }
 
 

@@ -194,6 +194,8 @@ class Monitors:
     def get(self, name: str | None) -> Monitor:
         """The monitor `name`, or the default one; UsageError naming the known ones."""
         chosen = name or self.default
+        if chosen is None and not self.by_name:
+            raise UsageError("dbt_project.yml declares no monitor under vars.monitors")
         if chosen is None:
             raise UsageError("no monitor given (--monitor) and dbt_project.yml sets no vars.default_monitor")
         if chosen not in self.by_name:
@@ -214,7 +216,8 @@ def parse_monitors(dbt_vars: Mapping[str, Any], where: str = "dbt_project.yml") 
     monitors = {}
     for name, block in declared.items():
         monitors[name] = parse_monitor(name, block, defaults, where)
-    default = dbt_vars.get("default_monitor")
+    # Unset (or null): the first monitor declared, as macros/monitor.sql has it.
+    default = dbt_vars.get("default_monitor") or next(iter(monitors), None)
     if default is not None and default not in monitors:
         raise UsageError(f"{where}: vars.default_monitor {default!r} is not declared under vars.monitors")
     return Monitors(monitors, default)

@@ -27,9 +27,8 @@ from .config import Settings
 from .errors import InputError, ModelwatchError, UsageError
 from .monitors import Monitor
 from .periods import Batch, batch_of
+from .progress import SILENT, Progress
 from .source import BatchFile, read_batch_file
-
-Progress = Callable[[date], None]
 
 
 @dataclass(frozen=True)
@@ -76,6 +75,9 @@ def init(settings: Settings) -> str:
     """Schemas, shared tables, every declared monitor's tables, roles, the dbt seeds and views;
     idempotent. Returns the database URL."""
     monitors = list(settings.monitors)  # a wrong declaration fails here, before anything is created
+    if not monitors:
+        raise UsageError(f"{settings.project_dir / 'dbt_project.yml'}: declares no monitor under vars.monitors "
+                         "(uncomment the example or add one)")
     for monitor in monitors:
         model_module(monitor)
     url = db.database_url(settings)
@@ -87,6 +89,16 @@ def init(settings: Settings) -> str:
     for monitor in monitors:
         rebuild_marts(settings, monitor)
     return url
+
+
+def initialise_if_new(settings: Settings) -> str | None:
+    """`init` for a database that holds no modelwatch schema yet (first use needs no ceremony);
+    returns its URL when it did, None when the database was initialised already."""
+    url = db.database_url(settings)
+    with db.connect(url, as_pipeline=False) as conn:
+        if schema.stored_version(conn) is not None:
+            return None
+    return init(settings)
 
 
 def rebuild_marts(settings: Settings, monitor: Monitor) -> int:
@@ -182,14 +194,16 @@ def _bin_references(settings: Settings, url: str, monitor: Monitor) -> None:
         transform.bin_references(settings, url, monitor.name)  # its PSI bins, before its first batch
 
 
-def run_batch(settings: Settings, batch_date: date, file: Path | str, monitor_name: str | None = None) -> BatchOutcome:
+def run_batch(settings: Settings, batch_date: date, file: Path | str, monitor_name: str | None = None,
+              progress: Progress = SILENT) -> BatchOutcome:
     """One batch: the rows of `file` whose timestamp falls in the period holding `batch_date`."""
     monitor = settings.monitor(monitor_name)
     batch = batch_of(monitor.name, monitor.batch_period, batch_date)
     with drift_worker.started(settings) as scorer:  # imports while the file is read
         read = read_batch_file(file, monitor)
         require_rows(read, monitor, batch)
-        outcome = run_range(settings, monitor, read, [batch], scorer=scorer)
+        progress.total(1)
+        outcome = run_range(settings, monitor, read, [batch], progress, scorer=scorer)
     return outcome.batches[0]
 
 
@@ -211,7 +225,7 @@ def backfill(
     file: Path | str,
     start: date | None = None,
     end: date | None = None,
-    progress: Progress | None = None,
+    progress: Progress = SILENT,
     force: bool = False,
     monitor_name: str | None = None,
 ) -> RangeOutcome:
@@ -227,9 +241,9 @@ def backfill(
         done = {} if force else finished_batches(settings, monitor, read, batches)
         todo = [batch for batch in batches if batch.start not in done]
         outcomes: list[BatchOutcome] = [done[batch.start] for batch in batches if batch.start in done]
-        if progress:
-            for day in sorted(done):
-                progress(day)
+        progress.total(len(batches))
+        for day in sorted(done):
+            progress.loaded(day)
         for first in range(0, len(todo), BACKFILL_CHUNK_BATCHES):
             chunk = todo[first:first + BACKFILL_CHUNK_BATCHES]
             outcomes += run_range(settings, monitor, read, chunk, progress, scorer=scorer).batches
@@ -275,7 +289,7 @@ def run_range(
     monitor: Monitor,
     file: Path | str | BatchFile,
     batches: list[Batch],
-    progress: Progress | None = None,
+    progress: Progress = SILENT,
     scorer: drift_worker.DriftWorker | None = None,
 ) -> RangeOutcome:
     """Load (and score) `batches` of the file, each in its own transaction and handed to the
@@ -307,21 +321,23 @@ def run_range(
         stack.callback(warming.join)  # never left importing while the process exits on an error
         try:
             for batch in batches:
+                progress.phase(f"loading {batch.start}")
                 clock = time.perf_counter()
                 rows = load.rows_in(read.table, monitor, batch)
                 load.start_batch(conn, read, batch, getattr(trained, "version", None), reference_version)
                 loaded[batch.start] = load.load_batch(conn, monitor, read, batch, rows, trained)
                 scorer.score(url, monitor.name, [batch.start])  # committed: Evidently scores it while the next load
                 started[batch.start] = time.perf_counter() - clock
-                if progress:
-                    progress(batch.start)
+                progress.loaded(batch.start)
+            progress.phase("statistics, then dbt reads the project")
             clock = time.perf_counter()
             load.analyze(conn, monitor)  # fresh statistics for the new batch dates
             warming.join()
         except ModelwatchError as exc:
             _mark_all(conn, monitor, batches, "error", str(exc))
             raise
-        statuses, failing = build_batches(settings, conn, url, monitor, batches, drift_scored=scorer.wait)
+        statuses, failing = build_batches(settings, conn, url, monitor, batches, drift_scored=scorer.wait,
+                                          phase=progress.phase)
         build_share = (time.perf_counter() - clock) / len(batches)
     outcomes = tuple(
         BatchOutcome(
@@ -339,7 +355,8 @@ def run_range(
 
 
 def build_batches(settings: Settings, conn: psycopg.Connection, url: str, monitor: Monitor, batches: list[Batch],
-                  drift_scored: Callable[[], None] = lambda: None) -> tuple[dict[date, str], dict[date, list[str]]]:
+                  drift_scored: Callable[[], None] = lambda: None,
+                  phase: Callable[[str], None] = SILENT.phase) -> tuple[dict[date, str], dict[date, list[str]]]:
     """The dbt half of a range whose batches are loaded: build and test them (the drift marts once
     `drift_scored` returns), record each batch's verdict and failing checks, then show them to
     readers. Returns both."""
@@ -350,9 +367,11 @@ def build_batches(settings: Settings, conn: psycopg.Connection, url: str, monito
             if not transform.references_binned(conn, monitor.name, first, last):
                 transform.bin_references(settings, url, monitor.name)
             publish.withdraw(conn, monitor.name, days)  # readers see these batches again once rebuilt whole
-            build = transform.build(settings, url, conn, monitor.name, first, last, drift_scored)
+            build = transform.build(settings, url, conn, monitor.name, first, last, drift_scored, phase)
             seeds = tuple(lookup["seed"] for lookup in monitor.lookups.values())
+            phase("recording the tests' outcomes")
             statuses = results.record_tests(conn, monitor.name, build, batches, seeds)
+            phase("dbt: test_results and batch_health")
             transform.build_run_results(settings, url, monitor.name, first, last)
     except ModelwatchError as exc:
         _mark_all(conn, monitor, batches, "error", str(exc))
@@ -395,7 +414,7 @@ def replay(
     pace_s: float,
     start: date | None = None,
     end: date | None = None,
-    progress: Progress | None = None,
+    progress: Progress = SILENT,
     monitor_name: str | None = None,
 ) -> RangeOutcome:
     """The batches of a file one at a time, one every `pace_s` seconds, each its own build.
@@ -409,6 +428,7 @@ def replay(
         read = read_batch_file(file, monitor)
         batches = backfill_batches(monitor, read, start, end)
         outcomes: list[BatchOutcome] = []
+        progress.total(len(batches))
         began = time.monotonic()
         for index, batch in enumerate(batches):
             time.sleep(max(0.0, began + index * pace_s - time.monotonic()))

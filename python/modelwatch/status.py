@@ -1,13 +1,15 @@
-"""The batch log, read back for people."""
+"""The batch log, read back for people and scripts."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import Any
 
 import psycopg
 
 from .db import locked_batches
+from .publish import FINISHED
 
 # A batch left in one of these with no process holding its lock was interrupted.
 IN_PROGRESS = ("loading", "loaded", "building")
@@ -22,6 +24,29 @@ class BatchRow:
     file_name: str
     seconds: float | None
     error: str | None
+    monitor: str = ""
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def failing_checks(self) -> list[str]:
+        """A finished batch's error column holds its failing checks ("; "-joined); any other's, its error."""
+        return self.error.split("; ") if self.error and self.status in FINISHED else []
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "monitor": self.monitor,
+            "batch_date": self.batch_date.isoformat(),
+            "status": self.status,
+            "rows_loaded": self.rows_loaded,
+            "rows_in_file": self.rows_in_file,
+            "file_name": self.file_name,
+            "failing_checks": self.failing_checks,
+            "error": None if self.status in FINISHED else self.error,
+            "started_at": self.started_at.isoformat() if self.started_at else None,
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "seconds": self.seconds,
+        }
 
 
 def recent_batches(conn: psycopg.Connection, monitor: str, limit: int = 30) -> list[BatchRow]:
@@ -33,7 +58,8 @@ def recent_batches(conn: psycopg.Connection, monitor: str, limit: int = 30) -> l
     ).fetchall()
     busy = locked_batches(conn, monitor)
     return [
-        BatchRow(day, _shown_status(status, day in busy), loaded, in_file, name, _seconds(started, finished), error)
+        BatchRow(day, _shown_status(status, day in busy), loaded, in_file, name, _seconds(started, finished), error,
+                 monitor, started, finished)
         for day, status, loaded, in_file, name, started, finished, error in rows
     ]
 

@@ -19,8 +19,9 @@ from typing import Any
 
 import psycopg
 
-from . import views
-from .config import Settings
+from . import db, views
+from . import scaffold
+from .config import PACKAGE_PROJECT_ENV, PROJECT_DIR, Settings
 from .db import dbt_env
 from .errors import TransformError
 
@@ -47,13 +48,55 @@ class BuildResult:
     tests: tuple[TestOutcome, ...]
 
 
+# The profile's target modelwatch builds with: its schemas are raw, staging, marts and audit
+# (macros/generate_schema_name.sql); any other target (`dev`, plain dbt's default) gets its own.
+PIPELINE_TARGET = "pipeline"
+
+
 def _base_args(settings: Settings) -> list[str]:
     return [
         "--project-dir", str(settings.project_dir),
-        "--profiles-dir", str(settings.project_dir / "profiles"),
+        "--profiles-dir", str(settings.profiles_dir),
+        "--target", PIPELINE_TARGET,
         "--target-path", str(settings.dbt_dir / "target"),
         "--log-path", str(settings.dbt_dir / "logs"),
     ]
+
+
+# Flags of _base_args a command by hand may give itself (with their short forms).
+_HAND_FLAGS = {"--project-dir": (), "--profiles-dir": (), "--target": ("-t",), "--target-path": (),
+               "--log-path": ()}
+
+
+def is_subcommand(args: list[str]) -> bool:
+    """Whether dbt's command line names a command (`dbt --version` and `dbt --help` do not)."""
+    return bool(args) and not args[0].startswith("-")
+
+
+def by_hand(settings: Settings, url: str | None, args: list[str]) -> int:
+    """Any dbt command (`args` as on dbt's command line) on the project and the database at
+    `url`, as the pipeline role (the profile's role), while no build runs; returns dbt's exit
+    code (0, 1: a node failed, 2: dbt could not run). dbt logs to stdout as it does alone.
+    `url` None: dbt's own --version or --help, which reach no database."""
+    command = list(args)
+    if url is None or not is_subcommand(command):
+        result = dbt_runner()().invoke(command)
+        return 0 if result.success else (2 if result.exception is not None else 1)
+    os.environ.update(dbt_env(url))
+    prepare_project(settings)
+    base = _base_args(settings)
+    for flag, value in zip(base[::2], base[1::2], strict=True):
+        given = (flag, *_HAND_FLAGS[flag])
+        if not any(arg in given or arg.startswith(flag + "=") for arg in command):
+            command += [flag, value]
+    settings.dbt_dir.mkdir(parents=True, exist_ok=True)
+    with db.connect(url, autocommit=True) as conn, db.build_lock(conn):
+        result = dbt_runner()().invoke(command)
+        if command[0] in ("build", "run", "seed", "snapshot", "clone"):
+            views.forget(conn)  # what dbt made by hand may differ: the next build makes the views again
+    if result.exception is not None:
+        return 2
+    return 0 if result.success else 1
 
 
 def dbt_runner() -> Any:
@@ -100,8 +143,8 @@ def _manifest(settings: Settings, env: dict[str, str], command: str) -> Any:
     re-parses.
     """
     os.environ.update(env)  # what profiles.yml reads, for the parse and the invocation that follows
-    key = (str(settings.project_dir), str(settings.dbt_dir), tuple(sorted(env.items())),
-           _project_files(settings.project_dir))
+    prepare_project(settings)
+    key = (str(settings.project_dir), str(settings.dbt_dir), tuple(sorted(env.items())), _project_files(settings))
     if key not in _parsed:
         result = dbt_runner()().invoke(["parse", *_base_args(settings), *_LOG_ARGS])
         if result.exception is not None or not result.success:
@@ -118,9 +161,33 @@ PROJECT_PARTS = ("dbt_project.yml", "selectors.yml", "packages.yml", "dependenci
                  "macros", "seeds", "tests", "snapshots", "analyses")
 
 
-def _project_files(project_dir: Path) -> tuple[tuple[str, int, int], ...]:
-    """(path, size, mtime) of every file dbt parses, to notice an edited project."""
-    roots = [project_dir / name for name in PROJECT_PARTS]
+def prepare_project(settings: Settings) -> None:
+    """A project of one's own (`modelwatch new`) gets modelwatch's package installed (`dbt deps`:
+    a link to the installed modelwatch's project) where it is missing or points elsewhere, and
+    the package's selectors.yml, which modelwatch's builds select by (dbt reads the root's only)."""
+    if not settings.uses_package:
+        return
+    shipped = (PROJECT_DIR / "selectors.yml").read_text()
+    selectors = settings.project_dir / "selectors.yml"
+    if not selectors.is_file() or selectors.read_text() != shipped:
+        selectors.write_text(shipped)
+    installed = settings.project_dir / "dbt_packages" / scaffold.PACKAGE_NAME
+    if installed.exists() and installed.resolve() == PROJECT_DIR.resolve():
+        return
+    os.environ[PACKAGE_PROJECT_ENV] = str(PROJECT_DIR)
+    result = dbt_runner()().invoke(["deps", "--project-dir", str(settings.project_dir), "--profiles-dir",
+                                    str(settings.profiles_dir), "--log-path", str(settings.dbt_dir / "logs"),
+                                    *_LOG_ARGS])
+    if result.exception is not None or not result.success:
+        raise TransformError(f"dbt deps could not install modelwatch's package into {settings.project_dir}: "
+                             f"{_first_line(result.exception or 'see its log')}")
+
+
+def _project_files(settings: Settings) -> tuple[tuple[str, int, int], ...]:
+    """(path, size, mtime) of every file dbt parses (the package's too, for a project that uses
+    it), to notice an edited project or an upgraded modelwatch."""
+    dirs = [settings.project_dir, PROJECT_DIR] if settings.uses_package else [settings.project_dir]
+    roots = [project_dir / name for project_dir in dirs for name in PROJECT_PARTS]
     files = [root for root in roots if root.is_file()]
     files += [path for root in roots if root.is_dir() for path in root.rglob("*") if path.is_file()]
     return tuple(sorted((str(path), (stat := path.stat()).st_size, stat.st_mtime_ns) for path in files))
@@ -131,7 +198,7 @@ _digests: dict[tuple, str] = {}
 
 def _project_digest(settings: Settings) -> str:
     """views.project_digest of the project, computed again only when a file's size or time changes."""
-    files = _project_files(settings.project_dir)
+    files = _project_files(settings)
     if files not in _digests:
         from dbt.adapters.postgres.__version__ import version as adapter_version
         from dbt.version import __version__ as dbt_version
@@ -164,7 +231,8 @@ READS_DRIFT_SELECTOR = "reads_drift"
 
 
 def build(settings: Settings, url: str, conn: psycopg.Connection, monitor: str, start: date, end: date,
-          drift_scored: Callable[[], None] = lambda: None) -> BuildResult:
+          drift_scored: Callable[[], None] = lambda: None,
+          phase: Callable[[str], None] = lambda _: None) -> BuildResult:
     """`dbt build` for the monitor's batches start..end, then the gated marts for the batches
     that passed.
 
@@ -184,11 +252,14 @@ def build(settings: Settings, url: str, conn: psycopg.Connection, monitor: str, 
     digest = _project_digest(settings)
     keep_views = views.current(conn, digest, _view_relations(_manifest(settings, env, "build")))
     selector = BEFORE_DRIFT_KEEPING_VIEWS_SELECTOR if keep_views else BEFORE_DRIFT_SELECTOR
+    phase("dbt build: quality, performance, the contract (drift scored alongside)")
     phases = [(_invoke(settings, env, ["build"], selector=selector, **common), _invocation_id())]
     _raise_errors(phases[0][0])
     if not keep_views and _all_views_built(phases[0][0]):
         views.record(conn, digest)
+    phase("drift: waiting for Evidently's scores")
     drift_scored()
+    phase("dbt build: the drift marts and their tests")
     phases.append((_invoke(settings, env, ["build"], selector=READS_DRIFT_SELECTOR, **common), _invocation_id()))
     _raise_errors(phases[1][0])
     tests: list[TestOutcome] = []
@@ -227,7 +298,9 @@ def _raise_errors(result: Any) -> None:
     errors = [f"{r.node.resource_type} {r.node.name}: {_first_line(r.message)}"
               for r in result.result.results if r.node.resource_type != "test" and str(r.status) == "error"]
     if errors:
-        raise TransformError("dbt build failed: " + "; ".join(errors))
+        hint = (" (a relation made by another role, e.g. a dbt run by hand as the login: `modelwatch init` hands "
+                "them back to modelwatch_pipeline)" if any("permission denied" in error for error in errors) else "")
+        raise TransformError("dbt build failed: " + "; ".join(errors) + hint)
 
 
 def build_run_results(settings: Settings, url: str, monitor: str, start: date, end: date) -> None:

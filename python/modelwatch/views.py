@@ -31,7 +31,8 @@ def project_digest(project_dir: Path, files: Iterable[Path], dbt_versions: str) 
     (dbt-core's and the adapter's, whose macros write the CREATE VIEW)."""
     digest = hashlib.sha256(dbt_versions.encode())
     for path in sorted(files):
-        digest.update(str(path.relative_to(project_dir)).encode() + b"\0" + path.read_bytes() + b"\0")
+        name = path.relative_to(project_dir) if path.is_relative_to(project_dir) else path  # a package's file
+        digest.update(str(name).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ... import pipeline
 from ...config import PACKAGE_DATA_DIR, Settings
+from ...progress import SILENT
 
 MONITOR = "nyc_taxi"
 REFERENCE_FILE = PACKAGE_DATA_DIR / "green_tripdata_2023-01.parquet"
@@ -16,7 +17,7 @@ BATCH_FILE = PACKAGE_DATA_DIR / "green_tripdata_2023-02.parquet"
 def run_demo(
     settings: Settings,
     on_step: Callable[[str], None] = lambda _: None,
-    progress: pipeline.Progress | None = None,
+    progress: pipeline.Progress = SILENT,
     reference: Path = REFERENCE_FILE,
     batches: Path = BATCH_FILE,
 ) -> pipeline.RangeOutcome:
