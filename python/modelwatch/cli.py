@@ -82,7 +82,31 @@ def settings() -> Settings:
     return Settings.from_env()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class OneLineErrors(click.Group):
+    """Click's usage errors (a bad option value, an unknown command) as the one line and exit 2
+    of every other error of the command, not click's usage block."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            returned = super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as exc:
+            command = exc.ctx.command_path.split(" ", 1)[1] if exc.ctx and " " in exc.ctx.command_path else ""
+            where = f"modelwatch {command}: " if command else ""
+            err_console.print(f"Error: {where}{exc.format_message()} (--help shows the usage)", markup=False,
+                              highlight=False, soft_wrap=True)
+            sys.exit(2)
+        except click.ClickException as exc:
+            err_console.print(f"Error: {exc.format_message()}", markup=False, highlight=False, soft_wrap=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            err_console.print("Aborted!", markup=False, highlight=False)
+            sys.exit(1)
+        sys.exit(returned if isinstance(returned, int) else 0)
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
 def main(debug: bool) -> None:
     """modelwatch: batch model monitoring on PostgreSQL and dbt."""

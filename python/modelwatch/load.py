@@ -24,6 +24,7 @@ from .periods import Batch
 from .source import BatchFile
 
 COPY_CHUNK_ROWS = 100_000
+COPY_CHUNK_BYTES = 64 << 20  # and at most about this much of Arrow data per chunk (long text)
 _ID_EPOCH = date(2000, 1, 1)
 _IDS_PER_DAY = 100_000_000
 
@@ -74,9 +75,16 @@ def copy_arrow(conn: psycopg.Connection, target: sql.Composable, table: pa.Table
     cursor = conn.cursor()
     with cursor.copy(statement, writer=QueuedLibpqWriter(cursor)) as copy:
         copy.write(pgbinary.HEADER)
-        for batch in table.to_batches(max_chunksize=COPY_CHUNK_ROWS):
+        for batch in table.to_batches(max_chunksize=chunk_rows(table)):
             copy.write(pgbinary.encode(pa.Table.from_batches([batch])))
         copy.write(pgbinary.TRAILER)
+
+
+def chunk_rows(table: pa.Table) -> int:
+    """Rows per COPY chunk: COPY_CHUNK_ROWS, fewer for wide rows, so each chunk's encoding (a few
+    copies of its bytes) stays small beside the table itself."""
+    per_row = table.nbytes / max(table.num_rows, 1)
+    return max(1, min(COPY_CHUNK_ROWS, int(COPY_CHUNK_BYTES / max(per_row, 1.0))))
 
 
 def stored_rows(monitor: Monitor, rows: pa.Table, model: Any | None, first_column: tuple[str, pa.Array],
@@ -171,6 +179,31 @@ def mark_batch(conn: psycopg.Connection, batch: Batch, status: str, error: str |
     conn.execute(
         "update raw.batches set status = %s, error = %s, finished_at = now() where monitor = %s and batch_date = %s",
         (status, error, batch.monitor, batch.start),
+    )
+
+
+def batch_log_row(conn: psycopg.Connection, batch: Batch) -> dict[str, Any] | None:
+    """The batch's row of raw.batches as it is (None before its first attempt)."""
+    cursor = conn.execute("select * from raw.batches where monitor = %s and batch_date = %s",
+                          (batch.monitor, batch.start))
+    row = cursor.fetchone()
+    return None if row is None else {column.name: value for column, value in zip(cursor.description, row)}
+
+
+def restore_batch_log(conn: psycopg.Connection, batch: Batch, previous: dict[str, Any] | None,
+                      error: str) -> None:
+    """After a load that failed (its transaction rolled back, the batch's rows are those of
+    before): the log row as it was, so `status` shows the version still stored; a batch
+    never stored before is marked with the error."""
+    if previous is None:
+        mark_batch(conn, batch, "error", error)
+        return
+    names = [name for name in previous if name not in ("monitor", "batch_date")]
+    conn.execute(
+        sql.SQL("update raw.batches set ({}) = row({}) where monitor = %s and batch_date = %s").format(
+            sql.SQL(", ").join(sql.Identifier(name) for name in names),
+            sql.SQL(", ").join(sql.Placeholder() for _ in names)),
+        [previous[name] for name in names] + [batch.monitor, batch.start],
     )
 
 

@@ -304,8 +304,13 @@ def run_range(
             for batch in batches:
                 clock = time.perf_counter()
                 rows = load.rows_in(read.table, monitor, batch)
+                previous = load.batch_log_row(conn, batch)
                 load.start_batch(conn, read, batch, getattr(trained, "version", None), reference_version)
-                loaded[batch.start] = load.load_batch(conn, monitor, read, batch, rows, trained)
+                try:
+                    loaded[batch.start] = load.load_batch(conn, monitor, read, batch, rows, trained)
+                except Exception as exc:
+                    _restore_log(conn, batch, previous, exc)
+                    raise
                 scorer.score(url, monitor.name, [batch.start])  # committed: Evidently scores it while the next load
                 started[batch.start] = time.perf_counter() - clock
                 if progress:
@@ -313,8 +318,8 @@ def run_range(
             clock = time.perf_counter()
             load.analyze(conn, monitor)  # fresh statistics for the new batch dates
             warming.join()
-        except ModelwatchError as exc:
-            _mark_all(conn, monitor, batches, "error", str(exc))
+        except ModelwatchError as exc:  # the batches whose rows were replaced; the others keep their log
+            _mark_all(conn, monitor, [batch for batch in batches if batch.start in loaded], "error", str(exc))
             raise
         statuses, failing = build_batches(settings, conn, url, monitor, batches, drift_scored=scorer.wait)
         build_share = (time.perf_counter() - clock) / len(batches)
@@ -358,6 +363,17 @@ def build_batches(settings: Settings, conn: psycopg.Connection, url: str, monito
             load.mark_batch(conn, batch, statuses[batch.start], "; ".join(failing.get(batch.start, ())) or None)
         publish.publish(conn, monitor.name, days)
     return statuses, failing
+
+
+def _restore_log(conn: psycopg.Connection, batch: Batch, previous: dict[str, Any] | None,
+                 exc: Exception) -> None:
+    """The log row of a batch whose load failed, back as it was; the load's own error stays the
+    one raised even when the connection is gone."""
+    try:
+        load.restore_batch_log(conn, batch, previous, str(exc).strip().splitlines()[0] if str(exc).strip()
+                               else type(exc).__name__)
+    except psycopg.Error:
+        pass
 
 
 def _import_dbt() -> None:
