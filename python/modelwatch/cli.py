@@ -186,7 +186,7 @@ def reference(file: Path, monitor: str | None) -> None:
     console.print(f"monitor {stored.monitor}: reference {stored.version} stored, {stored.rows:,} rows from "
                   f"{stored.file.name}", soft_wrap=True, highlight=False)
     if stored.coercions:
-        console.print("coerced: " + "; ".join(stored.coercions), soft_wrap=True, highlight=False)
+        console.print("coerced: " + "; ".join(stored.coercions), soft_wrap=True, highlight=False, markup=False)
 
 
 @main.command()
@@ -199,6 +199,8 @@ def run(batch_date: date, file: Path, monitor: str | None) -> None:
     """Load, score, build and test one batch."""
     outcome = pipeline.run_batch(settings(), batch_date, file, monitor)
     _print_batches([outcome])
+    if outcome.coercions:
+        console.print("coerced: " + "; ".join(outcome.coercions), soft_wrap=True, highlight=False, markup=False)
     if outcome.status == "failed":
         raise_contract(outcome)
 
@@ -346,7 +348,7 @@ def _finish_range(outcome: pipeline.RangeOutcome, exit_on_failure: bool = True) 
         console.print(f"{len(outcome.skipped)} batches were already done from this file and were skipped "
                       "(--force redoes them).")
     if outcome.coercions:
-        console.print("coerced: " + "; ".join(outcome.coercions), soft_wrap=True)
+        console.print("coerced: " + "; ".join(outcome.coercions), soft_wrap=True, highlight=False, markup=False)
     if outcome.failed and exit_on_failure:
         from .errors import ContractFailed
 

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 from types import ModuleType
@@ -41,6 +41,7 @@ class BatchOutcome:
     rows_outside_period: int
     seconds: float
     failing_checks: tuple[str, ...] = ()
+    coercions: tuple[str, ...] = ()  # what reading the file changed (types, time zones), for `run` to say
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,7 @@ def run_batch(settings: Settings, batch_date: date, file: Path | str, monitor_na
             raise InputError(f"{read.path}: no rows with a {monitor.timestamp} in the {monitor.batch_period} of "
                              f"{batch} ({span})")
         outcome = run_range(settings, monitor, read, [batch], scorer=scorer)
-    return outcome.batches[0]
+    return replace(outcome.batches[0], coercions=read.coercions)
 
 
 BACKFILL_CHUNK_BATCHES = 31  # batches per dbt build: one invocation per month of days, resumable by chunk
