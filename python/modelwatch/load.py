@@ -7,6 +7,7 @@ a crash midway leaves the previous version of the batch intact.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -75,16 +76,29 @@ def copy_arrow(conn: psycopg.Connection, target: sql.Composable, table: pa.Table
     cursor = conn.cursor()
     with cursor.copy(statement, writer=QueuedLibpqWriter(cursor)) as copy:
         copy.write(pgbinary.HEADER)
-        for batch in table.to_batches(max_chunksize=chunk_rows(table)):
-            copy.write(pgbinary.encode(pa.Table.from_batches([batch])))
+        for chunk in chunks(table):
+            copy.write(pgbinary.encode(chunk))
         copy.write(pgbinary.TRAILER)
 
 
-def chunk_rows(table: pa.Table) -> int:
-    """Rows per COPY chunk: COPY_CHUNK_ROWS, fewer for wide rows, so each chunk's encoding (a few
-    copies of its bytes) stays small beside the table itself."""
-    per_row = table.nbytes / max(table.num_rows, 1)
-    return max(1, min(COPY_CHUNK_ROWS, int(COPY_CHUNK_BYTES / max(per_row, 1.0))))
+def chunks(table: pa.Table) -> Iterator[pa.Table]:
+    """The table in slices of at most COPY_CHUNK_ROWS rows and about COPY_CHUNK_BYTES of values
+    (a row longer than that is a slice of its own), so the encoding of a slice (a few copies
+    of its bytes) stays small beside the table itself, however long its text."""
+    sizes = np.zeros(table.num_rows, dtype=np.int64)
+    for column in table.columns:
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            sizes += np.asarray(pc.fill_null(pc.binary_length(column), 0), dtype=np.int64)
+        else:
+            sizes += 8
+    ends = np.cumsum(sizes)
+    start = 0
+    while start < table.num_rows:
+        before = int(ends[start - 1]) if start else 0
+        stop = int(np.searchsorted(ends, before + COPY_CHUNK_BYTES, side="right"))
+        stop = min(max(stop, start + 1), start + COPY_CHUNK_ROWS)
+        yield table.slice(start, stop - start)
+        start = stop
 
 
 def stored_rows(monitor: Monitor, rows: pa.Table, model: Any | None, first_column: tuple[str, pa.Array],
