@@ -43,7 +43,7 @@ def check_column(column: pa.ChunkedArray, where: str, name: str, max_text_bytes:
 
 
 def _rows(count: int) -> str:
-    return f"{count:,} row" + ("" if count == 1 else "s")
+    return "1 row holds" if count == 1 else f"{count:,} rows hold"
 
 
 def _check_range(raw: pa.ChunkedArray, low: int, high: int, where: str, name: str, what: str) -> None:
@@ -52,25 +52,35 @@ def _check_range(raw: pa.ChunkedArray, low: int, high: int, where: str, name: st
         return
     outside = pc.or_(pc.less(raw, low), pc.greater(raw, high))
     count = pc.sum(pc.cast(pc.fill_null(outside, False), pa.int64())).as_py()
-    raise InputError(f"{where}: column '{name}': {_rows(count)} hold {what} outside {FIRST_DAY} .. {LAST_DAY}, "
+    raise InputError(f"{where}: column '{name}': {_rows(count)} {what} outside {FIRST_DAY} .. {LAST_DAY}, "
                      "which modelwatch cannot store")
 
 
 def _check_text(column: pa.ChunkedArray, where: str, name: str, max_text_bytes: int) -> None:
     invalid = sum(_invalid_utf8(chunk) for chunk in column.chunks)
     if invalid:
-        raise InputError(f"{where}: column '{name}': {_rows(invalid)} hold text that is not valid UTF-8, "
+        raise InputError(f"{where}: column '{name}': {_rows(invalid)} text that is not valid UTF-8, "
                          "which PostgreSQL cannot store")
-    with_nul = pc.sum(pc.cast(pc.fill_null(pc.match_substring(column, "\x00"), False), pa.int64())).as_py() or 0
-    if with_nul:
-        raise InputError(f"{where}: column '{name}': {_rows(with_nul)} hold text with a NUL byte (\\x00), "
+    if any(_has_nul(chunk) for chunk in column.chunks):
+        with_nul = pc.sum(pc.cast(pc.fill_null(pc.match_substring(column, "\x00"), False), pa.int64())).as_py()
+        raise InputError(f"{where}: column '{name}': {_rows(with_nul)} text with a NUL byte (\\x00), "
                          "which PostgreSQL cannot store")
     lengths = pc.binary_length(column)
     longest = pc.max(lengths).as_py()
     if longest is not None and longest > max_text_bytes:
         count = pc.sum(pc.cast(pc.greater(lengths, max_text_bytes), pa.int64())).as_py()
-        raise InputError(f"{where}: column '{name}': {_rows(count)} hold text longer than the monitor's "
+        raise InputError(f"{where}: column '{name}': {_rows(count)} text longer than the monitor's "
                          f"max_text_bytes ({max_text_bytes:,} bytes; the longest is {longest:,})")
+
+
+def _has_nul(chunk: pa.Array) -> bool:
+    """Whether any value's bytes hold a zero byte: one pass over the chunk's text bytes."""
+    _, offset_buffer, data = chunk.buffers()
+    if data is None or len(chunk) == 0:
+        return False
+    width = np.int64 if pa.types.is_large_string(chunk.type) else np.int32
+    offsets = np.frombuffer(offset_buffer, dtype=width)[chunk.offset:chunk.offset + len(chunk) + 1]
+    return not np.frombuffer(data, dtype=np.uint8)[offsets[0]:offsets[-1]].all()
 
 
 def _invalid_utf8(chunk: pa.Array) -> int:

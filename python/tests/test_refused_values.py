@@ -132,9 +132,9 @@ def test_text_with_a_nul_byte(case: Case) -> None:
 
 def test_text_that_is_not_utf8(case: Case) -> None:
     table = pq.read_table(case.good)
-    table = _with_column(table, case.text, _replaced(table[case.text], 4, b"\xff\xfeN"))
+    table = _with_column(table, case.text, _replaced(table[case.text], 1, b"\xff\xfeN"))
     assert _refused(case, table, "latin") == (
-        f"Error: FILE: column '{case.text}': 4 rows hold text that is not valid UTF-8, which PostgreSQL cannot store")
+        f"Error: FILE: column '{case.text}': 1 row holds text that is not valid UTF-8, which PostgreSQL cannot store")
 
 
 @pytest.mark.parametrize("raw", [-(2**63) + 1, -219_000_000_000_000_000, 9_000_000_000_000_000_000],
@@ -343,3 +343,19 @@ def test_usage_errors_are_one_line(fresh_settings: Settings, args: tuple[str, ..
     assert result.exit_code == 2
     assert _error_line(result) == line
     assert "Usage:" not in result.output
+
+
+def test_a_file_of_tiny_row_groups_loads_the_same_rows(case: Case) -> None:
+    """The day's rows written three rows per row group (read batch by batch, joined): the same
+    rows stored, the same marts."""
+    url = case.settings.database_url
+    path = case.folder / "tiny_groups.parquet"
+    pq.write_table(pq.read_table(case.good), path, row_group_size=3)
+    assert pq.ParquetFile(path).metadata.num_row_groups > 100
+    before = snapshot(url)
+    outcome = pipeline.run_batch(case.settings, case.day, path, case.monitor)
+    after = snapshot(url)
+    assert outcome.rows_loaded == pq.read_metadata(case.good).num_rows
+    assert after[f"raw.{case.monitor}__rows"] == before[f"raw.{case.monitor}__rows"]
+    assert after["marts.column_quality"] == before["marts.column_quality"]
+    assert after["marts.model_performance"] == before["marts.model_performance"]
