@@ -108,7 +108,31 @@ def print_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class OneLineErrors(click.Group):
+    """Click's usage errors (a bad option value, an unknown command) as the one line and exit 2
+    of every other error of the command, not click's usage block."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            returned = super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as exc:
+            command = exc.ctx.command_path.split(" ", 1)[1] if exc.ctx and " " in exc.ctx.command_path else ""
+            where = f"modelwatch {command}: " if command else ""
+            err_console.print(f"Error: {where}{exc.format_message()} (--help shows the usage)", markup=False,
+                              highlight=False, soft_wrap=True)
+            sys.exit(2)
+        except click.ClickException as exc:
+            err_console.print(f"Error: {exc.format_message()}", markup=False, highlight=False, soft_wrap=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            err_console.print("Aborted!", markup=False, highlight=False)
+            sys.exit(1)
+        sys.exit(returned if isinstance(returned, int) else 0)
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="modelwatch", message="%(prog)s %(version)s")
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
 @click.option("--project", default=None, metavar="DIR",
@@ -232,7 +256,7 @@ def reference(file: Path, monitor: str | None) -> None:
     console.print(f"monitor {stored.monitor}: reference {stored.version} stored, {stored.rows:,} rows from "
                   f"{stored.file.name}", soft_wrap=True, highlight=False)
     if stored.coercions:
-        console.print("coerced: " + "; ".join(stored.coercions), soft_wrap=True, highlight=False)
+        console.print("coerced: " + "; ".join(stored.coercions), soft_wrap=True, highlight=False, markup=False)
 
 
 @main.command()
@@ -252,6 +276,8 @@ def run(batch_date: date, file: Path, monitor: str | None, as_json: bool) -> Non
         print_json(_batch_json(outcome))
     else:
         _print_batches([outcome])
+        if outcome.coercions:
+            console.print("coerced: " + "; ".join(outcome.coercions), soft_wrap=True, highlight=False, markup=False)
     if outcome.status == "failed":
         raise_contract(outcome)
 
@@ -494,7 +520,7 @@ def _print_range(outcome: pipeline.RangeOutcome) -> None:
         console.print(f"{len(outcome.skipped)} batches were already done from this file and were skipped "
                       "(--force redoes them).")
     if outcome.coercions:
-        console.print("coerced: " + "; ".join(outcome.coercions), soft_wrap=True)
+        console.print("coerced: " + "; ".join(outcome.coercions), soft_wrap=True, highlight=False, markup=False)
 
 
 def _print_batches(batches: list[pipeline.BatchOutcome]) -> None:

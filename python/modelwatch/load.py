@@ -7,6 +7,7 @@ a crash midway leaves the previous version of the batch intact.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -24,6 +25,7 @@ from .periods import Batch
 from .source import BatchFile
 
 COPY_CHUNK_ROWS = 100_000
+COPY_CHUNK_BYTES = 64 << 20  # and at most about this much of Arrow data per chunk (long text)
 _ID_EPOCH = date(2000, 1, 1)
 _IDS_PER_DAY = 100_000_000
 
@@ -74,9 +76,29 @@ def copy_arrow(conn: psycopg.Connection, target: sql.Composable, table: pa.Table
     cursor = conn.cursor()
     with cursor.copy(statement, writer=QueuedLibpqWriter(cursor)) as copy:
         copy.write(pgbinary.HEADER)
-        for batch in table.to_batches(max_chunksize=COPY_CHUNK_ROWS):
-            copy.write(pgbinary.encode(pa.Table.from_batches([batch])))
+        for chunk in chunks(table):
+            copy.write(pgbinary.encode(chunk))
         copy.write(pgbinary.TRAILER)
+
+
+def chunks(table: pa.Table) -> Iterator[pa.Table]:
+    """The table in slices of at most COPY_CHUNK_ROWS rows and about COPY_CHUNK_BYTES of values
+    (a row longer than that is a slice of its own), so the encoding of a slice (a few copies
+    of its bytes) stays small beside the table itself, however long its text."""
+    sizes = np.zeros(table.num_rows, dtype=np.int64)
+    for column in table.columns:
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            sizes += np.asarray(pc.fill_null(pc.binary_length(column), 0), dtype=np.int64)
+        else:
+            sizes += 8
+    ends = np.cumsum(sizes)
+    start = 0
+    while start < table.num_rows:
+        before = int(ends[start - 1]) if start else 0
+        stop = int(np.searchsorted(ends, before + COPY_CHUNK_BYTES, side="right"))
+        stop = min(max(stop, start + 1), start + COPY_CHUNK_ROWS)
+        yield table.slice(start, stop - start)
+        start = stop
 
 
 def stored_rows(monitor: Monitor, rows: pa.Table, model: Any | None, first_column: tuple[str, pa.Array],
@@ -171,6 +193,31 @@ def mark_batch(conn: psycopg.Connection, batch: Batch, status: str, error: str |
     conn.execute(
         "update raw.batches set status = %s, error = %s, finished_at = now() where monitor = %s and batch_date = %s",
         (status, error, batch.monitor, batch.start),
+    )
+
+
+def batch_log_row(conn: psycopg.Connection, batch: Batch) -> dict[str, Any] | None:
+    """The batch's row of raw.batches as it is (None before its first attempt)."""
+    cursor = conn.execute("select * from raw.batches where monitor = %s and batch_date = %s",
+                          (batch.monitor, batch.start))
+    row = cursor.fetchone()
+    return None if row is None else {column.name: value for column, value in zip(cursor.description, row)}
+
+
+def restore_batch_log(conn: psycopg.Connection, batch: Batch, previous: dict[str, Any] | None,
+                      error: str) -> None:
+    """After a load that failed (its transaction rolled back, the batch's rows are those of
+    before): the log row as it was, so `status` shows the version still stored; a batch
+    never stored before is marked with the error."""
+    if previous is None:
+        mark_batch(conn, batch, "error", error)
+        return
+    names = [name for name in previous if name not in ("monitor", "batch_date")]
+    conn.execute(
+        sql.SQL("update raw.batches set ({}) = row({}) where monitor = %s and batch_date = %s").format(
+            sql.SQL(", ").join(sql.Identifier(name) for name in names),
+            sql.SQL(", ").join(sql.Placeholder() for _ in names)),
+        [previous[name] for name in names] + [batch.monitor, batch.start],
     )
 
 

@@ -9,6 +9,7 @@ monitor and the key.
 from __future__ import annotations
 
 import re
+import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ COLUMN_TYPES = ("bigint", "double precision", "text", "timestamp", "boolean", "d
 ID_TYPES = ("bigint", "text")
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _MONITOR_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")  # room for "__reference" in a table name
+DEFAULT_MAX_TEXT_BYTES = 64 * 1024
 # Columns every monitor's raw rows have besides the declared ones.
 RESERVED = ("batch_date", "monitor")
 
@@ -96,6 +98,8 @@ class Monitor:
     lookups: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     checks: tuple[Check, ...] = ()
     stale_after: str = "2 days"  # a PostgreSQL interval: no new batch for this long is an alert
+    timezone: str | None = None  # the zone batches are cut in; None: naive timestamps' own, UTC for aware ones
+    max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES  # a longer text value refuses the file
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -225,7 +229,8 @@ def parse_monitors(dbt_vars: Mapping[str, Any], where: str = "dbt_project.yml") 
 
 KNOWN_KEYS = ("task", "id", "timestamp", "batch_period", "features", "prediction", "probability", "target",
               "positive_class", "id_type", "generate_id", "rename", "columns", "derived", "model",
-              "performance_where", "lookups", "contract", "checks", "drift", "stale_after")
+              "performance_where", "lookups", "contract", "checks", "drift", "timezone", "max_text_bytes",
+              "stale_after")
 
 
 _INTERVAL = re.compile(r"^[1-9][0-9]{0,3} (hour|day|week|month)s?$")
@@ -338,6 +343,9 @@ def parse_monitor(name: Any, block: Any, defaults: Mapping[str, Any], where: str
         performance_where=_text(key("performance_where", required=False), f"{at}: performance_where"),
         lookups=_lookups(key("lookups", required=False), at),
         stale_after=_stale_after(key("stale_after", required=False), period, f"{at}: stale_after"),
+        timezone=_zone(key("timezone", required=False), f"{at}: timezone"),
+        max_text_bytes=_positive(key("max_text_bytes", required=False), f"{at}: max_text_bytes",
+                                 DEFAULT_MAX_TEXT_BYTES),
         raw=spec,
     )
     _check_roles(monitor, at)
@@ -360,6 +368,28 @@ _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 def _module_name(value: Any, where: str) -> str | None:
     if value is not None and (not isinstance(value, str) or not _MODULE.match(value)):
         raise UsageError(f"{where}: {value!r} is not a Python module name (such as package.module)")
+    return value
+
+
+def _zone(value: Any, where: str) -> str | None:
+    """An IANA time zone name (such as America/New_York), as the tz database knows it."""
+    if value is None:
+        return None
+    try:
+        if not isinstance(value, str):
+            raise ValueError
+        zoneinfo.ZoneInfo(value)
+    except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+        raise UsageError(f"{where}: {value!r} is not a time zone of the tz database (such as UTC or "
+                         "America/New_York)") from None
+    return value
+
+
+def _positive(value: Any, where: str, default: int) -> int:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise UsageError(f"{where}: {value!r} is not a whole number of bytes above 0")
     return value
 
 

@@ -65,9 +65,13 @@ def period_end(period: str, start: date) -> date:
 def batch_of(monitor: str, period: str, day: date) -> Batch:
     """The batch of `monitor` whose period holds `day`."""
     start = period_start(period, day)
-    end = period_end(period, start)
+    try:
+        end = period_end(period, start)
+    except UsageError:
+        end = date.max
     if end >= date.max:  # its end bound (the next day's midnight) would not exist
-        raise UsageError(f"{day}: too close to the calendar's end for a batch (the last day is {date.max})")
+        raise UsageError(f"{day}: the {period} holding it reaches the calendar's last day ({date.max}); "
+                         "no batch can be cut there")
     return Batch(monitor, start, end)
 
 

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 from types import ModuleType
@@ -40,6 +40,7 @@ class BatchOutcome:
     rows_outside_period: int
     seconds: float
     failing_checks: tuple[str, ...] = ()
+    coercions: tuple[str, ...] = ()  # what reading the file changed (types, time zones), for `run` to say
 
 
 @dataclass(frozen=True)
@@ -204,7 +205,7 @@ def run_batch(settings: Settings, batch_date: date, file: Path | str, monitor_na
         require_rows(read, monitor, batch)
         progress.total(1)
         outcome = run_range(settings, monitor, read, [batch], progress, scorer=scorer)
-    return outcome.batches[0]
+    return replace(outcome.batches[0], coercions=read.coercions)
 
 
 def require_rows(read: BatchFile, monitor: Monitor, batch: Batch) -> None:
@@ -324,8 +325,13 @@ def run_range(
                 progress.phase(f"loading {batch.start}")
                 clock = time.perf_counter()
                 rows = load.rows_in(read.table, monitor, batch)
+                previous = load.batch_log_row(conn, batch)
                 load.start_batch(conn, read, batch, getattr(trained, "version", None), reference_version)
-                loaded[batch.start] = load.load_batch(conn, monitor, read, batch, rows, trained)
+                try:
+                    loaded[batch.start] = load.load_batch(conn, monitor, read, batch, rows, trained)
+                except Exception as exc:
+                    _restore_log(conn, batch, previous, exc)
+                    raise
                 scorer.score(url, monitor.name, [batch.start])  # committed: Evidently scores it while the next load
                 started[batch.start] = time.perf_counter() - clock
                 progress.loaded(batch.start)
@@ -333,8 +339,8 @@ def run_range(
             clock = time.perf_counter()
             load.analyze(conn, monitor)  # fresh statistics for the new batch dates
             warming.join()
-        except ModelwatchError as exc:
-            _mark_all(conn, monitor, batches, "error", str(exc))
+        except ModelwatchError as exc:  # the batches whose rows were replaced; the others keep their log
+            _mark_all(conn, monitor, [batch for batch in batches if batch.start in loaded], "error", str(exc))
             raise
         statuses, failing = build_batches(settings, conn, url, monitor, batches, drift_scored=scorer.wait,
                                           phase=progress.phase)
@@ -382,6 +388,17 @@ def build_batches(settings: Settings, conn: psycopg.Connection, url: str, monito
             load.mark_batch(conn, batch, statuses[batch.start], "; ".join(failing.get(batch.start, ())) or None)
         publish.publish(conn, monitor.name, days)
     return statuses, failing
+
+
+def _restore_log(conn: psycopg.Connection, batch: Batch, previous: dict[str, Any] | None,
+                 exc: Exception) -> None:
+    """The log row of a batch whose load failed, back as it was; the load's own error stays the
+    one raised even when the connection is gone."""
+    try:
+        load.restore_batch_log(conn, batch, previous, str(exc).strip().splitlines()[0] if str(exc).strip()
+                               else type(exc).__name__)
+    except psycopg.Error:
+        pass
 
 
 def _import_dbt() -> None:

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from . import values
 from .errors import InputError
 from .monitors import Monitor
 
@@ -68,10 +69,24 @@ def read_table(path: Path | str) -> tuple[Path, pa.Table]:
         if csv:
             delimiter = "\t" if ".tsv" in path.name.lower() else ","
             return path, pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter=delimiter))
-        return path, pq.read_table(path)
+        return path, _read_parquet(path)
     except (pa.ArrowException, OSError) as exc:
         kind = "CSV" if csv else "parquet"
         raise InputError(f"{path}: not a readable {kind} file ({_first_line(exc)})") from None
+
+
+SMALL_ROW_GROUP_ROWS = 10_000  # below this many rows per group on average, groups are read as batches
+READ_BATCH_ROWS = 1 << 16
+
+
+def _read_parquet(path: Path) -> pa.Table:
+    """The file's rows; a file written in many tiny row groups is read batch by batch, which
+    joins the groups, instead of one Arrow chunk per group (slower and far larger)."""
+    file = pq.ParquetFile(path)
+    groups = file.metadata.num_row_groups
+    if groups <= 1 or file.metadata.num_rows / groups >= SMALL_ROW_GROUP_ROWS:
+        return file.read()
+    return pa.Table.from_batches(list(file.iter_batches(batch_size=READ_BATCH_ROWS)), schema=file.schema_arrow)
 
 
 def read_batch_file(path: Path | str, monitor: Monitor) -> BatchFile:
@@ -116,10 +131,27 @@ def coerce(table: pa.Table, monitor: Monitor, where: str) -> tuple[pa.Table, lis
             column = pc.cast(column, field.type)  # the same text, in Arrow's other layout: no change to report
         if column.type != field.type:
             before = table.schema.field(source_name).type
+            note = f"{source_name}: {before} -> {field.type}"
+            if pa.types.is_timestamp(before) and before.tz is not None and pa.types.is_timestamp(field.type):
+                column, zone = _to_local(column, monitor.timezone, where, source_name)
+                note += (f" (converted to {zone})" if monitor.timezone else
+                         f" (converted to {zone}: the monitor declares no timezone)")
             column = _cast(column, field.type, where, source_name)
-            notes.append(f"{source_name}: {before} -> {field.type}")
+            notes.append(note)
+        values.check_column(column, where, source_name, monitor.max_text_bytes)
         columns.append(column)
     return pa.Table.from_arrays(columns, schema=schema), notes
+
+
+def _to_local(column: pa.ChunkedArray, zone: str | None, where: str, name: str) -> tuple[pa.ChunkedArray, str]:
+    """Aware timestamps as the wall-clock time of the monitor's zone (UTC by default), the
+    zone its batches are cut in."""
+    zone = zone or "UTC"
+    try:
+        return pc.local_timestamp(column.cast(pa.timestamp(column.type.unit, tz=zone))), zone
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise InputError(f"{where}: column '{name}' cannot be converted to time zone {zone} "
+                         f"({_first_line(exc)})") from None
 
 
 def _cast(column: pa.ChunkedArray, target: pa.DataType, where: str, name: str) -> pa.ChunkedArray:

@@ -86,3 +86,32 @@ def test_narrow_and_large_types_and_text_without_data_round_trip(server_url: str
 def test_an_unsupported_type_is_refused_by_name() -> None:
     with pytest.raises(TypeError, match="decimal128"):
         pgbinary.encode(pa.table({"x": pa.array([1], pa.decimal128(5, 2))}))
+
+
+def test_long_text_in_slices_of_bounded_bytes_round_trips(server_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Text of many lengths (some rows longer than a slice's bound, some NULL, from a sliced
+    Arrow array) is COPYed slice by slice and read back equal, in both of Arrow's text layouts."""
+    from modelwatch import load
+
+    monkeypatch.setattr(load, "COPY_CHUNK_BYTES", 1_000)
+    texts = [None if i % 7 == 3 else ("é" * (i * 37 % 900)) + str(i) for i in range(300)]
+    for kind in (pa.string(), pa.large_string()):
+        column = pa.array(["skipped"] * 5 + texts, kind).slice(5)
+        table = pa.table({"i": pa.array(range(300), pa.int64()), "s": column})
+        sizes = [8 + len((text or "").encode()) for text in texts]
+        slices, start = [], 0
+        for chunk in load.chunks(table):
+            slices.append(sum(sizes[start:start + chunk.num_rows]) if chunk.num_rows > 1 else 0)
+            start += chunk.num_rows
+        assert start == 300 and max(slices) <= 1_000 and 50 < len(slices) < 300
+        with psycopg.connect(server_url) as conn:
+            conn.execute("create temporary table long_text (i bigint, s text)")
+            copy_arrow(conn, sql.Identifier("long_text"), table)
+            assert [s for (s,) in conn.execute("select s from long_text order by i")] == texts
+
+
+def test_a_timestamp_whose_epoch_shift_would_wrap_is_refused() -> None:
+    """The encoder itself never wraps a raw value (source refuses such files first, with a line)."""
+    stamps = pa.array([-(2**63) + 1], pa.int64()).view(pa.timestamp("us"))
+    with pytest.raises(ValueError, match="too far in the past"):
+        pgbinary.encode(pa.table({"ts": stamps}))
