@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import psycopg
 from psycopg import sql
 
-from . import migrations, publish, views
+from . import estimation, migrations, publish, views
 from .db import BUILD_LOCK_KEY, LOCK_CLASS
 from .errors import UsageError
 from .monitors import Monitor
@@ -276,6 +276,7 @@ def init_schema(conn: psycopg.Connection, monitors: Iterable[Monitor], reader_pa
             if version == 1:
                 migrations.set_aside_v1(conn)
             conn.execute(SHARED_DDL)
+            conn.execute(estimation.DDL)
             for monitor in monitors:
                 for statement in monitor_tables(monitor):
                     conn.execute(statement)

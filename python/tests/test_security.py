@@ -32,7 +32,8 @@ DAY = date(2023, 2, 14)
 # The tables every monitor shares; each declared monitor adds raw.<monitor>__rows, raw.<monitor>__reference
 # and raw.<monitor>__labels.
 SHARED_RAW_TABLES = {"schema_version", "batches", "references", "models", "dbt_test_runs", "drift_scores",
-                     "drift_datasets", "dbt_views"}
+                     "drift_datasets", "dbt_views", "calibration_maps", "estimation_thresholds", "loss_models",
+                     "estimated_losses"}
 
 
 def _raw_tables(settings: Settings) -> set[str]:
