@@ -15,6 +15,7 @@
   Regression, DLE: the drift step's estimates (raw.estimated_losses).
 -#}
 -- depends_on: {{ ref('int_batch_rows') }}
+-- depends_on: {{ source('raw', 'estimated_losses') }}
 {{ config(materialized='table', unlogged=true) }}
 {%- set m = modelwatch.monitor() -%}
 {%- set float = dbt.type_float() -%}
@@ -33,7 +34,7 @@ select
     cast(losses.estimated_value as {{ float }}) as estimated_value,
     cast(losses.n as bigint) as n,
     cast(losses.reference_version as {{ string }}) as reference_version
-from {{ api.Relation.create(database=target.database, schema='raw', identifier='estimated_losses') }} as losses
+from {{ source('raw', 'estimated_losses') }} as losses
 inner join {{ ref('stg_batches') }} as batches
     on batches.monitor = losses.monitor and batches.batch_date = losses.batch_date
     and batches.reference_version = losses.reference_version

@@ -82,10 +82,14 @@ _BINS, _SPLITS = 10, 10  # NannyML's needs_calibration: ECE bins and shuffle spl
 
 
 def reference_frame(conn: psycopg.Connection, monitor: Monitor, version: str) -> pd.DataFrame:
-    """The reference set's rows (all stored columns) as a frame."""
+    """The reference set's rows (all stored columns) as a frame, in order of time, then id: the
+    calibration check's shuffle splits depend on the rows' order, and the database keeps no file
+    order (NannyML, given a file sorted by time, sees the same order)."""
     import pandas as pd
-    cursor = conn.execute(sql.SQL("select * from {} where reference_version = %s").format(
-        sql.Identifier("raw", monitor.reference_table)), (version,))
+
+    cursor = conn.execute(sql.SQL("select * from {} where reference_version = %s order by {}, {}").format(
+        sql.Identifier("raw", monitor.reference_table), sql.Identifier(monitor.timestamp),
+        sql.Identifier(monitor.id)), (version,))
     return pd.DataFrame(cursor.fetchall(), columns=[column.name for column in cursor.description])
 
 
@@ -171,7 +175,7 @@ def class_columns(monitor: Monitor) -> dict[str, str]:
     """class -> its probability column (a binary model: its positive class only)."""
     if monitor.task == "binary_classification":
         return {monitor.positive_class: monitor.probability}  # type: ignore[dict-item]
-    return dict(monitor.probability)  # type: ignore[arg-type]
+    return dict(monitor.probabilities)
 
 
 def _as_text(values: pd.Series) -> pd.Series:

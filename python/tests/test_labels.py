@@ -141,3 +141,26 @@ def test_a_file_without_the_id_or_target_is_refused(unlabelled, tmp_path: Path, 
     result = CliRunner().invoke(main, ["labels", "--monitor", MONITOR, "--file", str(path)], env=_env(settings))
     assert result.exit_code == 2
     assert result.output.strip() == f"Error: {path}: required column '{missing}' is missing"
+
+
+def test_init_upgrades_a_version_2_database(fresh_settings: Settings) -> None:
+    """Schema version 2 had no labels or estimation tables: other commands refuse it, `init` adds them."""
+    from modelwatch import schema
+
+    pipeline.init(fresh_settings)
+    with psycopg.connect(fresh_settings.database_url, autocommit=True) as conn:
+        for monitor in fresh_settings.monitors:
+            conn.execute(f"drop table raw.{schema.labels_table(monitor)}")
+        conn.execute("drop table raw.calibration_maps, raw.estimation_thresholds, raw.loss_models,"
+                     " raw.estimated_losses")
+        conn.execute("delete from raw.schema_version")
+        conn.execute("insert into raw.schema_version (version) values (2)")
+    result = CliRunner().invoke(main, ["status", "--monitor", MONITOR], env=_env(fresh_settings))
+    assert result.exit_code == 2
+    assert result.output.strip() == ("Error: the database holds the schema of an older modelwatch (version 2): "
+                                     "run `modelwatch init` to upgrade it (it adds tables, nothing is lost)")
+    pipeline.init(fresh_settings)
+    with psycopg.connect(fresh_settings.database_url) as conn:
+        assert schema.stored_version(conn) == schema.SCHEMA_VERSION == 3
+        assert conn.execute("select count(*) from raw.work_from_home__labels").fetchone() == (0,)
+        assert conn.execute("select count(*) from raw.calibration_maps").fetchone() == (0,)
