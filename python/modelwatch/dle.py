@@ -65,7 +65,9 @@ def fit(frame: pd.DataFrame, monitor: Monitor) -> LossModel:
     mask = [name in model.categorical for name in features]
 
     def regressor() -> HistGradientBoostingRegressor:
-        return HistGradientBoostingRegressor(categorical_features=mask, random_state=SEED)
+        # LightGBM's defaults as NannyML uses them: 100 trees of 31 leaves, no early stopping (which
+        # would hold out a random tenth of the reference)
+        return HistGradientBoostingRegressor(categorical_features=mask, early_stopping=False, random_state=SEED)
 
     model.absolute = regressor().fit(inputs, np.abs(error))
     model.squared = regressor().fit(inputs, error ** 2)

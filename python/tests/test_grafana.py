@@ -569,7 +569,7 @@ def test_every_query_reads_marts_only(reader: psycopg.Connection, now: datetime)
         read |= relations
     assert {table for _, table in read} == {  # published_batches: row-level security, the batches readers see
         "batch_health", "model_performance", "column_quality", "test_results", "feature_drift", "dataset_drift",
-        "batch_checks", "daily_trips", "published_batches"}
+        "batch_checks", "daily_trips", "published_batches", "estimated_performance"}
 
 
 def test_all_queries_once_per_variable_value(reader: psycopg.Connection, demo_settings: Settings) -> None:
