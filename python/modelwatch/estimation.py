@@ -103,14 +103,16 @@ def fit_reference(conn: psycopg.Connection, monitor: Monitor, version: str) -> N
     fit of the same version). A reference without targets gets no fit: nothing can be estimated.
     (numpy, pandas and scikit-learn are imported here: every command imports this module's DDL.)"""
     import numpy as np
-    frame = reference_frame(conn, monitor, version)
+
     for table in ("calibration_maps", "estimation_thresholds", "loss_models"):
         conn.execute(sql.SQL("delete from {} where monitor = %s and reference_version = %s").format(
             sql.Identifier("raw", table)), (monitor.name, version))
     metrics = REGRESSION_METRICS if monitor.task == "regression" else CLASSIFIER_METRICS
-    if monitor.target in frame.columns:
+    derived = monitor.target in monitor.derived  # computed in SQL, not stored: not read here
+    frame = None if derived else reference_frame(conn, monitor, version)
+    if frame is not None:
         frame = frame[frame[monitor.target].notna()]
-    if monitor.target not in frame.columns or frame.empty:  # a derived target or none: nothing to learn from
+    if frame is None or frame.empty:  # nothing to learn from: no estimate, thresholds null
         _store_thresholds(conn, monitor, version, {metric: [] for metric in metrics}, upper_bound=None, batches=0)
         return
     chunks = _chunk_keys(frame[monitor.timestamp], monitor.batch_period)
