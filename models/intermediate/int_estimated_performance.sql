@@ -5,11 +5,13 @@
   Classifiers, CBPE: each row's probability of each class (a binary model: of
   its positive class) through the class's calibration map (raw.calibration_maps,
   linear between breakpoints as scikit-learn's isotonic predict, clipped at the
-  ends), then the expected confusion matrix: a calibrated probability c counts c
-  towards the row's class and 1 - c against it. roc_auc is the Mann-Whitney
-  statistic with each row a positive of weight c and a negative of weight 1 - c
-  at score c (ties one half: NannyML's trapezoids). A multiclass model's metrics
-  are the macro averages of the classes' one-vs-rest ones, accuracy the expected
+  ends; PostgreSQL's width_bucket finds the breakpoint), then the expected
+  confusion matrix: a calibrated probability c counts c towards the row's class
+  and 1 - c against it. roc_auc is the Mann-Whitney statistic over rows ranked
+  by the model's own probability, each a positive of weight c and a negative of
+  weight 1 - c (ties one half: NannyML's estimate_roc_auc). A multiclass model's
+  calibrated probabilities are rescaled to sum to one per row; its metrics are
+  the macro averages of the classes' one-vs-rest ones, accuracy the expected
   share of rows whose predicted class is right.
 
   Regression, DLE: the drift step's estimates (raw.estimated_losses).
@@ -61,41 +63,54 @@ scored as (
     {%- endfor %}
 ),
 
+{#- each reference version's map of each class as two arrays, its breakpoints in order #}
 maps as (
     select
-        reference_version, class_name, x as x0, y as y0,
-        lead(x) over (partition by reference_version, class_name order by point) as x1,
-        lead(y) over (partition by reference_version, class_name order by point) as y1,
-        point
+        reference_version,
+        class_name,
+        array_agg(x order by point) as xs,
+        array_agg(y order by point) as ys,
+        count(*) as points
     from {{ api.Relation.create(database=target.database, schema='raw', identifier='calibration_maps') }}
     where monitor = '{{ m.name }}' and reference_version in (select reference_version from batches)
+    group by reference_version, class_name
 ),
 
-{#- each class's probability through its map: linear between breakpoints, clipped at the ends #}
-mapped as (
+{#- each class's probability through its map: width_bucket finds (by bisection) how many
+    breakpoints lie at or below it, then linear between that breakpoint and the next, clipped at
+    the ends (scikit-learn's isotonic predict) #}
+located as (
     select
         scored.*
         {%- for class_name, column in classes.items() %},
-        (select case
-                when segment.x1 is null or segment.x1 = segment.x0 then segment.y0
-                else segment.y0 + (scored.probability_{{ loop.index }} - segment.x0) * (segment.y1 - segment.y0) / (segment.x1 - segment.x0)
-            end
-         from (
-            (select maps.x0, maps.y0, maps.x1, maps.y1, 0 as preference from maps
-             where maps.reference_version = batches.reference_version
-               and maps.class_name = {{ modelwatch.performance_text_literal(class_name) }}
-               and maps.x0 <= scored.probability_{{ loop.index }}
-             order by maps.x0 desc limit 1)
-            union all
-            (select maps.y0, maps.y0, null, null, 1 from maps
-             where maps.reference_version = batches.reference_version
-               and maps.class_name = {{ modelwatch.performance_text_literal(class_name) }}
-             order by maps.point limit 1)
-         ) as segment
-         order by segment.preference limit 1) as calibrated_{{ loop.index }}
+        map_{{ loop.index }}.xs as xs_{{ loop.index }},
+        map_{{ loop.index }}.ys as ys_{{ loop.index }},
+        map_{{ loop.index }}.points as points_{{ loop.index }},
+        width_bucket(scored.probability_{{ loop.index }}, map_{{ loop.index }}.xs) as bucket_{{ loop.index }}
         {%- endfor %}
     from scored
     inner join batches on batches.batch_date = scored.batch_date
+    {%- for class_name, column in classes.items() %}
+    inner join maps as map_{{ loop.index }}
+        on map_{{ loop.index }}.reference_version = batches.reference_version
+        and map_{{ loop.index }}.class_name = {{ modelwatch.performance_text_literal(class_name) }}
+    {%- endfor %}
+),
+
+mapped as (
+    select
+        located.*
+        {%- for class_name, column in classes.items() %}
+        {%- set i = loop.index %},
+        case
+            when bucket_{{ i }} = 0 then ys_{{ i }}[1]
+            when bucket_{{ i }} >= points_{{ i }} then ys_{{ i }}[points_{{ i }}]
+            else ys_{{ i }}[bucket_{{ i }}] + (probability_{{ i }} - xs_{{ i }}[bucket_{{ i }}])
+                * (ys_{{ i }}[bucket_{{ i }} + 1] - ys_{{ i }}[bucket_{{ i }}])
+                / (xs_{{ i }}[bucket_{{ i }} + 1] - xs_{{ i }}[bucket_{{ i }}])
+        end as calibrated_{{ i }}
+        {%- endfor %}
+    from located
 ),
 
 {#- one row per batch row and class; a multiclass model's calibrated probabilities rescaled to
