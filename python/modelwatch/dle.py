@@ -49,9 +49,19 @@ class LossModel:
     def estimate(self, frame: pd.DataFrame) -> dict[str, float]:
         """Estimated mae and rmse of the frame's rows (losses below zero are no loss)."""
         inputs = self.inputs(frame)
-        absolute = np.clip(self.absolute.predict(inputs), 0, None)
-        squared = np.clip(self.squared.predict(inputs), 0, None)
+        with one_thread():
+            absolute = np.clip(self.absolute.predict(inputs), 0, None)
+            squared = np.clip(self.squared.predict(inputs), 0, None)
         return {"mae": float(absolute.mean()), "rmse": float(np.sqrt(squared.mean()))}
+
+
+def one_thread() -> Any:
+    """OpenMP on one thread: at a reference's and a batch's sizes the trees gain little from more,
+    and beside dbt, PostgreSQL and the run itself more threads oversubscribe the cores (a fit
+    several times slower)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="openmp")
 
 
 def fit(frame: pd.DataFrame, monitor: Monitor) -> LossModel:
@@ -69,8 +79,9 @@ def fit(frame: pd.DataFrame, monitor: Monitor) -> LossModel:
         # would hold out a random tenth of the reference)
         return HistGradientBoostingRegressor(categorical_features=mask, early_stopping=False, random_state=SEED)
 
-    model.absolute = regressor().fit(inputs, np.abs(error))
-    model.squared = regressor().fit(inputs, error ** 2)
+    with one_thread():
+        model.absolute = regressor().fit(inputs, np.abs(error))
+        model.squared = regressor().fit(inputs, error ** 2)
     return model
 
 
