@@ -28,7 +28,7 @@ import common  # noqa: E402
 from common import Figure, log  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
-ORDER = ("ingest", "backfill", "history", "panels", "big_batch", "wide")
+ORDER = ("ingest", "backfill", "history", "panels", "big_batch", "wide", "estimation")
 
 
 def table(figures: list[Figure]) -> str:
@@ -60,15 +60,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
 
     import bench_backfill
+    import bench_estimation
     import bench_big_batch
     import bench_history
     import bench_ingest
     import bench_panels
     import bench_wide
 
-    repeats = {"ingest": 5, "backfill": 3, "history": 7, "panels": 10, "big_batch": 2, "wide": 3}
+    # estimation: NannyML alone takes minutes per repetition (it is the baseline, not modelwatch)
+    repeats = {"ingest": 5, "backfill": 3, "history": 7, "panels": 10, "big_batch": 2, "wide": 3, "estimation": 1}
     if args.quick:
-        repeats = {name: 2 for name in repeats}
+        repeats = {name: 2 for name in repeats} | {"estimation": 1}
         bench_big_batch.ROWS = 300_000
         bench_history.HISTORY_DAYS = 62
         bench_wide.ROWS = bench_wide.REFERENCE_ROWS = 5_000
@@ -105,10 +107,15 @@ def main(argv: list[str] | None = None) -> int:
             clock = time.perf_counter()
             figures.extend(bench_wide.run(srv, repeats["wide"]))
             seconds["wide"] = time.perf_counter() - clock
+        if "estimation" in chosen:
+            clock = time.perf_counter()
+            figures.extend(bench_estimation.run(srv, repeats["estimation"]))
+            seconds["estimation"] = time.perf_counter() - clock
 
     order = {key: i for i, key in enumerate(("ingest_vs_copy", "backfill_vs_course_loop", "history_365_vs_0",
                                               "big_batch_vs_copy", "big_batch_peak_mb", "wide_batch_vs_copy",
-                                              "wide_columns_200_vs_20", "panel_query_max_ms"))}
+                                              "wide_columns_200_vs_20", "panel_query_max_ms",
+                                              "estimate_error_vs_nannyml", "estimate_seconds_vs_nannyml"))}
     figures.sort(key=lambda figure: order.get(figure.key, len(order)))
     total = time.perf_counter() - started
     payload = {figure.key: figure.value.median for figure in figures}

@@ -14,4 +14,4 @@
     + ((m.get('derived') or {}).keys() | list)
     + modelwatch.columns_named_in(m, m.get('performance_where'))) -%}
 
-{{ modelwatch.monitor_rows(m, modelwatch.rows_relation(m), 'batch_date', modelwatch.in_batch_range('batch_date'), columns) }}
+{{ modelwatch.monitor_rows(m, modelwatch.labelled_rows_relation(m), 'batch_date', modelwatch.in_batch_range('batch_date'), columns) }}

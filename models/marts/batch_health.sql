@@ -26,6 +26,15 @@ test_counts as (
         max(executed_at) as tested_at
     from latest_tests
     group by batch_date
+),
+
+{#- int_batch_rows holds the batches this build covers, with their late labels (macros/labels.sql) -#}
+labels as (
+    select
+        batch_date,
+        cast(count({{ modelwatch.monitor().target }}) as {{ dbt.type_float() }}) / nullif(count(*), 0) as label_coverage
+    from {{ ref('int_batch_rows') }}
+    group by batch_date
 )
 
 select
@@ -47,6 +56,8 @@ select
     test_counts.failing_tests,
     batches.model_version,
     batches.reference_version,
-    test_counts.tested_at
+    test_counts.tested_at,
+    coalesce(labels.label_coverage, 0) as label_coverage
 from batches
 left join test_counts on test_counts.batch_date = batches.batch_date
+left join labels on labels.batch_date = batches.batch_date

@@ -313,6 +313,23 @@ def backfill(file: Path, start: date | None, end: date | None, force: bool, pace
     _finish_range(outcome, as_json=as_json)
 
 
+@main.command()
+@click.option("--file", "file", required=True, type=click.Path(path_type=Path),
+              help="File (parquet or CSV) with the monitor's id and target columns, rows of any batches.")
+@MONITOR_OPTION
+@handle_errors
+def labels(file: Path, monitor: str | None) -> None:
+    """Store late labels for rows already loaded and rebuild the marts of the batches they touch."""
+    from .labels import store_labels
+
+    outcome = store_labels(settings(), monitor, file)
+    console.print(f"monitor {outcome.monitor}: {outcome.labelled:,} labels stored from {outcome.file.name}, "
+                  f"{len(outcome.batches)} batches rebuilt", soft_wrap=True, highlight=False)
+    if outcome.unknown_ids:
+        console.print(f"{outcome.unknown_ids:,} ids are in no loaded batch: not loaded", soft_wrap=True,
+                      highlight=False)
+
+
 @main.command(name="status")
 @click.option("--limit", default=30, show_default=True, type=click.IntRange(min=0),
               help="How many recent batches.")

@@ -449,6 +449,7 @@ def score_batches(settings: Settings, conn: psycopg.Connection, monitor: Monitor
     columns = monitored_columns(monitor)
     api = evidently_api()
     references = {} if references is None else references
+    loss_models: dict = {}  # DLE's, for a regression monitor (modelwatch.dle)
     results: list[BatchDrift] = []
     for day in days:
         version = batch_reference_version(conn, monitor, day)
@@ -462,5 +463,9 @@ def score_batches(settings: Settings, conn: psycopg.Connection, monitor: Monitor
         drift = score_batch(api, monitor.name, day, version, references[key], current, columns, options,
                             started=clock)
         store(conn, drift, options.sample_seed)
+        if monitor.task == "regression":  # DLE's per-batch half: a model, so here rather than in SQL
+            from . import dle
+
+            dle.estimate_batch(conn, monitor, day, version, loss_models)
         results.append(drift)
     return results

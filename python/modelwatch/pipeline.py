@@ -22,7 +22,7 @@ from typing import Any
 
 import psycopg
 
-from . import db, drift_worker, load, publish, results, schema, transform
+from . import db, drift_worker, estimation, load, publish, results, schema, transform
 from .config import Settings
 from .errors import InputError, ModelwatchError, UsageError
 from .monitors import Monitor
@@ -155,7 +155,8 @@ def train(settings: Settings, reference: Path | str, monitor_name: str | None = 
     reference_rows = load.main_period_rows(file.table, monitor)
     with db.connect(url) as conn, conn.transaction():
         module.save(conn, monitor.name, trained, file)
-        load.save_reference(conn, monitor, file, reference_rows, trained)
+        version, _ = load.save_reference(conn, monitor, file, reference_rows, trained)
+        estimation.fit_reference(conn, monitor, version)
     settings.models_dir.mkdir(parents=True, exist_ok=True)
     (settings.models_dir / f"{trained.version}.pkl").write_bytes(trained.artifact)
     _bin_references(settings, url, monitor)
@@ -186,6 +187,7 @@ def reference(settings: Settings, monitor_name: str | None, file: Path | str) ->
         trained = module.load_latest(conn, monitor.name) if module else None
         with conn.transaction():
             version, rows = load.save_reference(conn, monitor, read, read.table, trained)
+            estimation.fit_reference(conn, monitor, version)  # what estimation needs: once per reference
     _bin_references(settings, url, monitor)
     return StoredReference(monitor.name, version, rows, read.path, read.coercions)
 
@@ -313,6 +315,9 @@ def run_range(
         if reference_version is None:
             raise UsageError(f"monitor {monitor.name} has no reference set: store one with `modelwatch reference "
                              f"--monitor {monitor.name} --file FILE`" + (" (or `modelwatch train`)" if module else ""))
+        if not estimation.fitted(conn, monitor, reference_version):  # a reference stored before schema 3
+            with conn.transaction():
+                estimation.fit_reference(conn, monitor, reference_version)
         for batch in batches:  # in order, so two ranges never deadlock on their locks
             stack.enter_context(db.batch_lock(conn, monitor.name, batch.start))
         # Before the locks go: a failing range stops the worker, so it writes no drift for batches others may take.

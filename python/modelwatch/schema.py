@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import psycopg
 from psycopg import sql
 
-from . import migrations, publish, views
+from . import estimation, migrations, publish, views
 from .db import BUILD_LOCK_KEY, LOCK_CLASS
 from .errors import UsageError
 from .monitors import Monitor
@@ -29,8 +29,9 @@ from .roles import (
 )
 
 # The version of the schema this modelwatch writes; a database records the one it holds.
-# 1: one monitor, its rows and predictions in two fixed tables (modelwatch.migrations); 2: declared monitors.
-SCHEMA_VERSION = 2
+# 1: one monitor, its rows and predictions in two fixed tables (modelwatch.migrations); 2: declared monitors;
+# 3: late labels (raw.<monitor>__labels) and what performance estimation fits on a reference.
+SCHEMA_VERSION = 3
 
 SHARED_DDL = """
 create table if not exists raw.schema_version (
@@ -156,7 +157,23 @@ def monitor_tables(monitor: Monitor) -> list[sql.Composable]:
             reference, columns),
         sql.SQL("create index if not exists {} on {} (reference_version)").format(
             sql.Identifier(f"{monitor.reference_table}_version"), reference),
+        *labels_ddl(monitor),
     ]
+
+
+def labels_table(monitor: Monitor) -> str:
+    """raw.<this> holds the monitor's late labels."""
+    return f"{monitor.name}__labels"
+
+
+def labels_ddl(monitor: Monitor) -> list[sql.Composable]:
+    """The monitor's labels table: one label per row id (re-labelling replaces), apart from its rows
+    so that a re-run of a batch keeps them. (Version 3; `init` adds it to an older database.)"""
+    return [sql.SQL(
+        "create table if not exists {} (\n    {} {} primary key,\n    {} {},\n"
+        "    labelled_at timestamptz not null default now()\n)").format(
+        sql.Identifier("raw", labels_table(monitor)), sql.Identifier(monitor.id), sql.SQL(monitor.id_type),
+        sql.Identifier(monitor.target), sql.SQL(monitor.column_type(monitor.target)))]
 
 
 def add_declared_columns(conn: psycopg.Connection, monitor: Monitor) -> list[str]:
@@ -222,8 +239,11 @@ def _version_message(version: int) -> str:
     if version > SCHEMA_VERSION:
         return (f"the database holds schema version {version}, newer than this modelwatch's "
                 f"({SCHEMA_VERSION}): upgrade modelwatch")
-    return ("the database holds the schema of an older modelwatch (version 1): run `modelwatch init` to "
-            "migrate it (its batches become monitor nyc_taxi's)")
+    if version == 1:
+        return ("the database holds the schema of an older modelwatch (version 1): run `modelwatch init` to "
+                "migrate it (its batches become monitor nyc_taxi's)")
+    return (f"the database holds the schema of an older modelwatch (version {version}): run `modelwatch init` "
+            "to upgrade it (it adds tables, nothing is lost)")
 
 
 def init_schema(conn: psycopg.Connection, monitors: Iterable[Monitor], reader_password: str | None,
@@ -256,6 +276,7 @@ def init_schema(conn: psycopg.Connection, monitors: Iterable[Monitor], reader_pa
             if version == 1:
                 migrations.set_aside_v1(conn)
             conn.execute(SHARED_DDL)
+            conn.execute(estimation.DDL)
             for monitor in monitors:
                 for statement in monitor_tables(monitor):
                     conn.execute(statement)

@@ -71,6 +71,7 @@ EXPECTED: dict[str, dict[str, tuple[int, list[str]]]] = {
         "Median of each numeric column": (28 * 6, ["p50"]),  # 4 numeric features, prediction, target
         "Missing share per column": (28 * 8, ["missing_share"]),  # 8 profiled columns
         "Latest failing tests": (0, ["failures"]),  # every demo batch passed; see the replay tests
+        "Estimated and realised performance": (0, ["value"]),  # the taxi's target is derived: not estimated
     },
     "modelwatch-column-detail": {
         "Quantiles of $column": (28, ["p05", "p25", "p50", "p75", "p95", "mean"]),
@@ -243,7 +244,7 @@ def test_alert_rules_reference_what_is_provisioned() -> None:
     rules = [rule for group in document["groups"] for rule in group["rules"]]
     assert [rule["uid"] for rule in rules] == [
         "modelwatch-dataset-drift-share", "modelwatch-batch-gate-failed", "modelwatch-mae-vs-trailing-median",
-        "modelwatch-score-vs-trailing-median", "modelwatch-monitor-stale"]
+        "modelwatch-score-vs-trailing-median", "modelwatch-estimated-performance-drop", "modelwatch-monitor-stale"]
     for rule in rules:
         ref_ids = {step["refId"] for step in rule["data"]}
         assert rule["condition"] in ref_ids
@@ -267,7 +268,7 @@ def test_alert_rules_reference_what_is_provisioned() -> None:
     parsed = grafana.alert_rules()
     assert [(rule.reducer, rule.threshold_type, rule.threshold) for rule in parsed] == [
         ("last", "gt", (0.5,)), ("last", "gt", (0.0,)), ("last", "gt", (1.2,)), ("last", "lt", (0.8,)),
-        ("last", "gt", (1.0,))]
+        ("last", "lt", (0.0,)), ("last", "gt", (1.0,))]
     for rule in parsed:  # alert rules have no dashboard variables: every monitor in one query
         assert "$monitor" not in rule.raw_sql
         assert ("AS batch" in rule.raw_sql) == (rule.uid != "modelwatch-monitor-stale")  # freshness: per monitor
@@ -570,7 +571,7 @@ def test_every_query_reads_marts_only(reader: psycopg.Connection, now: datetime)
         read |= relations
     assert {table for _, table in read} == {  # published_batches: row-level security, the batches readers see
         "batch_health", "model_performance", "column_quality", "test_results", "feature_drift", "dataset_drift",
-        "batch_checks", "daily_trips", "published_batches", "monitor_freshness"}
+        "batch_checks", "daily_trips", "published_batches", "estimated_performance", "monitor_freshness"}
 
 
 def test_all_queries_once_per_variable_value(reader: psycopg.Connection, demo_settings: Settings) -> None:

@@ -29,14 +29,17 @@ from modelwatch.errors import DatabaseError, UsageError
 from .conftest import FEBRUARY, JANUARY, TAXI, scratch_name, trained_database
 
 DAY = date(2023, 2, 14)
-# The tables every monitor shares; each declared monitor adds raw.<monitor>__rows and raw.<monitor>__reference.
+# The tables every monitor shares; each declared monitor adds raw.<monitor>__rows, raw.<monitor>__reference
+# and raw.<monitor>__labels.
 SHARED_RAW_TABLES = {"schema_version", "batches", "references", "models", "dbt_test_runs", "drift_scores",
-                     "drift_datasets", "dbt_views"}
+                     "drift_datasets", "dbt_views", "calibration_maps", "estimation_thresholds", "loss_models",
+                     "estimated_losses"}
 
 
 def _raw_tables(settings: Settings) -> set[str]:
     return SHARED_RAW_TABLES | {table for monitor in settings.monitors
-                                for table in (monitor.rows_table, monitor.reference_table)}
+                                for table in (monitor.rows_table, monitor.reference_table,
+                                              schema.labels_table(monitor))}
 
 
 def _owners(url: str) -> dict[tuple[str, str], int]:

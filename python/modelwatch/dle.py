@@ -1,0 +1,116 @@
+"""Direct loss estimation (DLE) for a regression monitor: models of each row's absolute and
+squared error, from its features and prediction, fitted on the reference set (as NannyML's
+DLE does with LightGBM; here scikit-learn's histogram gradient boosting, which has the same
+kind of trees and needs no further dependency), applied to each batch by the drift step.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import psycopg
+from psycopg import sql
+from sklearn.ensemble import HistGradientBoostingRegressor
+
+from .monitors import Monitor
+
+ALGORITHM = "sklearn.HistGradientBoostingRegressor"
+SEED = 42
+
+
+@dataclass
+class LossModel:
+    """The two fitted loss models and how a frame's columns become their inputs."""
+
+    features: tuple[str, ...]
+    categorical: tuple[str, ...]
+    categories: dict[str, list[str]]
+    absolute: Any
+    squared: Any
+    algorithm: str = ALGORITHM
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def inputs(self, frame: pd.DataFrame) -> np.ndarray:
+        """Numbers as they are; a category as its code in the reference's categories (unseen: missing)."""
+        columns = []
+        for name in self.features:
+            if name in self.categorical:
+                codes = pd.Categorical(frame[name].astype("string"), categories=self.categories[name]).codes
+                columns.append(np.where(codes < 0, np.nan, codes).astype(float))
+            else:
+                columns.append(pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float))
+        return np.column_stack(columns)
+
+    def estimate(self, frame: pd.DataFrame) -> dict[str, float]:
+        """Estimated mae and rmse of the frame's rows (losses below zero are no loss)."""
+        inputs = self.inputs(frame)
+        with one_thread():
+            absolute = np.clip(self.absolute.predict(inputs), 0, None)
+            squared = np.clip(self.squared.predict(inputs), 0, None)
+        return {"mae": float(absolute.mean()), "rmse": float(np.sqrt(squared.mean()))}
+
+
+def one_thread() -> Any:
+    """OpenMP on one thread: at a reference's and a batch's sizes the trees gain little from more,
+    and beside dbt, PostgreSQL and the run itself more threads oversubscribe the cores (a fit
+    several times slower)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="openmp")
+
+
+def fit(frame: pd.DataFrame, monitor: Monitor) -> LossModel:
+    """Fit on the reference set's labelled rows."""
+    categorical = tuple(monitor.categorical_columns)
+    features = tuple(dict.fromkeys(monitor.features + (monitor.prediction,)))
+    categories = {name: sorted(frame[name].dropna().astype(str).unique().tolist()) for name in categorical}
+    model = LossModel(features, tuple(name for name in features if name in categorical), categories, None, None)
+    inputs = model.inputs(frame)
+    error = frame[monitor.prediction].astype(float).to_numpy() - frame[monitor.target].astype(float).to_numpy()
+    mask = [name in model.categorical for name in features]
+
+    def regressor() -> HistGradientBoostingRegressor:
+        # LightGBM's defaults as NannyML uses them: 100 trees of 31 leaves, no early stopping (which
+        # would hold out a random tenth of the reference)
+        return HistGradientBoostingRegressor(categorical_features=mask, early_stopping=False, random_state=SEED)
+
+    with one_thread():
+        model.absolute = regressor().fit(inputs, np.abs(error))
+        model.squared = regressor().fit(inputs, error ** 2)
+    return model
+
+
+def load_model(conn: psycopg.Connection, monitor: str, version: str | None) -> LossModel | None:
+    row = conn.execute("select artifact from raw.loss_models where monitor = %s and reference_version = %s",
+                       (monitor, version)).fetchone()
+    return pickle.loads(row[0]) if row else None  # noqa: S301 - written by modelwatch itself
+
+
+def estimate_batch(conn: psycopg.Connection, monitor: Monitor, batch_date: date, version: str | None,
+                   models: dict[tuple[str, str | None], LossModel | None]) -> None:
+    """Estimate the batch's mae and rmse with its reference's loss models and store them in
+    raw.estimated_losses (replacing earlier estimates of the batch). `models`: kept by the caller."""
+    key = (monitor.name, version)
+    if key not in models:
+        models[key] = load_model(conn, monitor.name, version)
+    model = models[key]
+    with conn.transaction():
+        conn.execute("delete from raw.estimated_losses where monitor = %s and batch_date = %s",
+                     (monitor.name, batch_date))
+        if model is None:  # a reference without targets: nothing to estimate with
+            return
+        cursor = conn.execute(sql.SQL("select {} from {} where batch_date = %s").format(
+            sql.SQL(", ").join(sql.Identifier(name) for name in model.features),
+            sql.Identifier("raw", monitor.rows_table)), (batch_date,))
+        frame = pd.DataFrame(cursor.fetchall(), columns=list(model.features))
+        if frame.empty:
+            return
+        for metric, value in model.estimate(frame).items():
+            conn.execute("insert into raw.estimated_losses (monitor, batch_date, reference_version, metric,"
+                         " estimated_value, n) values (%s, %s, %s, %s, %s, %s)",
+                         (monitor.name, batch_date, version, metric, value, len(frame)))
