@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import db, embedded, pipeline, schema, status
+from . import db, embedded, outage, pipeline, schema, status
 from .config import Settings
 from .errors import ModelwatchError
 
@@ -219,8 +219,10 @@ def status_command(limit: int, monitor: str | None) -> None:
     """The monitor's recent batches."""
     current = settings()
     name = current.monitor(monitor).name
-    with db.connect(db.database_url(current)) as conn:
+    url = db.database_url(current)
+    with db.connect(url) as conn:
         schema.check_version(conn)
+        outage.record_noted(current, conn, url)  # batches a lost server left unmarked
         rows = status.recent_batches(conn, name, limit)
     table = Table("batch", "status", "rows loaded", "rows in file", "file", "seconds", "error")
     for row in rows:
