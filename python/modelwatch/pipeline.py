@@ -373,7 +373,8 @@ def _fail(settings: Settings, conn: psycopg.Connection, url: str, monitor: Monit
         message = outage.server_stopped(settings, url, exc, what)
         outage.note(settings, url, monitor.name, days, message)
         raise DatabaseError(message) from exc
-    first = outage.cause(settings, url, exc)
+    # A refused input is the file's fault, whatever the disk holds.
+    first = "" if isinstance(exc, UsageError) else outage.cause(settings, url, exc)
     if first:
         message = f"{first} ({what}: {' '.join(str(exc).split())})"
         _mark_all(conn, monitor, batches, "error", message)

@@ -221,7 +221,9 @@ def _mended_and_rerun(home: Path, labelled: Path, url: str, expected_error_start
     assert _published(url, "car_price") == [GOOD_DAY, DAY]
 
 
-def test_server_killed_during_the_build(embedded_home: Path) -> None:
+@pytest.mark.parametrize("how", ["killed", "stopped"])
+def test_server_lost_during_the_build(embedded_home: Path, how: str) -> None:
+    """SIGKILL to every process of the server, or `modelwatch db stop`, while dbt builds."""
     labelled = _car_price_file(embedded_home)
     settings = Settings(home=embedded_home)
     _prepare(settings, labelled)
@@ -233,9 +235,13 @@ def test_server_killed_during_the_build(embedded_home: Path) -> None:
                    "--file", str(labelled))
     _wait_for_status(url, "building", process)
     time.sleep(1.0)  # into dbt build
-    for pid in _server_processes(embedded_home / "pgdata"):
-        with suppress(ProcessLookupError):  # a child may end with its parent
-            os.kill(pid, signal.SIGKILL)
+    if how == "killed":
+        for pid in _server_processes(embedded_home / "pgdata"):
+            with suppress(ProcessLookupError):  # a child may end with its parent
+                os.kill(pid, signal.SIGKILL)
+    else:
+        code, output = _run(embedded_home, "db", "stop")
+        assert code == 0, output
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 3, output
     line = _error_line(output)
