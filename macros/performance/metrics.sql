@@ -6,7 +6,8 @@
   does not change meaning between a notebook and the monitoring tables.
 
   A row is evaluated when its target and prediction are not null (numbers:
-  finite, as NaN and Infinity fit in float8 but are not measurements); the
+  finite, as NaN and Infinity fit in float8 but are not measurements, and of
+  a magnitude an aggregate can hold: is_finite); the
   probability metrics also need a finite probability. Every metric of a task
   is read off one aggregate (per group; per group and probability; per group
   and confusion cell), so `relation` is scanned once whatever the number of
@@ -15,19 +16,35 @@
   rows here.
 -#}
 
-{#- True when `expression` (cast to float) is a finite number: false for null, NaN, +-Infinity. -#}
+{#-
+  True when `expression` (cast to float) is a number the aggregates can hold: false for
+  null, NaN, +-Infinity, and for a magnitude above finite_limit(), whose square (in a
+  variance, a squared error) or sum over many rows would overflow float8, which
+  PostgreSQL raises as an error rather than rounding to Infinity.
+-#}
 {% macro is_finite(expression) -%}
     {{ return(adapter.dispatch('is_finite', 'modelwatch')(expression)) }}
 {%- endmacro %}
 
-{#- IEEE arithmetic: x - x is 0 for finite x, NaN for NaN and +-Infinity (and NaN = 0 is false). -#}
-{% macro default__is_finite(expression) -%}
-    ({{ expression }} - {{ expression }} = 0)
+{#- The largest magnitude counted as a measurement: far beyond any real column, and small
+    enough that a sum of squares of billions of such values stays finite. -#}
+{% macro finite_limit() -%}
+    {{ return('1e100') }}
 {%- endmacro %}
 
-{#- PostgreSQL spells them as float8 literals (and orders NaN above everything, equal to itself). -#}
+{#- IEEE arithmetic: every comparison with NaN is false. -#}
+{% macro default__is_finite(expression) -%}
+    (abs({{ expression }}) <= {{ modelwatch.finite_limit() }})
+{%- endmacro %}
+
+{#- PostgreSQL orders NaN above everything (Infinity included): outside any range. -#}
 {% macro postgres__is_finite(expression) -%}
-    ({{ expression }} not in (cast('NaN' as float8), cast('Infinity' as float8), cast('-Infinity' as float8)))
+    ({{ expression }} between cast('-{{ modelwatch.finite_limit() }}' as float8) and cast('{{ modelwatch.finite_limit() }}' as float8))
+{%- endmacro %}
+
+{#- True when `expression` holds a value that is not null and not is_finite: what non_finite_share counts. -#}
+{% macro is_non_finite(expression) -%}
+    ({{ expression }} is not null and not {{ modelwatch.is_finite(expression) }})
 {%- endmacro %}
 
 {#- A text literal, quotes doubled: a class label is configuration, any text must be safe in it. -#}

@@ -50,7 +50,9 @@ deciles as (
         reference_version,
         cast('{{ column }}' as {{ dbt.type_string() }}) as column_name,
         {% for decile in range(1, 10) -%}
-        percentile_disc({{ decile / 10 }}) within group (order by {{ column }}) as d{{ decile }}{{ ',' if not loop.last }}
+        {#- a non-finite value is no edge: it sorts beyond every number #}
+        percentile_disc({{ decile / 10 }}) within group (order by {{ column }})
+            filter (where {{ modelwatch.is_finite(column) }}) as d{{ decile }}{{ ',' if not loop.last }}
         {% endfor -%}
     from reference
     group by reference_version

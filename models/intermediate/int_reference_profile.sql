@@ -23,8 +23,8 @@ select
     cast('{{ m.name }}' as {{ dbt.type_string() }}) as monitor,
     reference_version,
     cast(column_name as {{ dbt.type_string() }}) as column_name,
-    cast(min(value) as {{ dbt.type_float() }}) as min_value,
-    cast(max(value) as {{ dbt.type_float() }}) as max_value,
+    cast(min(value) filter (where {{ modelwatch.is_finite('value') }}) as {{ dbt.type_float() }}) as min_value,
+    cast(max(value) filter (where {{ modelwatch.is_finite('value') }}) as {{ dbt.type_float() }}) as max_value,
     cast(null as {{ dbt.type_string() }}) as category,
     cast('{{ profiled }}' as {{ dbt.type_string() }}) as profiled
 from counts

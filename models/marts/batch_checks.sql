@@ -11,6 +11,8 @@
 {%- set custom = m.get('checks') or {} -%}
 {%- set features = modelwatch.feature_columns(m) -%}
 {%- set probabilities = modelwatch.probability_columns(m) -%}
+{#- Every column profiled as a number, the target included: a NaN label is no label. -#}
+{%- set numeric_columns = modelwatch.numeric_columns(m) -%}
 {%- set numeric_types = ['double precision', 'real', 'numeric', 'bigint', 'integer', 'smallint'] -%}
 {#- Every monitor's lookups are refs at parse time, so that dbt knows what this model reads. #}
 {% for declared in var('monitors', {}).values() -%}
@@ -38,6 +40,9 @@ batches as (
 {%- set shares = {} -%}
 {%- for column in features + [m.timestamp, m.prediction] + probabilities -%}
     {%- do shares.update({'missing_share__' ~ column: column ~ ' is null'}) -%}
+{%- endfor -%}
+{%- for column in numeric_columns -%}
+    {%- do shares.update({'non_finite_share__' ~ column: modelwatch.is_non_finite(column)}) -%}
 {%- endfor -%}
 {%- for column in probabilities -%}
     {%- do shares.update({'probability_out_of_range_share__' ~ column: column ~ ' < 0 or ' ~ column ~ ' > 1'}) -%}
@@ -117,7 +122,7 @@ reference_checks as (
         counts.column_name,
         cast(coalesce(sum(counts.row_count) filter (
             where (counts.category is not null and seen.category is null)
-               or (counts.value is not null and (counts.value < reference_range.min_value
+               or ({{ modelwatch.is_finite('counts.value') }} and (counts.value < reference_range.min_value
                                                  or counts.value > reference_range.max_value))
         ), 0) as {{ dbt.type_float() }}) / nullif(sum(counts.row_count), 0) as share_outside_reference
     from {{ ref('int_value_counts') }} as counts
@@ -169,6 +174,10 @@ checks as (
     {%- for column in features + [m.timestamp, m.prediction] + probabilities %}
     union all
     {{ modelwatch.contract_check(m, 'missing_share', 'missing_share__' ~ column, 'per_batch', column) }}
+    {%- endfor %}
+    {%- for column in numeric_columns %}
+    union all
+    {{ modelwatch.contract_check(m, 'non_finite_share', 'non_finite_share__' ~ column, 'per_batch', column) }}
     {%- endfor %}
     {%- for column in probabilities %}
     union all

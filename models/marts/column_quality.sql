@@ -5,6 +5,9 @@
   rows: the quantiles come from cumulative counts (macros/value_counts.sql,
   equal to percentile_cont's), the mean and standard deviation from
   value x count sums, so no column of a 3-million-row batch is sorted.
+  A non-finite number (NaN, +-Infinity, or beyond the magnitude aggregates can
+  hold: modelwatch.is_finite) is counted in non_finite_count and enters no other
+  figure: the distribution is that of the finite values.
 -#}
 {%- set m = modelwatch.monitor() -%}
 {%- set numeric_columns = modelwatch.numeric_columns(m) -%}
@@ -28,10 +31,12 @@ numeric_profile as (
         column_name,
         cast(sum(row_count) as bigint) as row_count,
         cast(coalesce(sum(row_count) filter (where value is null), 0) as bigint) as missing_count,
-        cast(sum(row_count) filter (where value is not null) as bigint) as present_count,
-        min(value) as min_value,
-        max(value) as max_value,
-        sum(value * row_count) / cast(sum(row_count) filter (where value is not null) as {{ float }}) as mean_value
+        cast(coalesce(sum(row_count) filter (where {{ modelwatch.is_non_finite('value') }}), 0) as bigint) as non_finite_count,
+        cast(sum(row_count) filter (where {{ modelwatch.is_finite('value') }}) as bigint) as present_count,
+        min(value) filter (where {{ modelwatch.is_finite('value') }}) as min_value,
+        max(value) filter (where {{ modelwatch.is_finite('value') }}) as max_value,
+        sum(value * row_count) filter (where {{ modelwatch.is_finite('value') }})
+            / cast(sum(row_count) filter (where {{ modelwatch.is_finite('value') }}) as {{ float }}) as mean_value
     from numeric_counts
     group by batch_date, column_name
 ),
@@ -49,12 +54,16 @@ numeric_spread as (
     inner join numeric_profile
         on numeric_profile.batch_date = numeric_counts.batch_date
         and numeric_profile.column_name = numeric_counts.column_name
-    where numeric_counts.value is not null
+    where {{ modelwatch.is_finite('numeric_counts.value') }}
     group by numeric_counts.batch_date, numeric_counts.column_name
 ),
 
+finite_counts as (
+    select * from numeric_counts where {{ modelwatch.is_finite('value') }}
+),
+
 numeric_quantiles as (
-    {{ modelwatch.percentiles_from_counts('numeric_counts', ['batch_date', 'column_name'], quantiles) }}
+    {{ modelwatch.percentiles_from_counts('finite_counts', ['batch_date', 'column_name'], quantiles) }}
 ){%- if categorical_columns %},
 
 categorical_profile as (
@@ -87,7 +96,9 @@ select
     cast(numeric_profile.mean_value as {{ float }}) as mean_value,
     cast(numeric_spread.stddev_value as {{ float }}) as stddev_value,
     cast(null as bigint) as distinct_count,
-    cast(null as {{ float }}) as top_value_share
+    cast(null as {{ float }}) as top_value_share,
+    numeric_profile.non_finite_count,
+    cast(numeric_profile.non_finite_count as {{ float }}) / nullif(numeric_profile.row_count, 0) as non_finite_share
 from numeric_profile
 left join numeric_quantiles
     on numeric_quantiles.batch_date = numeric_profile.batch_date
@@ -110,6 +121,8 @@ select
     cast(null as {{ float }}) as {{ name }},
     {% endfor -%}
     distinct_count,
-    top_value_share
+    top_value_share,
+    cast(null as bigint) as non_finite_count,
+    cast(null as {{ float }}) as non_finite_share
 from categorical_profile
 {% endif %}

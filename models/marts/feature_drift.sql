@@ -8,7 +8,9 @@
   - source 'sql_psi': the population stability index computed here, against
     the reference bins of the batch's reference set (int_reference_bins):
     PSI = sum over bins of (current - reference) * ln(current / reference),
-    shares over all rows (the null bin included), an empty bin's share counted
+    shares over the rows the column holds a null or a finite number in (a
+    non-finite one is counted by the contract's non_finite_share, never
+    binned), an empty bin's share counted
     as vars.drift.psi_epsilon; drifted when PSI >= vars.drift.psi_threshold.
 -#}
 {{ config(tags=['gated']) }}
@@ -43,6 +45,7 @@ current_counts as (
     from {{ ref('int_value_counts') }} as counts
     inner join batches on batches.batch_date = counts.batch_date
     where counts.column_name in ('{{ (modelwatch.drift_numeric_columns() + modelwatch.drift_categorical_columns()) | join("', '") }}')
+      and not {{ modelwatch.is_non_finite('counts.value') }}
 ),
 
 bins as (
@@ -59,11 +62,11 @@ bin_counts as materialized (
     {{ modelwatch.psi_bin_counts('current_counts', 'bins', ['batch_date', 'reference_version']) }}
 ),
 
+{#- Per column: the batch's rows less those whose value is non-finite. -#}
 batch_rows as (
-    select batch_date, sum(row_count) as row_count
+    select batch_date, column_name, sum(row_count) as row_count
     from current_counts
-    where column_name = '{{ m.prediction }}'  -- every column's counts add up to the batch's rows
-    group by batch_date
+    group by batch_date, column_name
 ),
 
 -- every bin of the batch's reference set, with the batch's share in it (0 when empty)
@@ -74,8 +77,8 @@ shares as (
         bins.reference_share,
         cast(coalesce(bin_counts.row_count, 0) as {{ dbt.type_float() }}) / batch_rows.row_count as current_share
     from batches
-    inner join batch_rows on batch_rows.batch_date = batches.batch_date
     inner join bins on bins.reference_version = batches.reference_version
+    inner join batch_rows on batch_rows.batch_date = batches.batch_date and batch_rows.column_name = bins.column_name
     left join bin_counts
         on bin_counts.batch_date = batches.batch_date
         and bin_counts.column_name = bins.column_name

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import __version__, db, embedded, pipeline, schema, status, transform
+from . import __version__, db, embedded, outage, pipeline, schema, status, transform
 from .config import Settings
 from .errors import ModelwatchError, UsageError
 
@@ -342,8 +342,10 @@ def status_command(limit: int, monitor: str | None, as_json: bool) -> None:
     """The monitor's recent batches."""
     current = settings()
     name = current.monitor(monitor).name
-    with db.connect(db.database_url(current)) as conn:
+    url = db.database_url(current)
+    with db.connect(url) as conn:
         schema.check_version(conn)
+        outage.record_noted(current, conn, url)  # batches a lost server left unmarked
         rows = status.recent_batches(conn, name, limit)
         fresh = status.freshness(conn, name)
     if as_json:

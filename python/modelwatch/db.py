@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import date
 
 import psycopg
@@ -123,12 +123,8 @@ def _batch_lock_class(monitor: str) -> int:
 @contextmanager
 def batch_lock(conn: psycopg.Connection, monitor: str, batch_date: date) -> Iterator[None]:
     """Serialise work on one batch of a monitor across processes (a session advisory lock)."""
-    keys = (_batch_lock_class(monitor), batch_date.toordinal())
-    conn.execute("select pg_advisory_lock(%s, %s)", keys)
-    try:
+    with _advisory_lock(conn, (_batch_lock_class(monitor), batch_date.toordinal())):
         yield
-    finally:
-        conn.execute("select pg_advisory_unlock(%s, %s)", keys)
 
 
 LOCK_CLASS = 7_356_001  # arbitrary namespace for modelwatch's advisory locks
@@ -139,11 +135,24 @@ BUILD_LOCK_KEY = 0  # with LOCK_CLASS: the lock that serialises dbt runs
 def build_lock(conn: psycopg.Connection) -> Iterator[None]:
     """Serialise dbt invocations across processes: concurrent builds would race on dbt's
     temporary relation names (the views' when they are re-created, the intermediate tables')."""
-    conn.execute("select pg_advisory_lock(%s, %s)", (LOCK_CLASS, BUILD_LOCK_KEY))
+    with _advisory_lock(conn, (LOCK_CLASS, BUILD_LOCK_KEY)):
+        yield
+
+
+@contextmanager
+def _advisory_lock(conn: psycopg.Connection, keys: tuple[int, int]) -> Iterator[None]:
+    """A session advisory lock held while the block runs. When the block fails, the unlock
+    never replaces its error: on a lost connection the server released the lock with the
+    session, and the block's error is the cause the user needs to read."""
+    conn.execute("select pg_advisory_lock(%s, %s)", keys)
     try:
         yield
-    finally:
-        conn.execute("select pg_advisory_unlock(%s, %s)", (LOCK_CLASS, BUILD_LOCK_KEY))
+    except BaseException:
+        if not (conn.closed or conn.broken):
+            with suppress(psycopg.Error):
+                conn.execute("select pg_advisory_unlock(%s, %s)", keys)
+        raise
+    conn.execute("select pg_advisory_unlock(%s, %s)", keys)
 
 
 def locked_batches(conn: psycopg.Connection, monitor: str) -> set[date]:

@@ -266,10 +266,18 @@ def _row_hash(monitor: Monitor) -> sql.Composable:
     return sql.SQL("{}({}, %s)").format(sql.SQL(function), sql.Identifier(monitor.id))
 
 
+# The magnitude beyond which a number is no measurement, as the marts' modelwatch.is_finite
+# (macros/performance/metrics.sql) has it: the contract counts such values (non_finite_share).
+FINITE_LIMIT = 1e100
+
+
 def _frame(cursor_rows: list[tuple], columns: tuple[MonitoredColumn, ...]) -> pd.DataFrame:
     frame = pd.DataFrame(cursor_rows, columns=[column.name for column in columns])
     for column in columns:
         frame[column.name] = frame[column.name].astype("float64" if column.numeric else "object")
+        if column.numeric:
+            # NaN, +-Infinity and huge values enter no drift test: Evidently sees them as missing
+            frame[column.name] = frame[column.name].where(frame[column.name].abs() <= FINITE_LIMIT)
     return frame
 
 

@@ -452,7 +452,7 @@ def _check_roles(monitor: Monitor, at: str) -> None:
 
 
 BUILT_IN_CHECKS = ("schema_mismatches", "row_count_min", "row_count_vs_trailing_median", "missing_share",
-                   "duplicate_ids", "outside_period_share", "unseen_category_share",
+                   "non_finite_share", "duplicate_ids", "outside_period_share", "unseen_category_share",
                    "out_of_reference_range_share", "probability_out_of_range_share", "probability_sum_off_share")
 SEVERITIES = ("error", "warn")
 

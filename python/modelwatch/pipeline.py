@@ -22,9 +22,9 @@ from typing import Any
 
 import psycopg
 
-from . import db, drift_worker, estimation, load, publish, results, schema, transform
+from . import db, drift_worker, estimation, load, outage, publish, results, schema, transform
 from .config import Settings
-from .errors import InputError, ModelwatchError, UsageError
+from .errors import DatabaseError, InputError, ModelwatchError, UsageError
 from .monitors import Monitor
 from .periods import Batch, batch_of
 from .progress import SILENT, Progress
@@ -84,6 +84,7 @@ def init(settings: Settings) -> str:
     url = db.database_url(settings)
     with db.connect(url, as_pipeline=False) as conn:  # the login's own rights: it manages the roles
         schema.init_schema(conn, monitors, settings.reader_password, settings.pipeline_password)
+        outage.record_noted(settings, conn, url)  # batches a lost server left unmarked
     transform.seed(settings, url)
     with db.connect(url, autocommit=True) as conn, db.build_lock(conn):  # builds re-create views too
         transform.create_views(settings, url, conn)
@@ -310,6 +311,7 @@ def run_range(
         conn = stack.enter_context(db.connect(url, autocommit=True))
         schema.check_version(conn)  # an older database fails here, before anything is loaded
         schema.check_monitor_tables(conn, monitor)
+        outage.record_noted(settings, conn, url)  # batches a lost server left unmarked
         trained = module.load_latest(conn, monitor.name) if module else None
         reference_version = load.latest_reference(conn, monitor)
         if reference_version is None:
@@ -344,8 +346,10 @@ def run_range(
             clock = time.perf_counter()
             load.analyze(conn, monitor)  # fresh statistics for the new batch dates
             warming.join()
-        except ModelwatchError as exc:  # the batches whose rows were replaced; the others keep their log
-            _mark_all(conn, monitor, [batch for batch in batches if batch.start in loaded], "error", str(exc))
+        except (ModelwatchError, psycopg.Error) as exc:
+            # the batches whose rows were replaced are marked; the others keep their log
+            _fail(settings, conn, url, monitor, batches, exc, "loading",
+                  marked=[batch for batch in batches if batch.start in loaded])
             raise
         statuses, failing = build_batches(settings, conn, url, monitor, batches, drift_scored=scorer.wait,
                                           phase=progress.phase)
@@ -384,14 +388,14 @@ def build_batches(settings: Settings, conn: psycopg.Connection, url: str, monito
             statuses = results.record_tests(conn, monitor.name, build, batches, seeds)
             phase("dbt: test_results and batch_health")
             transform.build_run_results(settings, url, monitor.name, first, last)
-    except ModelwatchError as exc:
-        _mark_all(conn, monitor, batches, "error", str(exc))
+        failing = results.failing_checks(conn, monitor.name, first, last)
+        with conn.transaction():
+            for batch in batches:
+                load.mark_batch(conn, batch, statuses[batch.start], "; ".join(failing.get(batch.start, ())) or None)
+            publish.publish(conn, monitor.name, days)
+    except (ModelwatchError, psycopg.Error) as exc:
+        _fail(settings, conn, url, monitor, batches, exc, "building")
         raise
-    failing = results.failing_checks(conn, monitor.name, first, last)
-    with conn.transaction():
-        for batch in batches:
-            load.mark_batch(conn, batch, statuses[batch.start], "; ".join(failing.get(batch.start, ())) or None)
-        publish.publish(conn, monitor.name, days)
     return statuses, failing
 
 
@@ -404,6 +408,29 @@ def _restore_log(conn: psycopg.Connection, batch: Batch, previous: dict[str, Any
                                else type(exc).__name__)
     except psycopg.Error:
         pass
+
+
+def _fail(settings: Settings, conn: psycopg.Connection, url: str, monitor: Monitor, batches: list[Batch],
+          exc: BaseException, step: str, marked: list[Batch] | None = None) -> None:
+    """Record a failed step in the batch log, and raise the error the user reads instead of
+    `exc` when its cause is the server's (stopped, killed, out of disk space). A lost server
+    cannot take the record: it is noted for the next command (modelwatch.outage). `marked`:
+    the batches whose log takes the error (default: all of them)."""
+    marked = batches if marked is None else marked
+    days = [batch.start for batch in batches]
+    what = f"{step} batch{'es' if len(days) > 1 else ''} {min(days)}" + (f"..{max(days)}" if len(days) > 1 else "")
+    if outage.lost(conn):
+        message = outage.server_stopped(settings, url, exc, what)
+        outage.note(settings, url, monitor.name, days, message)
+        raise DatabaseError(message) from exc
+    # A refused input is the file's fault, whatever the disk holds.
+    first = "" if isinstance(exc, UsageError) else outage.cause(settings, url, exc)
+    if first:
+        message = f"{first} ({what}: {' '.join(str(exc).split())})"
+        _mark_all(conn, monitor, marked, "error", message)
+        raise DatabaseError(message) from exc
+    if isinstance(exc, ModelwatchError):
+        _mark_all(conn, monitor, marked, "error", str(exc))
 
 
 def _import_dbt() -> None:

@@ -27,6 +27,7 @@ class BatchRow:
     monitor: str = ""
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    published: bool = True  # whether the marts' readers (Grafana) see the batch
 
     @property
     def failing_checks(self) -> list[str]:
@@ -51,22 +52,32 @@ class BatchRow:
 
 def recent_batches(conn: psycopg.Connection, monitor: str, limit: int = 30) -> list[BatchRow]:
     """The monitor's latest `limit` batches, newest first."""
+    published = "exists (select 1 from marts.published_batches as p where p.monitor = b.monitor" \
+                " and p.batch_date = b.batch_date)" if _has_published(conn) else "true"
     rows = conn.execute(
-        """select batch_date, status, rows_loaded, rows_in_file, file_name, started_at, finished_at, error
-           from raw.batches where monitor = %s order by batch_date desc limit %s""",
+        f"""select batch_date, status, rows_loaded, rows_in_file, file_name, started_at, finished_at, error,
+                   {published}
+           from raw.batches as b where monitor = %s order by batch_date desc limit %s""",
         (monitor, limit),
     ).fetchall()
     busy = locked_batches(conn, monitor)
     return [
-        BatchRow(day, _shown_status(status, day in busy), loaded, in_file, name, _seconds(started, finished), error,
-                 monitor, started, finished)
-        for day, status, loaded, in_file, name, started, finished, error in rows
+        BatchRow(day, _shown_status(status, day in busy, shown), loaded, in_file, name, _seconds(started, finished),
+                 error, monitor, started, finished, shown)
+        for day, status, loaded, in_file, name, started, finished, error, shown in rows
     ]
 
 
-def _shown_status(status: str, locked: bool) -> str:
+def _has_published(conn: psycopg.Connection) -> bool:
+    return conn.execute("select to_regclass('marts.published_batches') is not null").fetchone()[0]
+
+
+def _shown_status(status: str, locked: bool, published: bool) -> str:
     if status in IN_PROGRESS and not locked:
-        return f"interrupted ({status})"
+        return f"interrupted ({status}, withdrawn)" if not published else f"interrupted ({status})"
+    if status == "error" and not published:
+        # a failed rebuild took the batch's earlier version off the dashboards: say so
+        return "error (withdrawn)"
     return status
 
 

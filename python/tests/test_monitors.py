@@ -162,7 +162,7 @@ def test_drift_by_both_sources_and_quality_for_every_column(examples, monitor: s
     assert set(quality["column_name"]) == profiled
     assert len(quality) == batches * len(profiled)
     expected_checks = {"schema_mismatches", "row_count_min", "row_count_vs_trailing_median", "missing_share",
-                       "duplicate_ids", "outside_period_share", "unseen_category_share",
+                       "non_finite_share", "duplicate_ids", "outside_period_share", "unseen_category_share",
                        "out_of_reference_range_share"}
     if declared.classifier:
         expected_checks.add("probability_out_of_range_share")

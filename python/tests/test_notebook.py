@@ -5,7 +5,6 @@ checked against the marts it reads."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import nbformat

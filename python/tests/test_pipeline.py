@@ -108,7 +108,8 @@ def test_rerunning_a_batch_changes_no_count(trained_settings: Settings) -> None:
             "select metric, class_name, batch_rows, labelled_rows from marts.model_performance order by metric"
         ).fetchall()
     # column_quality: 4 numeric features, prediction, target, 2 zones. batch_checks: 5 per-batch checks,
-    # missing_share of 6 features + pickup + prediction, unseen_category_share of 2 zones,
-    # out_of_reference_range_share of 4 numeric features, 3 custom share checks, known_zone_share of 2 zones.
-    assert counts == (2_466, 2_466, 1, 8, 24, 4, 1, 1, 2_466)
+    # missing_share of 6 features + pickup + prediction, non_finite_share of 4 numeric features + prediction
+    # + target, unseen_category_share of 2 zones, out_of_reference_range_share of 4 numeric features,
+    # 3 custom share checks, known_zone_share of 2 zones.
+    assert counts == (2_466, 2_466, 1, 8, 30, 4, 1, 1, 2_466)
     assert metrics == [(name, "", 2_466, 2_466) for name in ("bias", "mae", "r2", "rmse")]

@@ -32,8 +32,10 @@ per_batch as (
         scored.batch_date,
         count(*) as trips,
         {% for column in columns if column not in profiled -%}
-        cast(avg(scored.{{ column }}) as {{ dbt.type_float() }}) as mean_{{ column }},
-        cast(percentile_cont(0.5) within group (order by scored.{{ column }}) as {{ dbt.type_float() }}) as p50_{{ column }},
+        {#- as column_quality: a non-finite value (counted by the contract) enters no figure #}
+        cast(avg(scored.{{ column }}) filter (where {{ modelwatch.is_finite('scored.' ~ column) }}) as {{ dbt.type_float() }}) as mean_{{ column }},
+        cast(percentile_cont(0.5) within group (order by scored.{{ column }})
+             filter (where {{ modelwatch.is_finite('scored.' ~ column) }}) as {{ dbt.type_float() }}) as p50_{{ column }},
         {% endfor -%}
         {% for borough in boroughs -%}
         count(*) filter (where zones.borough = '{{ borough }}') as pickups_{{ borough | lower | replace(' ', '_') }},
