@@ -27,7 +27,8 @@ test: install browser
 
 # The suite once more against another server (this machine's PostgreSQL 15
 # in CI), but for the tests marked `once` (Prefect, the notebook, the compose
-# entrypoint: the server makes no difference to them); `make test` uses the
+# entrypoint, a project of one's own, lost servers and full disks on servers
+# of their own: the server makes no difference to them); `make test` uses the
 # embedded PostgreSQL 18.
 PG15_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 test-pg15: install browser

@@ -28,6 +28,8 @@ from modelwatch.config import Settings
 
 from .conftest import FEBRUARY, copy_project, nannyml_file, scratch_name
 
+pytestmark = pytest.mark.once  # not again in make test-pg15: the server makes no difference here
+
 TAXI_DAY = date(2023, 2, 14)
 GOOD_DAY, DAY = date(2017, 2, 19), date(2017, 2, 20)
 COMPARED_MARTS = ("column_quality", "batch_checks", "model_performance", "feature_drift", "dataset_drift")

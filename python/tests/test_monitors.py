@@ -200,10 +200,11 @@ MINIMAL = {
 
 
 def _snapshot(conn: psycopg.Connection, monitor: str, excluded: date) -> dict[str, list[tuple]]:
-    """Every mart's rows of the monitor's other batches, and their raw rows."""
+    """Every batch mart's rows of the monitor's other batches, and their raw rows (marts per monitor,
+    such as monitor_freshness, change with every build: they are not a batch's)."""
     tables = [name for (name,) in conn.execute(
-        "select table_name from information_schema.columns where table_schema = 'marts' and column_name = 'monitor'"
-        " group by table_name order by 1")]
+        "select table_name from information_schema.columns where table_schema = 'marts'"
+        " and column_name in ('monitor', 'batch_date') group by table_name having count(*) = 2 order by 1")]
     shot = {}
     for table in tables + ["raw.wfh_monthly__rows"]:
         relation = table if "." in table else f"marts.{table}"

@@ -18,6 +18,8 @@ from modelwatch.config import Settings
 
 from .conftest import nannyml_file
 
+pytestmark = pytest.mark.once  # not again in make test-pg15: the server makes no difference here
+
 DECLARATION = """\
     car_price:
       task: regression

@@ -9,7 +9,7 @@ import psycopg
 import pyarrow.parquet as pq
 from click.testing import CliRunner
 
-from modelwatch import __version__
+from modelwatch import __version__, schema
 from modelwatch.cli import main
 from modelwatch.config import Settings
 
@@ -72,7 +72,7 @@ def test_first_use_then_json_outcomes(fresh_settings: Settings) -> None:
     notices = [line for line in stored.stderr.splitlines() if line.startswith("initialised ")]
     assert len(notices) == 1 and notices[0].endswith("(first use: schemas, roles, tables, seeds)"), stored.stderr
     with psycopg.connect(url) as conn:
-        assert conn.execute("select max(version) from raw.schema_version").fetchone() == (2,)
+        assert conn.execute("select max(version) from raw.schema_version").fetchone() == (schema.SCHEMA_VERSION,)
         assert conn.execute("select row_count from raw.references where monitor = %s", (CAR,)).fetchall() == [
             (60_000,)]
     again = _invoke(fresh_settings, "reference", "--monitor", CAR, "--file", str(reference_file))
