@@ -327,12 +327,15 @@ def run_range(
         warming = threading.Thread(target=_import_dbt, name="modelwatch-imports", daemon=True)
         warming.start()  # dbt imports (~1.2 s) while the batches load, mostly waiting on COPY
         stack.callback(warming.join)  # never left importing while the process exits on an error
+        first_runs: set[date] = set()  # batches with no log row before this run
         try:
             for batch in batches:
                 progress.phase(f"loading {batch.start}")
                 clock = time.perf_counter()
                 rows = load.rows_in(read.table, monitor, batch)
                 previous = load.batch_log_row(conn, batch)
+                if previous is None:
+                    first_runs.add(batch.start)
                 load.start_batch(conn, read, batch, getattr(trained, "version", None), reference_version)
                 try:
                     loaded[batch.start] = load.load_batch(conn, monitor, read, batch, rows, trained)
@@ -347,9 +350,10 @@ def run_range(
             load.analyze(conn, monitor)  # fresh statistics for the new batch dates
             warming.join()
         except (ModelwatchError, psycopg.Error) as exc:
-            # the batches whose rows were replaced are marked; the others keep their log
+            # the batches whose rows were replaced, or that had no log before, take the error;
+            # the others keep their log (restored)
             _fail(settings, conn, url, monitor, batches, exc, "loading",
-                  marked=[batch for batch in batches if batch.start in loaded])
+                  marked=[batch for batch in batches if batch.start in loaded or batch.start in first_runs])
             raise
         statuses, failing = build_batches(settings, conn, url, monitor, batches, drift_scored=scorer.wait,
                                           phase=progress.phase)
