@@ -224,6 +224,7 @@ def _mended_and_rerun(home: Path, labelled: Path, url: str, expected_error_start
     assert _published(url, "car_price") == [GOOD_DAY, DAY]
 
 
+@pytest.mark.unsettled
 @pytest.mark.parametrize("how", ["killed", "stopped"])
 def test_server_lost_during_the_build(embedded_home: Path, how: str) -> None:
     """SIGKILL to every process of the server, or `modelwatch db stop`, while dbt builds."""
