@@ -17,8 +17,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from click.testing import CliRunner, Result
 
 from modelwatch import db, embedded, pipeline, transform
+from modelwatch.cli import main
 from modelwatch.config import PACKAGE_DATA_DIR, PROJECT_DIR, Settings
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "nyc_tlc"
@@ -67,6 +69,23 @@ def copy_project(destination: Path) -> Path:
             destination.mkdir(parents=True, exist_ok=True)
             shutil.copy(source, destination / name)
     return destination
+
+
+def invoke_cli(settings: Settings, *args: str, project_dir: Path | None = None, home: Path | None = None) -> Result:
+    """`modelwatch ARGS` in process, on the settings' database and home (or `home`)."""
+    env = {"MODELWATCH_DATABASE_URL": settings.database_url, "MODELWATCH_HOME": str(home or settings.home)}
+    if project_dir is not None:
+        env["MODELWATCH_PROJECT_DIR"] = str(project_dir)
+    return CliRunner().invoke(main, list(args), env=env)
+
+
+def error_line(output: Result | str) -> str:
+    """The output's one `Error:` line (a command's or a process's output), with no traceback."""
+    text = output if isinstance(output, str) else output.output
+    lines = [line for line in text.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1, text
+    assert "Traceback" not in text
+    return lines[0]
 
 
 def scratch_name(prefix: str) -> str:

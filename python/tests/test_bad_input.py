@@ -13,24 +13,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from click.testing import CliRunner
 
 from modelwatch import pipeline
-from modelwatch.cli import main
 from modelwatch.config import PROJECT_DIR, Settings
 from modelwatch.errors import UsageError
 from modelwatch.monitors import BUILT_IN_CHECKS, parse_monitors
 
-from .conftest import FEBRUARY, copy_project
+from .conftest import FEBRUARY, copy_project, error_line, invoke_cli
 
 DAY = date(2023, 2, 14)
-
-
-def _invoke(settings: Settings, *args: str, project_dir: Path | None = None):
-    env = {"MODELWATCH_DATABASE_URL": settings.database_url, "MODELWATCH_HOME": str(settings.home)}
-    if project_dir is not None:
-        env["MODELWATCH_PROJECT_DIR"] = str(project_dir)
-    return CliRunner().invoke(main, list(args), env=env)
 
 
 def _stored(url: str) -> tuple:
@@ -66,13 +57,6 @@ def one_batch(trained_settings: Settings) -> Settings:
     return trained_settings
 
 
-def _error_line(result) -> str:
-    lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(lines) == 1, result.output
-    assert "Traceback" not in result.output
-    return lines[0]
-
-
 def _day(table: pa.Table) -> pa.Table:
     days = pc.cast(table["lpep_pickup_datetime"], pa.date32())
     return table.filter(pc.equal(days, pa.scalar(DAY, pa.date32())))
@@ -83,9 +67,9 @@ def test_hostile_column_name_in_configuration_never_reaches_sql(one_batch: Setti
     project = _project_with_taxi(
         tmp_path, features__numeric=["fare_amount", "fare_amount; drop table raw.nyc_taxi__rows; --"]
     )
-    result = _invoke(one_batch, "run", "--batch-date", DAY.isoformat(), "--file", str(FEBRUARY), project_dir=project)
+    result = invoke_cli(one_batch, "run", "--batch-date", DAY.isoformat(), "--file", str(FEBRUARY), project_dir=project)
     assert result.exit_code == 2
-    assert _error_line(result) == (
+    assert error_line(result) == (
         f"Error: {project / 'dbt_project.yml'}: monitor nyc_taxi: features.numeric: "
         "'fare_amount; drop table raw.nyc_taxi__rows; --' is not a plain column name (lower-case letters, digits, _)"
     )
@@ -95,17 +79,17 @@ def test_hostile_column_name_in_configuration_never_reaches_sql(one_batch: Setti
 def test_monitored_column_the_data_lacks(one_batch: Settings, tmp_path: Path) -> None:
     before = _stored(one_batch.database_url)
     project = _project_with_taxi(tmp_path, features__categorical=["pu_location_id", "driver_rating"])
-    result = _invoke(one_batch, "run", "--batch-date", DAY.isoformat(), "--file", str(FEBRUARY), project_dir=project)
+    result = invoke_cli(one_batch, "run", "--batch-date", DAY.isoformat(), "--file", str(FEBRUARY), project_dir=project)
     assert result.exit_code == 2
     # A declared feature is a column every file of the monitor must have.
-    assert _error_line(result) == f"Error: {FEBRUARY}: required column 'driver_rating' is missing"
+    assert error_line(result) == f"Error: {FEBRUARY}: required column 'driver_rating' is missing"
     assert _stored(one_batch.database_url) == before
 
 
 def test_hostile_file_name_is_stored_verbatim(trained_settings: Settings, tmp_path: Path) -> None:
     hostile = tmp_path / "it's\"; drop table raw.nyc_taxi__rows; --.parquet"
     shutil.copy(FEBRUARY, hostile)
-    result = _invoke(trained_settings, "run", "--batch-date", DAY.isoformat(), "--file", str(hostile))
+    result = invoke_cli(trained_settings, "run", "--batch-date", DAY.isoformat(), "--file", str(hostile))
     assert result.exit_code == 0, result.output
     with psycopg.connect(trained_settings.database_url) as conn:
         assert conn.execute("select file_name, rows_loaded from raw.batches").fetchone() == (hostile.name, 2_466)
@@ -119,7 +103,7 @@ def test_hostile_strings_in_text_columns_round_trip(trained_settings: Settings, 
     table = table.set_column(table.schema.get_field_index("store_and_fwd_flag"), "store_and_fwd_flag", flags)
     path = tmp_path / "hostile.parquet"
     pq.write_table(table, path)
-    result = _invoke(trained_settings, "run", "--batch-date", DAY.isoformat(), "--file", str(path))
+    result = invoke_cli(trained_settings, "run", "--batch-date", DAY.isoformat(), "--file", str(path))
     assert result.exit_code == 0, result.output
     with psycopg.connect(trained_settings.database_url) as conn:
         stored = conn.execute("select store_and_fwd_flag from raw.nyc_taxi__rows order by trip_id").fetchall()
@@ -133,7 +117,7 @@ def test_all_null_column_fails_the_contract(one_batch: Settings, tmp_path: Path)
                              pa.nulls(table.num_rows, pa.null()))
     path = tmp_path / "null_fares.parquet"
     pq.write_table(table, path)
-    result = _invoke(one_batch, "run", "--batch-date", DAY.isoformat(), "--file", str(path))
+    result = invoke_cli(one_batch, "run", "--batch-date", DAY.isoformat(), "--file", str(path))
     assert result.exit_code == 1
     assert "missing_share[fare_amount] = 1, expected <= 0.2 (error)" in result.output
     after = _stored(one_batch.database_url)
@@ -169,7 +153,7 @@ def test_unknown_zone_ids_fail_the_referential_check(trained_settings: Settings,
     table = table.set_column(table.schema.get_field_index("PULocationID"), "PULocationID", zones)
     path = tmp_path / "zones.parquet"
     pq.write_table(table, path)
-    result = _invoke(trained_settings, "run", "--batch-date", DAY.isoformat(), "--file", str(path))
+    result = invoke_cli(trained_settings, "run", "--batch-date", DAY.isoformat(), "--file", str(path))
     assert result.exit_code == 1
     assert "known_zone_share[pu_location_id] = 0.89" in result.output
 
@@ -247,9 +231,9 @@ def test_a_wrong_declaration_stops_every_command_before_the_database(one_batch: 
     expected = (f"Error: {project / 'dbt_project.yml'}: monitor nyc_taxi: column 'predicted_duration_min' is "
                 "declared both as features.numeric and as prediction")
     for command in (("run", "--batch-date", DAY.isoformat(), "--file", str(FEBRUARY)), ("init",), ("status",)):
-        result = _invoke(one_batch, *command, project_dir=project)
+        result = invoke_cli(one_batch, *command, project_dir=project)
         assert result.exit_code == 2, (command, result.output)
-        assert _error_line(result) == expected, command
+        assert error_line(result) == expected, command
     assert _stored(one_batch.database_url) == before
 
 
@@ -258,8 +242,8 @@ def test_a_column_declared_since_init_is_added_by_init(one_batch: Settings, tmp_
     hold null there); a file without it gets nulls, and says so."""
     columns = {**_project_vars()["monitors"]["nyc_taxi"]["columns"], "driver_rating": "double precision"}
     project = _project_with_taxi(tmp_path, columns=columns)
-    assert _invoke(one_batch, "init", project_dir=project).exit_code == 0
-    result = _invoke(one_batch, "run", "--batch-date", DAY.isoformat(), "--file", str(FEBRUARY), project_dir=project)
+    assert invoke_cli(one_batch, "init", project_dir=project).exit_code == 0
+    result = invoke_cli(one_batch, "run", "--batch-date", DAY.isoformat(), "--file", str(FEBRUARY), project_dir=project)
     assert result.exit_code == 0, result.output
     with psycopg.connect(one_batch.database_url) as conn:
         assert conn.execute(
@@ -273,8 +257,8 @@ def test_a_column_declared_since_init_stops_a_run_until_init(one_batch: Settings
     before = _stored(one_batch.database_url)
     columns = {**_project_vars()["monitors"]["nyc_taxi"]["columns"], "driver_rating": "double precision"}
     project = _project_with_taxi(tmp_path, columns=columns)
-    result = _invoke(one_batch, "run", "--batch-date", DAY.isoformat(), "--file", str(FEBRUARY), project_dir=project)
-    line = _error_line(result)
+    result = invoke_cli(one_batch, "run", "--batch-date", DAY.isoformat(), "--file", str(FEBRUARY), project_dir=project)
+    line = error_line(result)
     assert result.exit_code == 2, result.output
     assert "driver_rating" in line and "modelwatch init" in line
     assert _stored(one_batch.database_url) == before

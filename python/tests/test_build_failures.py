@@ -26,27 +26,13 @@ from modelwatch import db, embedded, pipeline, status
 from modelwatch.cli import main
 from modelwatch.config import Settings
 
-from .conftest import FEBRUARY, copy_project, nannyml_file, scratch_name
+from .conftest import FEBRUARY, copy_project, error_line, invoke_cli, nannyml_file, scratch_name
 
 pytestmark = pytest.mark.once  # not again in make test-pg15: the server makes no difference here
 
 TAXI_DAY = date(2023, 2, 14)
 GOOD_DAY, DAY = date(2017, 2, 19), date(2017, 2, 20)
 COMPARED_MARTS = ("column_quality", "batch_checks", "model_performance", "feature_drift", "dataset_drift")
-
-
-def _invoke(settings: Settings, *args: str, project_dir: Path | None = None):
-    env = {"MODELWATCH_DATABASE_URL": settings.database_url, "MODELWATCH_HOME": str(settings.home)}
-    if project_dir is not None:
-        env["MODELWATCH_PROJECT_DIR"] = str(project_dir)
-    return CliRunner().invoke(main, list(args), env=env)
-
-
-def _error_line(output: str) -> str:
-    lines = [line for line in output.splitlines() if line.startswith("Error:")]
-    assert len(lines) == 1, output
-    assert "Traceback" not in output
-    return lines[0]
 
 
 def _marts(url: str, monitor: str) -> dict[str, list[tuple]]:
@@ -91,10 +77,10 @@ def test_failed_rebuild_is_shown_withdrawn_with_its_cause(trained_settings: Sett
     config = yaml.safe_load((project / "dbt_project.yml").read_text())
     config["vars"]["monitors"]["nyc_taxi"]["checks"]["broken"] = {"where": "1 / (fare_amount - fare_amount) > 0"}
     (project / "dbt_project.yml").write_text(yaml.safe_dump(config))
-    result = _invoke(trained_settings, "run", "--batch-date", TAXI_DAY.isoformat(), "--file", str(FEBRUARY),
+    result = invoke_cli(trained_settings, "run", "--batch-date", TAXI_DAY.isoformat(), "--file", str(FEBRUARY),
                      project_dir=project)
     assert result.exit_code == 3, result.output
-    line = _error_line(result.output)
+    line = error_line(result.output)
     assert line.startswith("Error: dbt build failed: model batch_checks: "), line
     assert "division by zero" in line
     assert _published(url, "nyc_taxi") == [date(2023, 2, 13)]
@@ -118,7 +104,7 @@ def test_failed_rebuild_is_shown_withdrawn_with_its_cause(trained_settings: Sett
             "select t::text from marts.column_quality as t where batch_date <> %s order by 1", (TAXI_DAY,))
         ] == other_before
     # Mended, it runs and is published again.
-    rerun = _invoke(trained_settings, "run", "--batch-date", TAXI_DAY.isoformat(), "--file", str(FEBRUARY))
+    rerun = invoke_cli(trained_settings, "run", "--batch-date", TAXI_DAY.isoformat(), "--file", str(FEBRUARY))
     assert rerun.exit_code == 0, rerun.output
     assert _published(url, "nyc_taxi") == [date(2023, 2, 13), TAXI_DAY]
 
@@ -248,7 +234,7 @@ def test_server_lost_during_the_build(embedded_home: Path, how: str) -> None:
         assert code == 0, output
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 3, output
-    line = _error_line(output)
+    line = error_line(output)
     assert line.startswith("Error: the database server stopped while building batch 2017-02-20 (PostgreSQL at "), line
     assert "connection is closed" not in line
     assert (embedded_home / "unrecorded_errors.json").exists()
@@ -301,7 +287,7 @@ def test_disk_full_during_the_run(embedded_home: Path) -> None:
     code, output = _run(embedded_home, "run", "--monitor", "car_price", "--batch-date", DAY.isoformat(),
                         "--file", str(labelled))
     assert code == 3, output
-    line = _error_line(output)
+    line = error_line(output)
     assert line.startswith(f"Error: no space left on device in {pgdata}: PostgreSQL could not write"), line
     assert "connection is closed" not in line
 

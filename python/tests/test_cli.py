@@ -18,51 +18,39 @@ from click.testing import CliRunner
 from modelwatch.cli import main
 from modelwatch.config import Settings
 
-from .conftest import FEBRUARY, JANUARY, nannyml_file, shared_file
-
-
-def _invoke(settings: Settings, *args: str):
-    env = {"MODELWATCH_DATABASE_URL": settings.database_url, "MODELWATCH_HOME": str(settings.home)}
-    return CliRunner().invoke(main, list(args), env=env)
-
-
-def _error_line(result) -> str:
-    lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(lines) == 1, result.output
-    assert "Traceback" not in result.output
-    return lines[0]
+from .conftest import FEBRUARY, JANUARY, error_line, invoke_cli, nannyml_file, shared_file
 
 
 def test_missing_file(trained_settings: Settings, tmp_path: Path) -> None:
     missing = tmp_path / "nope.parquet"
-    result = _invoke(trained_settings, "run", "--batch-date", "2023-02-14", "--file", str(missing))
+    result = invoke_cli(trained_settings, "run", "--batch-date", "2023-02-14", "--file", str(missing))
     assert result.exit_code == 2
-    assert _error_line(result) == f"Error: {missing}: no such file"
+    assert error_line(result) == f"Error: {missing}: no such file"
 
 
 def test_file_that_is_not_parquet(trained_settings: Settings, tmp_path: Path) -> None:
     bogus = tmp_path / "trips.parquet"
     bogus.write_text("VendorID,fare_amount\n1,2.5\n")
-    result = _invoke(trained_settings, "run", "--batch-date", "2023-02-14", "--file", str(bogus))
+    result = invoke_cli(trained_settings, "run", "--batch-date", "2023-02-14", "--file", str(bogus))
     assert result.exit_code == 2
-    assert _error_line(result).startswith(f"Error: {bogus}: not a readable parquet file (")
+    assert error_line(result).startswith(f"Error: {bogus}: not a readable parquet file (")
 
 
 def test_truncated_parquet(trained_settings: Settings, tmp_path: Path) -> None:
     truncated = tmp_path / "truncated.parquet"
     truncated.write_bytes(FEBRUARY.read_bytes()[: 500_000])
-    result = _invoke(trained_settings, "run", "--batch-date", "2023-02-14", "--file", str(truncated))
+    result = invoke_cli(trained_settings, "run", "--batch-date", "2023-02-14", "--file", str(truncated))
     assert result.exit_code == 2
-    assert _error_line(result).startswith(f"Error: {truncated}: not a readable parquet file (")
+    assert error_line(result).startswith(f"Error: {truncated}: not a readable parquet file (")
 
 
 def test_file_lacking_a_required_column(trained_settings: Settings, tmp_path: Path) -> None:
     table = pq.read_table(FEBRUARY).drop_columns(["fare_amount"])
     path = tmp_path / "no_fare.parquet"
     pq.write_table(table, path)
-    result = _invoke(trained_settings, "run", "--batch-date", "2023-02-14", "--file", str(path))
+    result = invoke_cli(trained_settings, "run", "--batch-date", "2023-02-14", "--file", str(path))
     assert result.exit_code == 2
-    assert _error_line(result) == f"Error: {path}: required column 'fare_amount' is missing"
+    assert error_line(result) == f"Error: {path}: required column 'fare_amount' is missing"
     import psycopg
 
     with psycopg.connect(trained_settings.database_url) as conn:
@@ -77,15 +65,15 @@ def test_text_in_a_numeric_column(trained_settings: Settings, tmp_path: Path) ->
     table = table.set_column(table.schema.get_field_index("fare_amount"), "fare_amount", fares)
     path = tmp_path / "text_fare.parquet"
     pq.write_table(table, path)
-    result = _invoke(trained_settings, "run", "--batch-date", "2023-02-01", "--file", str(path))
+    result = invoke_cli(trained_settings, "run", "--batch-date", "2023-02-01", "--file", str(path))
     assert result.exit_code == 2
-    assert _error_line(result).startswith(
+    assert error_line(result).startswith(
         f"Error: {path}: column 'fare_amount' has type string and cannot be read as double"
     )
 
 
 def test_batch_date_that_is_not_a_date(trained_settings: Settings) -> None:
-    result = _invoke(trained_settings, "run", "--batch-date", "2023-02-30", "--file", str(FEBRUARY))
+    result = invoke_cli(trained_settings, "run", "--batch-date", "2023-02-30", "--file", str(FEBRUARY))
     assert result.exit_code == 2
     assert "'2023-02-30' is not a date (YYYY-MM-DD)" in result.output
 
@@ -94,13 +82,13 @@ def test_unreachable_database_exits_3_naming_the_address(tmp_path: Path) -> None
     env = {"MODELWATCH_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none", "MODELWATCH_HOME": str(tmp_path)}
     result = CliRunner().invoke(main, ["status"], env=env)
     assert result.exit_code == 3
-    line = _error_line(result)
+    line = error_line(result)
     assert line.startswith("Error: cannot connect to PostgreSQL at 127.0.0.1:1/none")
     assert "MODELWATCH_DATABASE_URL" in line
 
 
 def test_status_lists_batches(demo_settings: Settings) -> None:
-    result = _invoke(demo_settings, "status", "--limit", "3")
+    result = invoke_cli(demo_settings, "status", "--limit", "3")
     assert result.exit_code == 0
     assert "2023-02-28" in result.output and "2023-02-26" in result.output
     assert "2023-02-25" not in result.output
@@ -142,20 +130,20 @@ def test_fetch_missing_month_names_the_url(tlc_mirror: str, tmp_path: Path) -> N
     result = CliRunner().invoke(main, ["fetch", "2024-05", "--out", str(tmp_path), "--base-url", tlc_mirror],
                                 env={"MODELWATCH_HOME": str(tmp_path)})
     assert result.exit_code == 2
-    assert _error_line(result) == f"Error: {tlc_mirror}/green_tripdata_2024-05.parquet: HTTP 404 File not found"
+    assert error_line(result) == f"Error: {tlc_mirror}/green_tripdata_2024-05.parquet: HTTP 404 File not found"
     assert list(tmp_path.glob("*.parquet*")) == []
 
 
 def test_fetch_rejects_a_bad_month(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["fetch", "2024-13"], env={"MODELWATCH_HOME": str(tmp_path)})
     assert result.exit_code == 2
-    assert _error_line(result) == "Error: month '2024-13' is not YYYY-MM"
+    assert error_line(result) == "Error: month '2024-13' is not YYYY-MM"
 
 
 def test_day_with_no_rows_in_the_file(trained_settings: Settings) -> None:
-    result = _invoke(trained_settings, "run", "--batch-date", "2023-03-05", "--file", str(FEBRUARY))
+    result = invoke_cli(trained_settings, "run", "--batch-date", "2023-03-05", "--file", str(FEBRUARY))
     assert result.exit_code == 2
-    assert _error_line(result) == (
+    assert error_line(result) == (
         f"Error: {FEBRUARY}: no rows with a pickup_datetime in the day of 2023-03-05 "
         "(its rows' days run from 2023-02-01 to 2023-02-28)"
     )
@@ -217,22 +205,22 @@ def test_unknown_monitor_names_the_known_ones(tmp_path: Path, command: tuple[str
     assert result.exit_code == 2, result.output
     known = _declared_monitors()
     assert "nyc_taxi" in known and len(known) > 1
-    assert _error_line(result) == (
+    assert error_line(result) == (
         f"Error: unknown monitor 'nyc_taxis' (declared in dbt_project.yml vars.monitors: {', '.join(known)})"
     )
     assert not (tmp_path / "reports").exists()
 
 
 def test_status_limit_must_not_be_negative(trained_settings: Settings) -> None:
-    result = _invoke(trained_settings, "status", "--limit", "-1")
+    result = invoke_cli(trained_settings, "status", "--limit", "-1")
     assert result.exit_code == 2
     assert "Invalid value for '--limit': -1 is not in the range x>=0." in result.output
 
 
 def test_status_shows_the_monitor_asked_for(demo_settings: Settings) -> None:
     """The demo's batches are the taxi's (the default monitor); another monitor has none of them."""
-    assert "2023-02-28" in _invoke(demo_settings, "status", "--monitor", "nyc_taxi", "--limit", "1").output
-    other = _invoke(demo_settings, "status", "--monitor", "car_price")
+    assert "2023-02-28" in invoke_cli(demo_settings, "status", "--monitor", "nyc_taxi", "--limit", "1").output
+    other = invoke_cli(demo_settings, "status", "--monitor", "car_price")
     assert other.exit_code == 0, other.output
     assert "2023-02" not in other.output
 
@@ -250,23 +238,23 @@ def test_reference_of_a_monitor_whose_files_bring_predictions(fresh_settings: Se
     pipeline.init(fresh_settings)
     url = fresh_settings.database_url
 
-    untrained = _invoke(fresh_settings, "train", "--monitor", "car_price", "--reference", str(reference_file))
+    untrained = invoke_cli(fresh_settings, "train", "--monitor", "car_price", "--reference", str(reference_file))
     assert untrained.exit_code == 2
-    assert _error_line(untrained) == (
+    assert error_line(untrained) == (
         "Error: monitor car_price declares no model for modelwatch to train: its files bring their predictions "
         "(store its reference with `modelwatch reference --monitor car_price --file FILE`)"
     )
-    unreferenced = _invoke(fresh_settings, "run", "--monitor", "car_price", "--batch-date", "2017-02-20",
+    unreferenced = invoke_cli(fresh_settings, "run", "--monitor", "car_price", "--batch-date", "2017-02-20",
                            "--file", str(analysis_file))
     assert unreferenced.exit_code == 2
-    assert _error_line(unreferenced) == (
+    assert error_line(unreferenced) == (
         "Error: monitor car_price has no reference set: store one with "
         "`modelwatch reference --monitor car_price --file FILE`"
     )
     with psycopg.connect(url) as conn:
         assert conn.execute("select count(*) from raw.batches").fetchone() == (0,)
 
-    stored = _invoke(fresh_settings, "reference", "--monitor", "car_price", "--file", str(reference_file))
+    stored = invoke_cli(fresh_settings, "reference", "--monitor", "car_price", "--file", str(reference_file))
     assert stored.exit_code == 0, stored.output
     with psycopg.connect(url) as conn:
         version, file_name, row_count, model_version = conn.execute(
@@ -284,12 +272,12 @@ def test_reference_of_a_monitor_whose_files_bring_predictions(fresh_settings: Se
     assert (rows, predictions, targets) == (60_000, 60_000, 60_000)
     assert abs(mean_prediction - expected.mean()) < 1e-6 * abs(expected.mean())
 
-    run = _invoke(fresh_settings, "run", "--monitor", "car_price", "--batch-date", "2017-02-20",
+    run = invoke_cli(fresh_settings, "run", "--monitor", "car_price", "--batch-date", "2017-02-20",
                   "--file", str(analysis_file))
     assert run.exit_code == 0, run.output
-    shown = _invoke(fresh_settings, "status", "--monitor", "car_price")
+    shown = invoke_cli(fresh_settings, "status", "--monitor", "car_price")
     assert "2017-02-20" in shown.output
-    assert "2017-02-20" not in _invoke(fresh_settings, "status").output  # the default monitor: the taxi
+    assert "2017-02-20" not in invoke_cli(fresh_settings, "status").output  # the default monitor: the taxi
     analysis_day = pq.read_table(analysis_file, columns=["timestamp"])["timestamp"].to_pandas().dt.date
     with psycopg.connect(url) as conn:
         assert conn.execute(
@@ -308,7 +296,7 @@ def test_reference_of_the_taxi_is_scored_by_its_model(trained_settings: Settings
     with psycopg.connect(trained_settings.database_url) as conn:
         (trained_reference, model_version), = conn.execute(
             "select version, model_version from raw.references where monitor = 'nyc_taxi'").fetchall()
-    result = _invoke(trained_settings, "reference", "--file", str(JANUARY))
+    result = invoke_cli(trained_settings, "reference", "--file", str(JANUARY))
     assert result.exit_code == 0, result.output
     with psycopg.connect(trained_settings.database_url) as conn:
         version, row_count, scored_by = conn.execute(
@@ -324,7 +312,7 @@ def test_reference_of_the_taxi_is_scored_by_its_model(trained_settings: Settings
     assert pq.read_metadata(JANUARY).num_rows == row_count == 68_211
     assert stored == (68_211, 68_211)
     assert scored_by == model_version and version != trained_reference
-    run = _invoke(trained_settings, "run", "--batch-date", "2023-02-14", "--file", str(FEBRUARY))
+    run = invoke_cli(trained_settings, "run", "--batch-date", "2023-02-14", "--file", str(FEBRUARY))
     assert run.exit_code == 0, run.output
     with psycopg.connect(trained_settings.database_url) as conn:
         assert conn.execute("select reference_version, model_version from raw.batches").fetchone() == (

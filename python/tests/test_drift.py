@@ -15,15 +15,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from click.testing import CliRunner
 
 from modelwatch import db, drift, pipeline, transform
-from modelwatch.cli import main
 from modelwatch.config import Settings
 from modelwatch.monitors import Monitor
 
 from .chromium import chromium_path, visit
-from .conftest import FEBRUARY, TAXI
+from .conftest import FEBRUARY, TAXI, invoke_cli
 
 DAY = date(2023, 2, 14)
 DAY_ROWS = 2_466
@@ -373,13 +371,8 @@ def test_psi_unit_tests_pass(demo_settings: Settings) -> None:
 # ------------------------------------------------------------------ the debugging report
 
 
-def _invoke(settings: Settings, home: Path, *args: str):
-    env = {"MODELWATCH_DATABASE_URL": settings.database_url, "MODELWATCH_HOME": str(home)}
-    return CliRunner().invoke(main, list(args), env=env)
-
-
 def test_report_writes_html_that_chromium_opens_cleanly(demo_settings: Settings, tmp_path: Path) -> None:
-    result = _invoke(demo_settings, tmp_path / "home", "report", "--batch-date", DAY.isoformat())
+    result = invoke_cli(demo_settings, "report", "--batch-date", DAY.isoformat(), home=tmp_path / "home")
     expected = tmp_path / "home" / "reports" / f"drift_{TAXI}_{DAY.isoformat()}.html"
     assert result.exit_code == 0, result.output
     assert result.output.strip() == str(expected)
@@ -396,15 +389,16 @@ def test_report_writes_html_that_chromium_opens_cleanly(demo_settings: Settings,
 
 def test_report_to_a_chosen_file_and_its_errors(demo_settings: Settings, tmp_path: Path) -> None:
     out = tmp_path / "out" / "feb14.html"
-    result = _invoke(demo_settings, tmp_path / "home", "report", "--batch-date", DAY.isoformat(), "--out", str(out))
+    result = invoke_cli(demo_settings, "report", "--batch-date", DAY.isoformat(), "--out", str(out),
+                        home=tmp_path / "home")
     assert result.exit_code == 0 and result.output.strip() == str(out) and out.stat().st_size > 1_000_000
-    missing = _invoke(demo_settings, tmp_path / "home", "report", "--batch-date", "2023-03-14")
+    missing = invoke_cli(demo_settings, "report", "--batch-date", "2023-03-14", home=tmp_path / "home")
     assert missing.exit_code == 2
     assert missing.output.strip() == (f"Error: monitor {TAXI}: batch 2023-03-14 has not been loaded: "
                                       f"run `modelwatch run --monitor {TAXI} --batch-date 2023-03-14` first")
     blocked = tmp_path / "file"
     blocked.write_text("")
-    unwritable = _invoke(demo_settings, tmp_path / "home", "report", "--batch-date", DAY.isoformat(),
-                         "--out", str(blocked / "r.html"))
+    unwritable = invoke_cli(demo_settings, "report", "--batch-date", DAY.isoformat(),
+                            "--out", str(blocked / "r.html"), home=tmp_path / "home")
     assert unwritable.exit_code == 2
     assert unwritable.output.strip().startswith(f"Error: {blocked / 'r.html'}: cannot write the report (")

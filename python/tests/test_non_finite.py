@@ -15,31 +15,15 @@ import pyarrow.parquet as pq
 import pytest
 import sklearn.metrics as sk
 import yaml
-from click.testing import CliRunner
 
 from modelwatch import pipeline
-from modelwatch.cli import main
 from modelwatch.config import Settings
 
-from .conftest import FEBRUARY, copy_project, nannyml_file
+from .conftest import FEBRUARY, copy_project, error_line, invoke_cli, nannyml_file
 
 TAXI_DAY = date(2023, 2, 14)
 TAXI_ROWS = 2_466  # trips of 2023-02-14 in the packaged February file
 CAR_DAY = date(2017, 2, 20)
-
-
-def _invoke(settings: Settings, *args: str, project_dir: Path | None = None):
-    env = {"MODELWATCH_DATABASE_URL": settings.database_url, "MODELWATCH_HOME": str(settings.home)}
-    if project_dir is not None:
-        env["MODELWATCH_PROJECT_DIR"] = str(project_dir)
-    return CliRunner().invoke(main, list(args), env=env)
-
-
-def _error_line(result) -> str:
-    lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(lines) == 1, result.output
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 def _others(url: str, monitor: str, day: date) -> dict[str, list[str]]:
@@ -132,10 +116,10 @@ def test_taxi_all_nan_column_fails_the_contract(taxi: Settings, tmp_path: Path) 
     before = _others(url, "nyc_taxi", TAXI_DAY)
     path, _ = _taxi_day(tmp_path / "nan_fares.parquet", "fare_amount",
                         values=pa.array(np.full(TAXI_ROWS, np.nan), pa.float64()))
-    result = _invoke(taxi, "run", "--batch-date", TAXI_DAY.isoformat(), "--file", str(path))
+    result = invoke_cli(taxi, "run", "--batch-date", TAXI_DAY.isoformat(), "--file", str(path))
     assert result.exit_code == 1, result.output
-    assert _error_line(result).startswith("Error: batch 2023-02-14 failed its data contract: ")
-    assert "non_finite_share[fare_amount] = 1, expected <= 0 (error)" in _error_line(result)
+    assert error_line(result).startswith("Error: batch 2023-02-14 failed its data contract: ")
+    assert "non_finite_share[fare_amount] = 1, expected <= 0 (error)" in error_line(result)
     quality = _quality(url, "nyc_taxi", TAXI_DAY, "fare_amount")
     assert (quality["row_count"], quality["missing_count"], quality["non_finite_count"]) == (TAXI_ROWS, 0, TAXI_ROWS)
     assert quality["non_finite_share"] == 1.0
@@ -167,13 +151,13 @@ def test_taxi_infinities_and_huge_values_are_counted_not_aggregated(taxi: Settin
     path = tmp_path / "infinite.parquet"
     pq.write_table(table, path)
 
-    strict = _invoke(taxi, "run", "--batch-date", TAXI_DAY.isoformat(), "--file", str(path))
+    strict = invoke_cli(taxi, "run", "--batch-date", TAXI_DAY.isoformat(), "--file", str(path))
     assert strict.exit_code == 1, strict.output
-    assert "non_finite_share[fare_amount] = 0.004055, expected <= 0 (error)" in _error_line(strict)
-    assert "non_finite_share[passenger_count] = 0.002028, expected <= 0 (error)" in _error_line(strict)
+    assert "non_finite_share[fare_amount] = 0.004055, expected <= 0 (error)" in error_line(strict)
+    assert "non_finite_share[passenger_count] = 0.002028, expected <= 0 (error)" in error_line(strict)
 
     project = _project(tmp_path, "nyc_taxi", {"non_finite_share": {"max": 0.01}})
-    result = _invoke(taxi, "run", "--batch-date", TAXI_DAY.isoformat(), "--file", str(path), project_dir=project)
+    result = invoke_cli(taxi, "run", "--batch-date", TAXI_DAY.isoformat(), "--file", str(path), project_dir=project)
     assert result.exit_code == 0, result.output
 
     fare = _quality(url, "nyc_taxi", TAXI_DAY, "fare_amount")
@@ -249,16 +233,16 @@ def test_car_price_non_finite_prediction_target_and_feature(car_price: tuple[Set
     pq.write_table(pa.table({name: pa.array(day[name], from_pandas=False) if day[name].dtype == "float64"
                              else pa.Array.from_pandas(day[name]) for name in day.columns}), path)
 
-    strict = _invoke(settings, "run", "--monitor", "car_price", "--batch-date", CAR_DAY.isoformat(),
+    strict = invoke_cli(settings, "run", "--monitor", "car_price", "--batch-date", CAR_DAY.isoformat(),
                      "--file", str(path))
     assert strict.exit_code == 1, strict.output
-    line = _error_line(strict)
+    line = error_line(strict)
     for column, count in (("km_driven", 5), ("y_pred", 10), ("y_true", 5)):
         assert f"non_finite_share[{column}] = {count / rows:.4g}, expected <= 0 (error)" in line
     assert _metrics(url, "car_price", CAR_DAY) == {}
 
     project = _project(tmp_path, "car_price", {"non_finite_share": {"max": 0.01}})
-    result = _invoke(settings, "run", "--monitor", "car_price", "--batch-date", CAR_DAY.isoformat(),
+    result = invoke_cli(settings, "run", "--monitor", "car_price", "--batch-date", CAR_DAY.isoformat(),
                      "--file", str(path), project_dir=project)
     assert result.exit_code == 0, result.output
     for column, count in (("km_driven", 5), ("y_pred", 10), ("y_true", 5), ("car_age", 0)):

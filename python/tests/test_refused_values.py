@@ -15,16 +15,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from click.testing import CliRunner
 
 from modelwatch import db, pipeline
-from modelwatch.cli import main
 from modelwatch.config import PROJECT_DIR, Settings
 from modelwatch.errors import UsageError
 from modelwatch.monitors import parse_monitors
 from modelwatch.periods import batch_of
 
-from .conftest import FEBRUARY, JANUARY, copy_project, nannyml_file, scratch_name
+from .conftest import FEBRUARY, JANUARY, copy_project, error_line, invoke_cli, nannyml_file, scratch_name
 
 
 @dataclass(frozen=True)
@@ -68,20 +66,6 @@ def case(request: pytest.FixtureRequest, server_url: str, tmp_path_factory: pyte
         yield Case(settings, monitor, day, good, timestamp, text, stamp, folder)
 
 
-def _invoke(settings: Settings, *args: str, project_dir: Path | None = None):
-    env = {"MODELWATCH_DATABASE_URL": settings.database_url, "MODELWATCH_HOME": str(settings.home)}
-    if project_dir is not None:
-        env["MODELWATCH_PROJECT_DIR"] = str(project_dir)
-    return CliRunner().invoke(main, list(args), env=env)
-
-
-def _error_line(result) -> str:
-    lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(lines) == 1, result.output
-    assert "Traceback" not in result.output
-    return lines[0]
-
-
 def snapshot(url: str) -> dict[str, list[str]]:
     """Every row of every table and view of raw and marts, as PostgreSQL's text of it, sorted."""
     with psycopg.connect(url) as conn:
@@ -114,11 +98,11 @@ def _refused(case: Case, table: pa.Table, name: str, *extra: str, project_dir: P
     path = case.folder / f"{name}.parquet"
     pq.write_table(table, path)
     before = snapshot(case.settings.database_url)
-    result = _invoke(case.settings, "run", "--monitor", case.monitor, "--batch-date", case.day.isoformat(),
+    result = invoke_cli(case.settings, "run", "--monitor", case.monitor, "--batch-date", case.day.isoformat(),
                      "--file", str(path), *extra, project_dir=project_dir)
     assert result.exit_code == 2, result.output
     assert snapshot(case.settings.database_url) == before
-    return _error_line(result).replace(str(path), "FILE")
+    return error_line(result).replace(str(path), "FILE")
 
 
 # --- values only PostgreSQL refuses -------------------------------------------------------------
@@ -169,10 +153,10 @@ def test_a_failed_copy_restores_the_batch_log(case: Case) -> None:
         conn.execute(f"alter table raw.{rows_table} add constraint test_bound check ({numeric} < 1e11)")
     try:
         before = snapshot(url)
-        result = _invoke(case.settings, "run", "--monitor", case.monitor, "--batch-date", case.day.isoformat(),
+        result = invoke_cli(case.settings, "run", "--monitor", case.monitor, "--batch-date", case.day.isoformat(),
                          "--file", str(path))
         assert result.exit_code == 3, result.output
-        assert _error_line(result).startswith('Error: database: new row for relation "')
+        assert error_line(result).startswith('Error: database: new row for relation "')
         assert snapshot(url) == before
     finally:
         with psycopg.connect(url, autocommit=True) as conn:
@@ -229,7 +213,7 @@ def test_aware_timestamps_are_cut_in_the_declared_zone(case: Case) -> None:
     path = case.folder / "aware.parquet"
     pq.write_table(table, path)
     project = _project(case.folder, case.monitor, timezone=zone)
-    result = _invoke(case.settings, "run", "--monitor", case.monitor, "--batch-date", case.day.isoformat(),
+    result = invoke_cli(case.settings, "run", "--monitor", case.monitor, "--batch-date", case.day.isoformat(),
                      "--file", str(path), project_dir=project)
     assert result.exit_code == 0, result.output
     assert _stored_stamps(url, case.monitor, case.day) == good
@@ -248,7 +232,7 @@ def test_aware_timestamps_default_to_utc_and_say_so(case: Case) -> None:
     naive = pq.read_table(case.good)[case.timestamp]
     in_utc_day = pc.sum(pc.cast(pc.less(naive, pa.scalar(datetime(day.year, day.month, day.day, 19), naive.type)),
                                 pa.int64())).as_py()
-    result = _invoke(case.settings, "run", "--monitor", case.monitor, "--batch-date", day.isoformat(),
+    result = invoke_cli(case.settings, "run", "--monitor", case.monitor, "--batch-date", day.isoformat(),
                      "--file", str(path))
     assert result.exit_code in (0, 1), result.output  # a shorter day may fail the contract: judged, not garbled
     count, first, _ = _stored_stamps(url, case.monitor, day)
@@ -287,9 +271,9 @@ def test_an_unknown_time_zone_is_one_line() -> None:
 @pytest.mark.parametrize("day", ["9999-12-31", "0001-01-01"])
 def test_a_batch_date_at_the_calendar_edge(case: Case, day: str) -> None:
     before = snapshot(case.settings.database_url)
-    result = _invoke(case.settings, "run", "--monitor", case.monitor, "--batch-date", day, "--file", str(case.good))
+    result = invoke_cli(case.settings, "run", "--monitor", case.monitor, "--batch-date", day, "--file", str(case.good))
     assert result.exit_code == 2, result.output
-    line = _error_line(result).replace(str(case.good), "FILE")
+    line = error_line(result).replace(str(case.good), "FILE")
     if day == "9999-12-31":
         assert line == ("Error: 9999-12-31: the day holding it reaches the calendar's last day (9999-12-31); "
                         "no batch can be cut there")
@@ -322,10 +306,10 @@ def test_a_batch_past_the_calendar_is_one_line(period: str, day: date) -> None:
 
 
 def test_a_weekly_monitor_at_the_calendar_edge_from_the_command_line(fresh_settings: Settings) -> None:
-    result = _invoke(fresh_settings, "run", "--monitor", "work_from_home", "--batch-date", "9999-12-30",
+    result = invoke_cli(fresh_settings, "run", "--monitor", "work_from_home", "--batch-date", "9999-12-30",
                      "--file", "any.parquet")
     assert result.exit_code == 2
-    assert _error_line(result) == ("Error: 9999-12-30: the week holding it reaches the calendar's last day "
+    assert error_line(result) == ("Error: 9999-12-30: the week holding it reaches the calendar's last day "
                                    "(9999-12-31); no batch can be cut there")
 
 
@@ -339,9 +323,9 @@ def test_a_weekly_monitor_at_the_calendar_edge_from_the_command_line(fresh_setti
     (("runn",), "Error: No such command 'runn'. Did you mean 'run'? (--help shows the usage)"),
 ], ids=["negative_limit", "no_such_day", "missing_option", "unknown_command"])
 def test_usage_errors_are_one_line(fresh_settings: Settings, args: tuple[str, ...], line: str) -> None:
-    result = _invoke(fresh_settings, *args)
+    result = invoke_cli(fresh_settings, *args)
     assert result.exit_code == 2
-    assert _error_line(result) == line
+    assert error_line(result) == line
     assert "Usage:" not in result.output
 
 

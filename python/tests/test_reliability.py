@@ -15,14 +15,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from click.testing import CliRunner
 from psycopg import sql
 
 from modelwatch import db, pipeline, schema, status
-from modelwatch.cli import main
 from modelwatch.config import Settings
 
-from .conftest import FEBRUARY, JANUARY, TAXI
+from .conftest import FEBRUARY, JANUARY, TAXI, error_line, invoke_cli
 
 DAY = date(2023, 2, 14)
 
@@ -279,18 +277,6 @@ ONE_MONITOR_ROWS = ("select * from raw.batches order by batch_date",
                     "select * from marts.published_batches")
 
 
-def _invoke(settings: Settings, *args: str):
-    env = {"MODELWATCH_DATABASE_URL": settings.database_url, "MODELWATCH_HOME": str(settings.home)}
-    return CliRunner().invoke(main, list(args), env=env)
-
-
-def _error_line(result) -> str:
-    lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(lines) == 1, result.output
-    assert "Traceback" not in result.output
-    return lines[0]
-
-
 ONE_MONITOR_REFUSED = ("Error: the database holds the schema of an older modelwatch (version 1): run "
                        "`modelwatch init` to migrate it (its batches become monitor nyc_taxi's)")
 
@@ -316,14 +302,14 @@ def test_a_database_of_the_one_monitor_schema_is_refused_before_loading_then_mig
         ("status",),
     )
     for command in commands:
-        result = _invoke(fresh_settings, *command)
+        result = invoke_cli(fresh_settings, *command)
         assert result.exit_code == 2, (command, result.output)
-        assert _error_line(result) == ONE_MONITOR_REFUSED, command
+        assert error_line(result) == ONE_MONITOR_REFUSED, command
     assert _catalog(url, *ONE_MONITOR_ROWS) == before
     with psycopg.connect(url) as conn:
         assert schema.stored_version(conn) == 1
 
-    migrated = _invoke(fresh_settings, "init")
+    migrated = invoke_cli(fresh_settings, "init")
     assert migrated.exit_code == 0, migrated.output
     with psycopg.connect(url) as conn:
         assert schema.stored_version(conn) == schema.SCHEMA_VERSION
@@ -335,8 +321,8 @@ def test_a_database_of_the_one_monitor_schema_is_refused_before_loading_then_mig
         assert conn.execute(
             "select trip_id, pu_location_id, predicted_duration_min from raw.nyc_taxi__rows order by 1"
         ).fetchall() == [(1, "132", 11.0), (2, "74", 6.5)]  # zone ids are categories (text) now
-    assert _invoke(fresh_settings, "train", "--reference", str(JANUARY)).exit_code == 0
-    result = _invoke(fresh_settings, *run)
+    assert invoke_cli(fresh_settings, "train", "--reference", str(JANUARY)).exit_code == 0
+    result = invoke_cli(fresh_settings, *run)
     assert result.exit_code == 0, result.output
     with psycopg.connect(url) as conn:
         assert conn.execute("select batch_date, rows_loaded from raw.batches where status = 'passed'").fetchall() == [
@@ -350,8 +336,8 @@ def test_a_database_of_the_one_monitor_schema_is_refused_before_loading_then_mig
 def test_a_database_of_the_one_monitor_schema_is_refused_by_the_readers(
         fresh_settings: Settings, command: tuple[str, ...]) -> None:
     _one_monitor_database(fresh_settings.database_url)
-    result = _invoke(fresh_settings, *command)
-    assert (result.exit_code, _error_line(result)) == (2, ONE_MONITOR_REFUSED), result.output
+    result = invoke_cli(fresh_settings, *command)
+    assert (result.exit_code, error_line(result)) == (2, ONE_MONITOR_REFUSED), result.output
     assert not fresh_settings.reports_dir.exists()
 
 
@@ -366,7 +352,7 @@ def test_a_database_of_a_newer_schema_is_refused_untouched(fresh_settings: Setti
     refused = (f"Error: the database holds schema version {schema.SCHEMA_VERSION + 1}, newer than this "
                f"modelwatch's ({schema.SCHEMA_VERSION}): upgrade modelwatch")
     for command in (("init",), ("run", "--batch-date", DAY.isoformat(), "--file", str(FEBRUARY)), ("status",)):
-        result = _invoke(fresh_settings, *command)
+        result = invoke_cli(fresh_settings, *command)
         assert result.exit_code == 2, (command, result.output)
-        assert _error_line(result) == refused, command
+        assert error_line(result) == refused, command
     assert _catalog(url, *rows) == before

@@ -13,14 +13,9 @@ from modelwatch import __version__, schema
 from modelwatch.cli import main
 from modelwatch.config import Settings
 
-from .conftest import nannyml_file
+from .conftest import invoke_cli, nannyml_file
 
 CAR = "car_price"
-
-
-def _invoke(settings: Settings, *args: str):
-    env = {"MODELWATCH_DATABASE_URL": settings.database_url, "MODELWATCH_HOME": str(settings.home)}
-    return CliRunner().invoke(main, list(args), env=env)
 
 
 def test_progress_bar_shows_the_total_and_the_phase() -> None:
@@ -67,7 +62,7 @@ def test_first_use_then_json_outcomes(fresh_settings: Settings) -> None:
     with psycopg.connect(url) as conn:
         assert conn.execute("select to_regclass('raw.schema_version')").fetchone() == (None,)
 
-    stored = _invoke(fresh_settings, "reference", "--monitor", CAR, "--file", str(reference_file))
+    stored = invoke_cli(fresh_settings, "reference", "--monitor", CAR, "--file", str(reference_file))
     assert stored.exit_code == 0, stored.output
     notices = [line for line in stored.stderr.splitlines() if line.startswith("initialised ")]
     assert len(notices) == 1 and notices[0].endswith("(first use: schemas, roles, tables, seeds)"), stored.stderr
@@ -75,12 +70,12 @@ def test_first_use_then_json_outcomes(fresh_settings: Settings) -> None:
         assert conn.execute("select max(version) from raw.schema_version").fetchone() == (schema.SCHEMA_VERSION,)
         assert conn.execute("select row_count from raw.references where monitor = %s", (CAR,)).fetchall() == [
             (60_000,)]
-    again = _invoke(fresh_settings, "reference", "--monitor", CAR, "--file", str(reference_file))
+    again = invoke_cli(fresh_settings, "reference", "--monitor", CAR, "--file", str(reference_file))
     assert again.exit_code == 0 and "initialised" not in again.stderr  # only the first time
 
     days = [date(2017, 2, 26), date(2017, 2, 27), date(2017, 2, 28)]
     expected = _rows_per_day(analysis_file, days)
-    backfill = _invoke(fresh_settings, "backfill", "--monitor", CAR, "--file", str(analysis_file),
+    backfill = invoke_cli(fresh_settings, "backfill", "--monitor", CAR, "--file", str(analysis_file),
                        "--start", "2017-02-26", "--end", "2017-02-28", "--json")
     assert backfill.exit_code == 0, backfill.output
     outcome = json.loads(backfill.stdout)  # the whole of stdout is one JSON document
@@ -92,7 +87,7 @@ def test_first_use_then_json_outcomes(fresh_settings: Settings) -> None:
     assert outcome["skipped"] == []
     assert backfill.stderr == ""  # a script's stderr (not a terminal) gets no progress bar
 
-    run = _invoke(fresh_settings, "run", "--monitor", CAR, "--batch-date", "2017-03-01", "--file", str(analysis_file),
+    run = invoke_cli(fresh_settings, "run", "--monitor", CAR, "--batch-date", "2017-03-01", "--file", str(analysis_file),
                   "--json")
     assert run.exit_code == 0, run.output
     single = json.loads(run.stdout)
@@ -100,7 +95,7 @@ def test_first_use_then_json_outcomes(fresh_settings: Settings) -> None:
     assert single["rows_loaded"] == _rows_per_day(analysis_file, [date(2017, 3, 1)])[date(2017, 3, 1)]
     assert single["rows_outside_period"] == 60_000 - single["rows_loaded"]
 
-    shown = _invoke(fresh_settings, "status", "--monitor", CAR, "--json")
+    shown = invoke_cli(fresh_settings, "status", "--monitor", CAR, "--json")
     assert shown.exit_code == 0, shown.output
     listed = json.loads(shown.stdout)
     with psycopg.connect(url) as conn:
@@ -129,8 +124,8 @@ def test_failed_batch_json_and_exit_1(fresh_settings: Settings, tmp_path) -> Non
     broken = day.set_column(day.schema.get_field_index("id"), "id", pa.array(ids, day["id"].type))
     path = tmp_path / "duplicated.parquet"
     pq.write_table(broken, path)
-    assert _invoke(fresh_settings, "reference", "--monitor", CAR, "--file", str(reference_file)).exit_code == 0
-    run = _invoke(fresh_settings, "run", "--monitor", CAR, "--batch-date", "2017-02-20", "--file", str(path), "--json")
+    assert invoke_cli(fresh_settings, "reference", "--monitor", CAR, "--file", str(reference_file)).exit_code == 0
+    run = invoke_cli(fresh_settings, "run", "--monitor", CAR, "--batch-date", "2017-02-20", "--file", str(path), "--json")
     assert run.exit_code == 1, run.output
     outcome = json.loads(run.stdout)
     assert outcome["status"] == "failed" and outcome["rows_loaded"] == day.num_rows
@@ -153,16 +148,16 @@ def test_dbt_by_hand_then_run(fresh_settings: Settings) -> None:
     reference_file = nannyml_file("regression_synthetic_reference.parquet")
     analysis_file = nannyml_file("regression_synthetic_analysis.parquet")
     url = fresh_settings.database_url
-    assert _invoke(fresh_settings, "reference", "--monitor", CAR, "--file", str(reference_file)).exit_code == 0
-    first = _invoke(fresh_settings, "run", "--monitor", CAR, "--batch-date", "2017-02-20", "--file", str(analysis_file))
+    assert invoke_cli(fresh_settings, "reference", "--monitor", CAR, "--file", str(reference_file)).exit_code == 0
+    first = invoke_cli(fresh_settings, "run", "--monitor", CAR, "--batch-date", "2017-02-20", "--file", str(analysis_file))
     assert first.exit_code == 0, first.output
 
-    built = _invoke(fresh_settings, "dbt", "build", "--vars", '{"monitor": "car_price"}')
+    built = invoke_cli(fresh_settings, "dbt", "build", "--vars", '{"monitor": "car_price"}')
     assert built.exit_code == 0, built.output
     assert "Completed successfully" in built.stdout and "ERROR=0" in built.stdout
     assert _owners(url, ("staging", "marts", "audit")) == {"modelwatch_pipeline"}
 
-    again = _invoke(fresh_settings, "run", "--monitor", CAR, "--batch-date", "2017-02-21", "--file",
+    again = invoke_cli(fresh_settings, "run", "--monitor", CAR, "--batch-date", "2017-02-21", "--file",
                     str(analysis_file), "--json")
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout)["rows_loaded"] == _rows_per_day(analysis_file, [date(2017, 2, 21)])[
@@ -173,13 +168,13 @@ def test_dbt_by_hand_then_run(fresh_settings: Settings) -> None:
                             (CAR,)).fetchall() == [(date(2017, 2, 20), first_status(url, "2017-02-20")),
                                                    (date(2017, 2, 21), first_status(url, "2017-02-21"))]
 
-    dev = _invoke(fresh_settings, "dbt", "run", "--target", "dev", "--select", "stg_batches")
+    dev = invoke_cli(fresh_settings, "dbt", "run", "--target", "dev", "--select", "stg_batches")
     assert dev.exit_code == 0, dev.output
     with psycopg.connect(url) as conn:
         assert conn.execute("select count(*) from dev_staging.stg_batches").fetchone() == (2,)
-    nothing = _invoke(fresh_settings, "dbt", "run", "--select", "no_such_model_anywhere")
+    nothing = invoke_cli(fresh_settings, "dbt", "run", "--select", "no_such_model_anywhere")
     assert nothing.exit_code == 0 and "Nothing to do" in nothing.stdout
-    broken = _invoke(fresh_settings, "dbt", "no-such-command")
+    broken = invoke_cli(fresh_settings, "dbt", "no-such-command")
     assert broken.exit_code == 2
 
 
