@@ -124,7 +124,7 @@ def test_the_worker_dies_with_the_run(one_batch: Settings, tmp_path: Path) -> No
     """A run killed mid-way (SIGKILL: no clean-up runs) takes its worker with it, by the
     parent-death signal: a sleeper keeps the worker's stdin open, so no end of input stops it."""
     code = (
-        "import subprocess, sys; from modelwatch import drift_worker; from modelwatch.config import Settings; "
+        "import subprocess, sys; from modelwatch.drift import worker as drift_worker; from modelwatch.config import Settings; "
         "w = drift_worker.DriftWorker(Settings.from_env()); "
         "s = subprocess.Popen(['sleep', '60'], pass_fds=[w._process.stdin.fileno()]); "
         "print(w.pid, s.pid, flush=True); sys.stdin.read()"
