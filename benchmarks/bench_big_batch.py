@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 from common import Figure, Server, Spread, log, timed  # noqa: E402
-from modelwatch import timeshift  # noqa: E402
+from modelwatch.examples.nyc_taxi import timeshift  # noqa: E402
 
 KEY = "big_batch_vs_copy"
 MEMORY_KEY = "big_batch_peak_mb"
@@ -41,8 +41,9 @@ def make_files(srv: Server, db: common.Database, rows: int) -> tuple[Path, Path,
     import psycopg
     import pyarrow as pa
 
-    from modelwatch import load, pipeline
+    from modelwatch import pipeline
     from modelwatch.periods import batch_of
+    from modelwatch.pipeline import load
 
     monitor = common.taxi()
     months = pa.concat_tables([timeshift.onto_day(month, DAY, monitor) for month in common.read_months()])

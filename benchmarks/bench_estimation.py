@@ -45,7 +45,7 @@ def _peer(args: list[str]) -> common.ChildRun:
 def _prepare(db: common.Database, monitor: str) -> None:
     """Untimed: the reference stored, every analysis batch run without targets, then labelled."""
     from modelwatch import pipeline
-    from modelwatch.labels import store_labels
+    from modelwatch.pipeline.labels import store_labels
 
     reference, analysis, targets = DATASETS[monitor]
     pipeline.init(db.settings)

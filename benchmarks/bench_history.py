@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 from common import Database, Figure, Server, Spread, log, timed  # noqa: E402
-from modelwatch import timeshift  # noqa: E402
+from modelwatch.examples.nyc_taxi import timeshift  # noqa: E402
 
 KEY = "history_365_vs_0"
 TIMED_DAY = date(2024, 3, 1)
@@ -54,8 +54,10 @@ def load_history(db: Database, last_day: date, days: int) -> list[date]:
     import pyarrow as pa
     from psycopg import sql
 
-    from modelwatch import drift, load, pipeline
+    from modelwatch import pipeline
+    from modelwatch.drift import batch_drift
     from modelwatch.periods import batch_of
+    from modelwatch.pipeline import load
 
     monitor = common.taxi()
     first = last_day - timedelta(days=days)
@@ -84,7 +86,7 @@ def load_history(db: Database, last_day: date, days: int) -> list[date]:
         history = [batch.start for batch in batches]
         load.analyze(conn, monitor)
         # Evidently for real on the first day, copied to the others (365 Reports would take minutes).
-        drift.score_batches(db.settings, conn, monitor, history[:1])
+        batch_drift.score_batches(db.settings, conn, monitor, history[:1])
         for table in ("drift_scores", "drift_datasets"):
             columns = [row[0] for row in conn.execute(
                 "select column_name from information_schema.columns where table_schema = 'raw' and table_name = %s"

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 from common import Figure, Server, Spread, log, timed  # noqa: E402
-from modelwatch import timeshift  # noqa: E402
+from modelwatch.examples.nyc_taxi import timeshift  # noqa: E402
 
 KEY = "ingest_vs_copy"
 ONE_DAY = date(2023, 2, 15)
@@ -38,7 +38,8 @@ class Loader:
     and its reference version."""
 
     def __init__(self, conn: Any, monitor: Any) -> None:
-        from modelwatch import load, pipeline
+        from modelwatch import pipeline
+        from modelwatch.pipeline import load
 
         module = pipeline.model_module(monitor)
         self.monitor = monitor
@@ -47,7 +48,7 @@ class Loader:
 
     def load(self, conn: Any, file: Any, batches: list[Any]) -> int:
         """pipeline.run_range's loading loop."""
-        from modelwatch import load
+        from modelwatch.pipeline import load
 
         rows = 0
         for batch in batches:
@@ -61,7 +62,7 @@ def capture_table(conn: Any, loader: Loader, file: Any, batches: list[Any]) -> A
     """The exact rows load_batch COPYs into the monitor's table, by loading once with copy_arrow recorded."""
     import pyarrow as pa
 
-    from modelwatch import load
+    from modelwatch.pipeline import load
 
     captured: list[Any] = []
     original = load.copy_arrow
@@ -83,9 +84,9 @@ def capture_table(conn: Any, loader: Loader, file: Any, batches: list[Any]) -> A
 def run(srv: Server, repeats: int = 5) -> Figure:
     import psycopg
 
-    from modelwatch import load
     from modelwatch.periods import batch_of
-    from modelwatch.source import BatchFile, read_batch_file
+    from modelwatch.pipeline import load
+    from modelwatch.pipeline.source import BatchFile, read_batch_file
 
     monitor = common.taxi()
     target = f"raw.{monitor.rows_table}"

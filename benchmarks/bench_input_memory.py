@@ -61,10 +61,11 @@ def long_text(folder: Path, how: str) -> dict:
     import numpy as np
     import pyarrow as pa
 
-    from modelwatch import load, pgbinary
     from modelwatch.config import Settings
     from modelwatch.monitors import Monitor
-    from modelwatch.source import read_batch_file
+    from modelwatch.pipeline import load
+    from modelwatch.pipeline.source import read_batch_file
+    from modelwatch.postgres import pgbinary
 
     taxi = Settings.from_env().monitor("nyc_taxi")
     taxi = Monitor(**{**taxi.__dict__, "max_text_bytes": 2 * LONG_BYTES})
@@ -87,8 +88,8 @@ def long_text(folder: Path, how: str) -> dict:
 def row_groups(folder: Path, how: str, layout: str) -> dict:
     import pyarrow.parquet as pq
 
-    from modelwatch import source
     from modelwatch.config import Settings
+    from modelwatch.pipeline import source
 
     taxi = Settings.from_env().monitor("nyc_taxi")
     if how == "before":

@@ -1,7 +1,7 @@
 """Target 5: every Grafana panel's SQL on a year of batches in under 100 ms.
 
 The SQL is read from grafana/dashboards/*.json and expanded as Grafana would
-(modelwatch.grafana: dashboard variables, then the PostgreSQL macros) for the
+(modelwatch.dashboards.grafana: dashboard variables, then the PostgreSQL macros) for the
 time range of all batches present, and run as `modelwatch_reader`, the role
 Grafana logs in as. Every panel filters on its dashboard's `monitor` variable:
 it runs once per monitor present (once here: the year is the taxi's), and a
@@ -35,11 +35,11 @@ KEY = "panel_query_max_ms"
 
 def _queries(conn: Any) -> list[Any]:
     """Every variable query, panel target (once per combination of the values of the variables it
-    uses) and alert rule (modelwatch.grafana.Query), for the time range of all batches present, of
+    uses) and alert rule (modelwatch.dashboards.grafana.Query), for the time range of all batches present, of
     every monitor."""
-    from modelwatch import dashboard, grafana
+    from modelwatch.dashboards import grafana, static_page
 
-    time_range = dashboard.data_time_range(conn)
+    time_range = static_page.data_time_range(conn)
 
     def values(text: str) -> list[Any]:
         return [row[0] for row in conn.execute(text).fetchall()]
@@ -52,7 +52,7 @@ def _queries(conn: Any) -> list[Any]:
 def measure(db: Database, batches: int, repeats: int = 10) -> dict[str, Any]:
     import psycopg
 
-    from modelwatch.db import connect_as_reader
+    from modelwatch.postgres.db import connect_as_reader
 
     timings: dict[str, Spread] = {}
     rows: dict[str, int] = {}

@@ -203,9 +203,10 @@ def _running_nodes(conn: Any, database: str) -> list[dict[str, Any]]:
 def run(srv: Server, repeats: int = 3) -> list[Figure]:
     import psycopg
 
-    from modelwatch import load, pipeline
+    from modelwatch import pipeline
     from modelwatch.periods import batch_of
-    from modelwatch.source import read_batch_file
+    from modelwatch.pipeline import load
+    from modelwatch.pipeline.source import read_batch_file
 
     seconds, files = timed(lambda: write_files(srv, ROWS, REFERENCE_ROWS))
     log(f"wide: {ROWS:,} rows on {DAY} ({sum(FEATURES[WIDE])} and {sum(FEATURES[NARROW])} features), "

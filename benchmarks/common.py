@@ -36,10 +36,12 @@ from psycopg import sql
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "python"))  # the package, also when it is not installed
 
-from modelwatch import embedded, timeshift, transform  # noqa: E402
+from modelwatch import transform  # noqa: E402
 from modelwatch.config import PROJECT_DIR, Settings  # noqa: E402
-from modelwatch.db import scratch_database  # noqa: E402
+from modelwatch.examples.nyc_taxi import timeshift  # noqa: E402
 from modelwatch.monitors import Monitor  # noqa: E402
+from modelwatch.postgres import embedded  # noqa: E402
+from modelwatch.postgres.db import scratch_database  # noqa: E402
 
 SHARED_DATA = Path(os.environ.get("MODELWATCH_TLC_DIR") or REPO.parent / "shared" / "data" / "nyc_tlc")
 PACKAGE_DATA = REPO / "python" / "modelwatch" / "data"

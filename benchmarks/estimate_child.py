@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import sys
 
-from modelwatch import db, dle, estimation, load, transform
+from modelwatch import transform
 from modelwatch.config import Settings
+from modelwatch.drift import dle, estimation
+from modelwatch.pipeline import load
+from modelwatch.postgres import db
 
 
 def main(monitor_name: str) -> int:

@@ -98,7 +98,7 @@
     {{ return((m.features.get('numeric') or []) + (m.features.get('categorical') or [])) }}
 {%- endmacro %}
 
-{#- raw.<monitor>__rows and raw.<monitor>__reference (modelwatch.schema creates them). -#}
+{#- raw.<monitor>__rows and raw.<monitor>__reference (modelwatch.postgres.schema creates them). -#}
 {% macro rows_relation(m) -%}
     {{ return(api.Relation.create(database=target.database, schema='raw', identifier=m.name ~ '__rows')) }}
 {%- endmacro %}

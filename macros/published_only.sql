@@ -1,6 +1,6 @@
 {#-
   Row-level security on a mart for the reader role: it sees only the batches
-  in published_batches (modelwatch.publish), so a build killed halfway never
+  in published_batches (modelwatch.postgres.publish), so a build killed halfway never
   shows a half-rebuilt batch. The owner (the pipeline, dbt) is not affected.
   A post-hook: it runs in the model's own transaction, so a mart is never
   without the policy, and only changes the table when the policy is missing

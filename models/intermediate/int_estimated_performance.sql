@@ -1,6 +1,6 @@
 {#-
   Estimated performance per batch being built and metric, labelled or not
-  (modelwatch.estimation fits what it needs once per reference set).
+  (modelwatch.drift.estimation fits what it needs once per reference set).
 
   Classifiers, CBPE: each row's probability of each class (a binary model: of
   its positive class) through the class's calibration map (raw.calibration_maps,

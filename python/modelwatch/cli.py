@@ -21,9 +21,11 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import __version__, db, embedded, outage, pipeline, schema, status, transform
-from .config import Settings
-from .errors import ModelwatchError, UsageError
+from modelwatch import __version__, pipeline, transform
+from modelwatch.config import Settings
+from modelwatch.errors import ModelwatchError, UsageError
+from modelwatch.pipeline import outage, status
+from modelwatch.postgres import db, embedded, schema
 
 F = TypeVar("F", bound=Callable[..., Any])
 console = Console()
@@ -211,7 +213,7 @@ def dbt_command(args: tuple[str, ...]) -> None:
 def new_command(folder: Path) -> None:
     """Make a monitoring project of your own in DIR: its dbt project, which uses modelwatch's models
     as a dbt package, with one commented example monitor."""
-    from .scaffold import new_project
+    from modelwatch.scaffold import new_project
 
     for path in new_project(folder):
         console.print(f"wrote {path}", soft_wrap=True, highlight=False)
@@ -283,7 +285,7 @@ def run(batch_date: date, file: Path, monitor: str | None, as_json: bool) -> Non
 
 
 def raise_contract(outcome: pipeline.BatchOutcome) -> None:
-    from .errors import ContractFailed
+    from modelwatch.errors import ContractFailed
 
     raise ContractFailed(f"batch {outcome.batch_date} failed its data contract: " + "; ".join(outcome.failing_checks))
 
@@ -320,7 +322,7 @@ def backfill(file: Path, start: date | None, end: date | None, force: bool, pace
 @handle_errors
 def labels(file: Path, monitor: str | None) -> None:
     """Store late labels for rows already loaded and rebuild the marts of the batches they touch."""
-    from .labels import store_labels
+    from modelwatch.pipeline.labels import store_labels
 
     outcome = store_labels(settings(), monitor, file)
     console.print(f"monitor {outcome.monitor}: {outcome.labelled:,} labels stored from {outcome.file.name}, "
@@ -387,7 +389,7 @@ def schedule(monitor: str | None, cron: str, folder: Path, pattern: str) -> None
     """Serve the monitor's folder flow on a schedule (Prefect): every new file's batches, until stopped."""
     name = settings().monitor(monitor).name
     try:
-        from . import flows
+        from modelwatch.pipeline import flows
     except ImportError as exc:
         raise UsageError(f"modelwatch schedule needs Prefect ({exc.name} is missing): "
                          "pip install 'modelwatch[prefect]'") from None
@@ -398,7 +400,7 @@ def schedule(monitor: str | None, cron: str, folder: Path, pattern: str) -> None
 @handle_errors
 def demo() -> None:
     """Train on January 2023 and run February 2023 as 28 daily batches (embedded database)."""
-    from .examples.nyc_taxi.demo import run_demo
+    from modelwatch.examples.nyc_taxi.demo import run_demo
 
     current = settings()
     with _progress_bar() as progress:
@@ -420,7 +422,7 @@ def demo() -> None:
 @handle_errors
 def fetch(month: str, out_dir: Path | None, base_url: str | None) -> None:
     """Download a month of the nyc_taxi monitor's data (TLC files), e.g. `modelwatch fetch 2024-05`."""
-    from .examples.nyc_taxi.fetch import TLC_BASE_URL, fetch_month
+    from modelwatch.examples.nyc_taxi.fetch import fetch_month, TLC_BASE_URL
 
     path = fetch_month(month, out_dir or settings().home / "data", base_url or TLC_BASE_URL)
     console.print(str(path), soft_wrap=True, highlight=False)
@@ -438,7 +440,7 @@ def dashboard(out: Path | None, monitor: str | None) -> None:
 
 
 def _render_dashboard(current: Settings, out: Path, monitor: str | None = None) -> Any:
-    from .dashboard import render_overview  # plotly loads only for this command
+    from modelwatch.dashboards.static_page import render_overview  # plotly loads only for this command
 
     return render_overview(current, out, current.monitor(monitor).name)
 
@@ -457,7 +459,7 @@ def _print_dashboard(page: Any) -> None:
 @handle_errors
 def report(batch_date: date, out: Path | None, monitor: str | None) -> None:
     """Write Evidently's HTML report (drift, data summary, tests) for a batch against its reference."""
-    from .report import write_report
+    from modelwatch.drift.report import write_report
 
     console.print(str(write_report(settings(), batch_date, out, monitor)), soft_wrap=True, highlight=False)
 
@@ -520,7 +522,7 @@ def _finish_range(outcome: pipeline.RangeOutcome, exit_on_failure: bool = True, 
     else:
         _print_range(outcome)
     if outcome.failed and exit_on_failure:
-        from .errors import ContractFailed
+        from modelwatch.errors import ContractFailed
 
         raise ContractFailed(
             f"{len(outcome.failed)} batch(es) failed their data contract: "

@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from .errors import UsageError
-from .monitors import Monitor, Monitors, parse_monitors
+from modelwatch.errors import UsageError
+from modelwatch.monitors import Monitor, Monitors, parse_monitors
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PACKAGE_DATA_DIR = PACKAGE_DIR / "data"

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import UsageError
+from modelwatch.errors import UsageError
 
 TASKS = ("regression", "binary_classification", "multiclass_classification")
 PERIODS = ("day", "week", "month")

@@ -9,7 +9,7 @@ from datetime import date, datetime, time, timedelta
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .errors import UsageError
+from modelwatch.errors import UsageError
 
 
 @dataclass(frozen=True, order=True)

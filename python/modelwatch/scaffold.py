@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .config import PACKAGE_PROJECT_ENV, PROJECT_DIR
-from .errors import UsageError
+from modelwatch.config import PACKAGE_PROJECT_ENV, PROJECT_DIR
+from modelwatch.errors import UsageError
 
 PACKAGE_NAME = "modelwatch"  # the package's dbt project name: its macros are modelwatch.<macro>
 

@@ -19,9 +19,10 @@ import psycopg
 import pytest
 from click.testing import CliRunner, Result
 
-from modelwatch import db, embedded, pipeline, transform
+from modelwatch import pipeline, transform
 from modelwatch.cli import main
 from modelwatch.config import PACKAGE_DATA_DIR, PROJECT_DIR, Settings
+from modelwatch.postgres import db, embedded
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "nyc_tlc"
 NANNYML_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "nannyml"

@@ -22,9 +22,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from modelwatch import db, embedded, pipeline, status
+from modelwatch import pipeline
 from modelwatch.cli import main
 from modelwatch.config import Settings
+from modelwatch.pipeline import status
+from modelwatch.postgres import db, embedded
 
 from .conftest import FEBRUARY, copy_project, error_line, invoke_cli, nannyml_file, scratch_name
 

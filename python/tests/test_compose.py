@@ -17,8 +17,8 @@ import psycopg
 import pytest
 import yaml
 
-from modelwatch import db
 from modelwatch.config import PROJECT_DIR
+from modelwatch.postgres import db
 
 from .conftest import scratch_name
 

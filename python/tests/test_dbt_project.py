@@ -9,8 +9,9 @@ from datetime import date, datetime
 import psycopg
 import pytest
 
-from modelwatch import db, transform
+from modelwatch import transform
 from modelwatch.config import Settings
+from modelwatch.postgres import db
 
 from .conftest import TAXI
 

@@ -16,9 +16,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from modelwatch import db, drift, pipeline, transform
+from modelwatch import pipeline, transform
 from modelwatch.config import Settings
+from modelwatch.drift import batch_drift
 from modelwatch.monitors import Monitor
+from modelwatch.postgres import db
 
 from .chromium import chromium_path, visit
 from .conftest import FEBRUARY, TAXI, invoke_cli
@@ -175,16 +177,16 @@ def test_dataset_drift_agrees_with_the_column_verdicts(demo_conn: psycopg.Connec
     assert day[6] == pytest.approx(0.014039147599058695, abs=1e-12)
 
 
-def _report_drift(reference: drift.Rows, current: drift.Rows,
-                  columns: tuple[drift.MonitoredColumn, ...]) -> tuple[dict, tuple]:
+def _report_drift(reference: batch_drift.Rows, current: batch_drift.Rows,
+                  columns: tuple[batch_drift.MonitoredColumn, ...]) -> tuple[dict, tuple]:
     """What an Evidently Report with ValueDrift per column and DriftedColumnsCount says."""
     from evidently.metrics import DriftedColumnsCount, ValueDrift
 
-    api = drift.evidently_api()
+    api = batch_drift.evidently_api()
     names = [column.name for column in columns]
     report = api.Report([ValueDrift(column=name) for name in names]
                         + [DriftedColumnsCount(columns=names, drift_share=0.5)], include_tests=True)
-    with drift.quiet_numerics():
+    with batch_drift.quiet_numerics():
         snapshot = report.run(current.dataset(api, list(columns)), reference.dataset(api, list(columns)))
     per_column, dataset = {}, ()
     for result in snapshot.metric_results.values():
@@ -201,14 +203,14 @@ def _report_drift(reference: drift.Rows, current: drift.Rows,
 def test_the_step_scores_as_an_evidently_report_does(demo_conn: psycopg.Connection, day: date, max_rows: int) -> None:
     """The step runs Evidently's tests without a Report (3x cheaper): same methods, scores, verdicts, count.
     The scores agree to 12 digits, not to the bit: the step hands Evidently the reference's numeric
-    values sorted (drift.Rows.sort_numeric), and their standard deviation is summed in that order."""
+    values sorted (batch_drift.Rows.sort_numeric), and their standard deviation is summed in that order."""
     monitor = _taxi()
-    columns = drift.monitored_columns(monitor)
-    options = drift.DriftOptions(max_rows=max_rows)
-    reference = drift.read_reference(demo_conn, monitor, drift.batch_reference_version(demo_conn, monitor, day),
+    columns = batch_drift.monitored_columns(monitor)
+    options = batch_drift.DriftOptions(max_rows=max_rows)
+    reference = batch_drift.read_reference(demo_conn, monitor, batch_drift.batch_reference_version(demo_conn, monitor, day),
                                      columns, options)
-    current = drift.read_batch(demo_conn, monitor, day, columns, options)
-    scored, dataset = drift.run_evidently(drift.evidently_api(), reference, current, list(columns), 0.5)
+    current = batch_drift.read_batch(demo_conn, monitor, day, columns, options)
+    scored, dataset = batch_drift.run_evidently(batch_drift.evidently_api(), reference, current, list(columns), 0.5)
     per_column, report_dataset = _report_drift(reference, current, columns)
     assert {column.column: (column.method, column.threshold, pytest.approx(column.score, rel=1e-12, abs=1e-15),
                             column.drifted) for column in scored} == per_column
@@ -327,13 +329,13 @@ def test_a_constant_column_in_a_passing_batch_reaches_feature_drift(trained_sett
 
 def test_sampling_above_max_rows_is_seeded_and_recorded(demo_conn: psycopg.Connection) -> None:
     monitor = _taxi()
-    columns = drift.monitored_columns(monitor)
-    options = drift.DriftOptions(max_rows=1_000, sample_seed=7)
-    first = drift.read_batch(demo_conn, monitor, DAY, columns, options)
-    again = drift.read_batch(demo_conn, monitor, DAY, columns, options)
-    other_seed = drift.read_batch(demo_conn, monitor, DAY, columns, drift.DriftOptions(max_rows=1_000, sample_seed=8))
-    version = drift.batch_reference_version(demo_conn, monitor, DAY)
-    reference = drift.read_reference(demo_conn, monitor, version, columns, options)
+    columns = batch_drift.monitored_columns(monitor)
+    options = batch_drift.DriftOptions(max_rows=1_000, sample_seed=7)
+    first = batch_drift.read_batch(demo_conn, monitor, DAY, columns, options)
+    again = batch_drift.read_batch(demo_conn, monitor, DAY, columns, options)
+    other_seed = batch_drift.read_batch(demo_conn, monitor, DAY, columns, batch_drift.DriftOptions(max_rows=1_000, sample_seed=8))
+    version = batch_drift.batch_reference_version(demo_conn, monitor, DAY)
+    reference = batch_drift.read_reference(demo_conn, monitor, version, columns, options)
     assert (first.total, first.used, reference.total, reference.used) == (DAY_ROWS, 1_000, 68_207, 1_000)
     pd.testing.assert_frame_equal(first.frame, again.frame)
     # The hash bound that spares PostgreSQL the sort of every row picks the very rows a full sort does.
@@ -342,7 +344,7 @@ def test_sampling_above_max_rows_is_seeded_and_recorded(demo_conn: psycopg.Conne
         (DAY,)).fetchall()]
     assert first.frame["fare_amount"].tolist() == smallest_hashes
     assert not first.frame.equals(other_seed.frame)
-    result = drift.score_batch(drift.evidently_api(), TAXI, DAY, version, reference, first, columns, options)
+    result = batch_drift.score_batch(batch_drift.evidently_api(), TAXI, DAY, version, reference, first, columns, options)
     assert (result.monitor, result.reference_version) == (TAXI, version)
     assert (result.current_rows, result.current_rows_used, result.reference_rows_used, result.sampled) == (
         DAY_ROWS, 1_000, 1_000, True)
@@ -354,7 +356,7 @@ def test_sampling_above_max_rows_is_seeded_and_recorded(demo_conn: psycopg.Conne
 
 
 def test_evidently_is_not_imported_with_the_package() -> None:
-    code = ("import sys, modelwatch.cli, modelwatch.pipeline, modelwatch.drift, modelwatch.report, "
+    code = ("import sys, modelwatch.cli, modelwatch.pipeline, modelwatch.drift.batch_drift, modelwatch.drift.report, "
             "modelwatch.examples.nyc_taxi.model; "
             "print('evidently' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -16,8 +16,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from modelwatch import drift, drift_worker, pipeline
+from modelwatch import pipeline
 from modelwatch.config import Settings
+from modelwatch.drift import batch_drift, worker as drift_worker
 from modelwatch.errors import DriftError, TransformError, UsageError
 from modelwatch.periods import batch_of
 
@@ -44,12 +45,12 @@ def test_the_worker_stores_what_the_step_computes_in_process(one_batch: Settings
     with psycopg.connect(one_batch.database_url, autocommit=True) as conn:
         stored = _stored(conn, DAY)
         monitor = one_batch.monitor(TAXI)
-        columns = drift.monitored_columns(monitor)
-        options = drift.DriftOptions.from_settings(one_batch, monitor)
-        version = drift.batch_reference_version(conn, monitor, DAY)
-        in_process = drift.score_batch(drift.evidently_api(), TAXI, DAY, version,
-                                       drift.read_reference(conn, monitor, version, columns, options),
-                                       drift.read_batch(conn, monitor, DAY, columns, options), columns, options)
+        columns = batch_drift.monitored_columns(monitor)
+        options = batch_drift.DriftOptions.from_settings(one_batch, monitor)
+        version = batch_drift.batch_reference_version(conn, monitor, DAY)
+        in_process = batch_drift.score_batch(batch_drift.evidently_api(), TAXI, DAY, version,
+                                       batch_drift.read_reference(conn, monitor, version, columns, options),
+                                       batch_drift.read_batch(conn, monitor, DAY, columns, options), columns, options)
         dataset = conn.execute("""select reference_version, current_rows, columns_computed, columns_drifted
                                   from raw.drift_datasets where monitor = %s and batch_date = %s""",
                                (TAXI, DAY)).fetchone()
@@ -123,7 +124,7 @@ def test_the_worker_dies_with_the_run(one_batch: Settings, tmp_path: Path) -> No
     """A run killed mid-way (SIGKILL: no clean-up runs) takes its worker with it, by the
     parent-death signal: a sleeper keeps the worker's stdin open, so no end of input stops it."""
     code = (
-        "import subprocess, sys; from modelwatch import drift_worker; from modelwatch.config import Settings; "
+        "import subprocess, sys; from modelwatch.drift import worker as drift_worker; from modelwatch.config import Settings; "
         "w = drift_worker.DriftWorker(Settings.from_env()); "
         "s = subprocess.Popen(['sleep', '60'], pass_fds=[w._process.stdin.fileno()]); "
         "print(w.pid, s.pid, flush=True); sys.stdin.read()"
@@ -175,10 +176,10 @@ def test_a_drift_step_failing_mid_run_marks_the_batch_and_exits_3(one_batch: Set
     env = dict(os.environ, MODELWATCH_HOME=str(one_batch.home), MODELWATCH_DATABASE_URL=one_batch.database_url)
     sitecustomize = tmp_path / "site"
     sitecustomize.mkdir()
-    # Only the worker runs as `-m modelwatch.drift_worker`: it dies as it starts, the run does not.
+    # Only the worker runs as `-m modelwatch.drift.worker`: it dies as it starts, the run does not.
     (sitecustomize / "sitecustomize.py").write_text(
         "import os, signal, sys\n"
-        "if sys.orig_argv[1:3] == ['-m', 'modelwatch.drift_worker']:\n"
+        "if sys.orig_argv[1:3] == ['-m', 'modelwatch.drift.worker']:\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(sitecustomize), env.get("PYTHONPATH")]))
     run = subprocess.run([sys.executable, "-m", "modelwatch.cli", "run", "--batch-date", "2023-02-16",

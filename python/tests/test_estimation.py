@@ -18,9 +18,10 @@ import pandas as pd
 import psycopg
 import pytest
 
-from modelwatch import db, pipeline
+from modelwatch import pipeline
 from modelwatch.config import Settings
-from modelwatch.labels import store_labels
+from modelwatch.pipeline.labels import store_labels
+from modelwatch.postgres import db
 
 from .conftest import nannyml_file, scratch_name
 

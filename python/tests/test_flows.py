@@ -19,8 +19,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from modelwatch import db, pipeline
+from modelwatch import pipeline
 from modelwatch.config import Settings
+from modelwatch.postgres import db
 
 from .conftest import nannyml_file, scratch_name
 from .test_monitors import labelled_analysis
@@ -33,7 +34,7 @@ from prefect.client.orchestration import get_client  # noqa: E402
 from prefect.settings import PREFECT_API_URL  # noqa: E402
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
-from modelwatch import flows  # noqa: E402
+from modelwatch.pipeline import flows  # noqa: E402
 
 MONITOR = "car_price"
 DAYS = [date(2017, 2, 17) + timedelta(days=i) for i in range(3)]

@@ -16,11 +16,13 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from modelwatch import db, grafana, pipeline, transform
+from modelwatch import pipeline, transform
 from modelwatch.cli import main
 from modelwatch.config import PROJECT_DIR, Settings
+from modelwatch.dashboards import grafana
 from modelwatch.errors import UsageError
 from modelwatch.monitors import parse_monitor
+from modelwatch.postgres import db
 
 from .conftest import nannyml_file, scratch_name
 from .test_monitors import labelled_analysis

@@ -34,11 +34,11 @@ import yaml
 from click.testing import CliRunner
 from psycopg import sql
 
-from modelwatch import dashboard as static_page
-from modelwatch import db, grafana
 from modelwatch.cli import main
 from modelwatch.config import PROJECT_DIR, Settings
+from modelwatch.dashboards import grafana, static_page
 from modelwatch.errors import UsageError
+from modelwatch.postgres import db
 
 from .chromium import chromium_path, visit
 from .conftest import FEBRUARY, TAXI, scratch_name, trained_database

@@ -15,9 +15,10 @@ import pytest
 from click.testing import CliRunner
 from sklearn import metrics as sk
 
-from modelwatch import db, pipeline
+from modelwatch import pipeline
 from modelwatch.cli import main
 from modelwatch.config import Settings
+from modelwatch.postgres import db
 
 from .conftest import nannyml_file, scratch_name
 
@@ -145,7 +146,7 @@ def test_a_file_without_the_id_or_target_is_refused(unlabelled, tmp_path: Path, 
 
 def test_init_upgrades_a_version_2_database(fresh_settings: Settings) -> None:
     """Schema version 2 had no labels or estimation tables: other commands refuse it, `init` adds them."""
-    from modelwatch import schema
+    from modelwatch.postgres import schema
 
     pipeline.init(fresh_settings)
     with psycopg.connect(fresh_settings.database_url, autocommit=True) as conn:

@@ -23,8 +23,8 @@ import psycopg
 import pyarrow as pa
 import pytest
 
-from modelwatch import timeshift
 from modelwatch.config import Settings
+from modelwatch.examples.nyc_taxi import timeshift
 
 from .conftest import FEBRUARY, JANUARY
 
@@ -113,7 +113,7 @@ def _sample(process: subprocess.Popen, conn: psycopg.Connection) -> Sample:
         try:
             rss += _rss_mb(child)
             fds += _open_fds(child)
-            workers += b"modelwatch.drift_worker" in Path(f"/proc/{child}/cmdline").read_bytes()
+            workers += b"modelwatch.drift.worker" in Path(f"/proc/{child}/cmdline").read_bytes()
         except (Exited, FileNotFoundError, ProcessLookupError):  # the child exited meanwhile
             pass
     return Sample(int(finished), rss, fds, int(connections), workers)

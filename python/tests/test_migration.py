@@ -14,12 +14,14 @@ import pyarrow.compute as pc
 import pytest
 from psycopg import sql
 
-from modelwatch import db, load, pipeline, schema
+from modelwatch import pipeline
 from modelwatch.config import Settings
 from modelwatch.errors import UsageError
 from modelwatch.examples.nyc_taxi import model
 from modelwatch.periods import batch_of
-from modelwatch.source import read_batch_file
+from modelwatch.pipeline import load
+from modelwatch.pipeline.source import read_batch_file
+from modelwatch.postgres import db, schema
 
 from .conftest import FEBRUARY, JANUARY, TAXI, scratch_name
 

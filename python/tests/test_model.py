@@ -16,7 +16,7 @@ import pytest
 from modelwatch.config import Settings
 from modelwatch.errors import UsageError
 from modelwatch.examples.nyc_taxi import model
-from modelwatch.source import read_batch_file
+from modelwatch.pipeline.source import read_batch_file
 
 from .conftest import FEBRUARY, TAXI
 
@@ -26,7 +26,7 @@ _SCORE_IN_A_FRESH_PROCESS = """
 import sys, numpy as np, psycopg
 from modelwatch.config import Settings
 from modelwatch.examples.nyc_taxi import model
-from modelwatch.source import read_batch_file
+from modelwatch.pipeline.source import read_batch_file
 monitor = Settings.from_env({}).monitor(sys.argv[4])
 with psycopg.connect(sys.argv[1]) as conn:
     trained = model.load_latest(conn, monitor.name)

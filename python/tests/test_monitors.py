@@ -21,9 +21,10 @@ import yaml
 from click.testing import CliRunner
 from sklearn import metrics as sk
 
-from modelwatch import db, pipeline
+from modelwatch import pipeline
 from modelwatch.cli import main
 from modelwatch.config import Settings
+from modelwatch.postgres import db
 
 from .conftest import copy_project, nannyml_file, scratch_name
 

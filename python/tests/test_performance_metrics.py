@@ -32,7 +32,7 @@ from sklearn.metrics import (
 )
 from sklearn.utils.multiclass import unique_labels
 
-from modelwatch import db
+from modelwatch.postgres import db
 
 REPO = Path(__file__).resolve().parents[2]
 NANNYML = Path(__file__).resolve().parents[3] / "shared" / "data" / "nannyml"

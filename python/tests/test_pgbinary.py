@@ -9,8 +9,8 @@ import psycopg
 import pyarrow as pa
 import pytest
 
-from modelwatch import pgbinary
-from modelwatch.load import copy_arrow
+from modelwatch.pipeline.load import copy_arrow
+from modelwatch.postgres import pgbinary
 from psycopg import sql
 
 ROWS = [
@@ -91,7 +91,7 @@ def test_an_unsupported_type_is_refused_by_name() -> None:
 def test_long_text_in_slices_of_bounded_bytes_round_trips(server_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Text of many lengths (some rows longer than a slice's bound, some NULL, from a sliced
     Arrow array) is COPYed slice by slice and read back equal, in both of Arrow's text layouts."""
-    from modelwatch import load
+    from modelwatch.pipeline import load
 
     monkeypatch.setattr(load, "COPY_CHUNK_BYTES", 1_000)
     texts = [None if i % 7 == 3 else ("é" * (i * 37 % 900)) + str(i) for i in range(300)]

@@ -16,11 +16,12 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from modelwatch import db, pipeline
+from modelwatch import pipeline
 from modelwatch.config import PROJECT_DIR, Settings
 from modelwatch.errors import UsageError
 from modelwatch.monitors import parse_monitors
 from modelwatch.periods import batch_of
+from modelwatch.postgres import db
 
 from .conftest import FEBRUARY, JANUARY, copy_project, error_line, invoke_cli, nannyml_file, scratch_name
 

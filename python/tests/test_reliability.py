@@ -17,8 +17,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from modelwatch import db, pipeline, schema, status
+from modelwatch import pipeline
 from modelwatch.config import Settings
+from modelwatch.pipeline import status
+from modelwatch.postgres import db, schema
 
 from .conftest import FEBRUARY, JANUARY, TAXI, error_line, invoke_cli
 

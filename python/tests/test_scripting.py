@@ -9,9 +9,10 @@ import psycopg
 import pyarrow.parquet as pq
 from click.testing import CliRunner
 
-from modelwatch import __version__, schema
+from modelwatch import __version__
 from modelwatch.cli import main
 from modelwatch.config import Settings
+from modelwatch.postgres import schema
 
 from .conftest import invoke_cli, nannyml_file
 
@@ -25,7 +26,7 @@ def test_progress_bar_shows_the_total_and_the_phase() -> None:
     from rich.console import Console
     from rich.progress import Progress
 
-    from modelwatch.cli import PROGRESS_COLUMNS, _Bar
+    from modelwatch.cli import _Bar, PROGRESS_COLUMNS
 
     screen = Console(file=io.StringIO(), force_terminal=True, width=120)
     with Progress(*PROGRESS_COLUMNS, console=screen, auto_refresh=False) as bar:

@@ -22,9 +22,10 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from modelwatch import db, pipeline, roles, schema
+from modelwatch import pipeline
 from modelwatch.config import Settings
 from modelwatch.errors import DatabaseError, UsageError
+from modelwatch.postgres import db, roles, schema
 
 from .conftest import FEBRUARY, JANUARY, TAXI, scratch_name, trained_database
 

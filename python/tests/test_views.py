@@ -1,5 +1,5 @@
 """The dbt project's views: created by `init`, kept by builds while the project is the same,
-created again by a build when it changes or when one is missing (modelwatch.views)."""
+created again by a build when it changes or when one is missing (modelwatch.transform.views)."""
 
 from __future__ import annotations
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ... import pipeline
-from ...config import PACKAGE_DATA_DIR, Settings
-from ...progress import SILENT
+from modelwatch import pipeline
+from modelwatch.config import PACKAGE_DATA_DIR, Settings
+from modelwatch.pipeline.progress import SILENT
 
 MONITOR = "nyc_taxi"
 REFERENCE_FILE = PACKAGE_DATA_DIR / "green_tripdata_2023-01.parquet"

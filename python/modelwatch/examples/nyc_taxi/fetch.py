@@ -8,7 +8,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ...errors import InputError, ModelwatchError
+from modelwatch.errors import InputError, ModelwatchError
 
 TLC_BASE_URL = "https://d37ci6vzurychx.cloudfront.net/trip-data"
 _MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")

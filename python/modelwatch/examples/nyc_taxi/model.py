@@ -25,8 +25,8 @@ import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ...errors import UsageError
-from ...source import BatchFile
+from modelwatch.errors import UsageError
+from modelwatch.pipeline.source import BatchFile
 
 if TYPE_CHECKING:  # scikit-learn takes ~0.7 s to import: training imports it, scoring does not
     from sklearn.linear_model import LinearRegression

@@ -19,11 +19,12 @@ from typing import Any
 
 import psycopg
 
-from . import db, views
-from . import scaffold
-from .config import PACKAGE_PROJECT_ENV, PROJECT_DIR, Settings
-from .db import dbt_env
-from .errors import TransformError
+from modelwatch import scaffold
+from modelwatch.config import PACKAGE_PROJECT_ENV, PROJECT_DIR, Settings
+from modelwatch.errors import TransformError
+from modelwatch.postgres import db
+from modelwatch.postgres.db import dbt_env
+from modelwatch.transform import views
 
 RUN_RESULTS_TAG = "run_results"
 GATED_TAG = "gated"
@@ -242,7 +243,7 @@ def build(settings: Settings, url: str, conn: psycopg.Connection, monitor: str, 
     A failing contract test makes dbt skip the gated marts downstream of it; their SQL
     admits passing batches only, so running the skipped ones once more lets the gate
     decide batch by batch. The views are left out when the database (`conn`, the
-    pipeline's session) holds this project's already (modelwatch.views).
+    pipeline's session) holds this project's already (modelwatch.transform.views).
     """
     batch = batch_vars(monitor, start, end)
     # Unit tests check the SQL, not the batch: the test suite runs them, not every build. The

@@ -12,11 +12,12 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from . import db, drift, schema
-from .config import Settings
-from .errors import ModelwatchError, UsageError
-from .monitors import Monitor
-from .periods import batch_of
+from modelwatch.config import Settings
+from modelwatch.drift import batch_drift
+from modelwatch.errors import ModelwatchError, UsageError
+from modelwatch.monitors import Monitor
+from modelwatch.periods import batch_of
+from modelwatch.postgres import db, schema
 
 
 def default_path(settings: Settings, monitor: str, batch_date: date) -> Path:
@@ -30,10 +31,10 @@ class BatchData:
     monitor: Monitor
     batch_date: date
     reference_version: str
-    reference: drift.Rows
-    current: drift.Rows
-    columns: tuple[drift.MonitoredColumn, ...]
-    options: drift.DriftOptions
+    reference: batch_drift.Rows
+    current: batch_drift.Rows
+    columns: tuple[batch_drift.MonitoredColumn, ...]
+    options: batch_drift.DriftOptions
 
 
 def batch_data(settings: Settings, batch_date: date, monitor_name: str | None = None) -> BatchData:
@@ -41,14 +42,14 @@ def batch_data(settings: Settings, batch_date: date, monitor_name: str | None = 
     from the database; UsageError when either has no rows."""
     monitor = settings.monitor(monitor_name)
     batch_date = batch_of(monitor.name, monitor.batch_period, batch_date).start
-    options = drift.DriftOptions.from_settings(settings, monitor)
-    columns = drift.monitored_columns(monitor)
+    options = batch_drift.DriftOptions.from_settings(settings, monitor)
+    columns = batch_drift.monitored_columns(monitor)
     with db.connect(db.database_url(settings)) as conn:
         schema.check_version(conn)
         schema.check_monitor_tables(conn, monitor)
-        version = drift.batch_reference_version(conn, monitor, batch_date)
-        reference = drift.read_reference(conn, monitor, version, columns, options)
-        current = drift.read_batch(conn, monitor, batch_date, columns, options)
+        version = batch_drift.batch_reference_version(conn, monitor, batch_date)
+        reference = batch_drift.read_reference(conn, monitor, version, columns, options)
+        current = batch_drift.read_batch(conn, monitor, batch_date, columns, options)
     if current.total == 0:
         raise UsageError(f"monitor {monitor.name}: batch {batch_date} has no rows to report on")
     if reference.total == 0:
@@ -70,18 +71,18 @@ def write_report(settings: Settings, batch_date: date, out: Path | None = None,
 def evidently_snapshot(data: BatchData) -> Any:
     """Evidently's data drift and data summary presets, with their tests, run on the batch against
     its reference: a Snapshot (shown inline by a notebook, or written as HTML)."""
-    api = drift.evidently_api()
+    api = batch_drift.evidently_api()
     # Drift only where Evidently can score (it raises on an empty column); the
     # summary shows every column, empty and constant ones included.
     scorable = [column.name for column in data.columns
-                if drift.skip_reason(column, data.reference, data.current) is None]
+                if batch_drift.skip_reason(column, data.reference, data.current) is None]
     presets: list[Any] = [api.DataSummaryPreset(columns=[column.name for column in data.columns])]
     if scorable:
         presets.insert(0, api.DataDriftPreset(columns=scorable, drift_share=data.options.drift_share))
     report = api.Report(presets, include_tests=True)
     columns = list(data.columns)
     try:
-        with drift.quiet_numerics():
+        with batch_drift.quiet_numerics():
             return report.run(data.current.dataset(api, columns), data.reference.dataset(api, columns))
     except Exception as exc:  # noqa: BLE001 - one line for the user, not Evidently's traceback
         first = " ".join(str(exc).split())[:300] or type(exc).__name__

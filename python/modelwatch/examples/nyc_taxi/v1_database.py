@@ -12,8 +12,8 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
-from .errors import UsageError
-from .monitors import Monitor
+from modelwatch.errors import UsageError
+from modelwatch.monitors import Monitor
 
 V1_MONITOR = "nyc_taxi"  # whose batches a version-1 database holds
 # The version-1 tables that move, each renamed aside first (with its primary key's name).

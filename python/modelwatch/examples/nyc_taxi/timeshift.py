@@ -18,11 +18,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import load
-from .config import Settings
-from .monitors import Monitor
-from .periods import batch_of
-from .source import read_batch_file
+from modelwatch.config import Settings
+from modelwatch.monitors import Monitor
+from modelwatch.periods import batch_of
+from modelwatch.pipeline import load
+from modelwatch.pipeline.source import read_batch_file
 
 TAXI = "nyc_taxi"  # the TLC files' monitor
 

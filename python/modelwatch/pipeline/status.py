@@ -8,8 +8,8 @@ from typing import Any
 
 import psycopg
 
-from .db import locked_batches
-from .publish import FINISHED
+from modelwatch.postgres.db import locked_batches
+from modelwatch.postgres.publish import FINISHED
 
 # A batch left in one of these with no process holding its lock was interrupted.
 IN_PROGRESS = ("loading", "loaded", "building")

@@ -20,9 +20,10 @@ from typing import Any
 
 import psycopg
 
-from . import db, grafana, schema
-from .config import Settings
-from .errors import UsageError
+from modelwatch.config import Settings
+from modelwatch.dashboards import grafana
+from modelwatch.errors import UsageError
+from modelwatch.postgres import db, schema
 
 # Grafana's classic palette, so the page looks like the dashboard.
 PALETTE = ("#7EB26D", "#EAB839", "#6ED0E0", "#EF843C", "#E24D42", "#1F78C1", "#BA43A9", "#705DA0")

@@ -1,4 +1,4 @@
-"""Writing a batch into `raw`: binary COPY encoded from Arrow (modelwatch.pgbinary), one transaction.
+"""Writing a batch into `raw`: binary COPY encoded from Arrow (modelwatch.postgres.pgbinary), one transaction.
 
 The transaction first removes the batch, so a re-run replaces it exactly, and
 a crash midway leaves the previous version of the batch intact.
@@ -19,10 +19,11 @@ import pyarrow.compute as pc
 from psycopg import sql
 from psycopg.copy import QueuedLibpqWriter
 
-from . import pgbinary, periods
-from .monitors import Monitor
-from .periods import Batch
-from .source import BatchFile
+from modelwatch import periods
+from modelwatch.monitors import Monitor
+from modelwatch.periods import Batch
+from modelwatch.pipeline.source import BatchFile
+from modelwatch.postgres import pgbinary
 
 COPY_CHUNK_ROWS = 100_000
 COPY_CHUNK_BYTES = 64 << 20  # and at most about this much of Arrow data per chunk (long text)

@@ -1,7 +1,7 @@
-"""Connections, locks and scratch databases (modelwatch.schema holds the tables).
+"""Connections, locks and scratch databases (modelwatch.postgres.schema holds the tables).
 
 Every session acts as the pipeline role where the database has one
-(modelwatch.roles); `init` sets that up with the login's own rights.
+(modelwatch.postgres.roles); `init` sets that up with the login's own rights.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from . import embedded
-from .config import PACKAGE_PROJECT_ENV, PROJECT_DIR, Settings
-from .errors import DatabaseError
-from .roles import PIPELINE_ROLE, PIPELINE_SCHEMAS, READER_ROLE, act_as_pipeline, pipeline_role
+from modelwatch.config import PACKAGE_PROJECT_ENV, PROJECT_DIR, Settings
+from modelwatch.errors import DatabaseError
+from modelwatch.postgres import embedded
+from modelwatch.postgres.roles import act_as_pipeline, PIPELINE_ROLE, pipeline_role, PIPELINE_SCHEMAS, READER_ROLE
 
 __all__ = ["PIPELINE_ROLE", "PIPELINE_SCHEMAS", "READER_ROLE"]  # re-exported: the roles' names
 

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .errors import InputError
+from modelwatch.errors import InputError
 
 # The range Python's datetime holds (the drift step and reports read stored rows back into
 # it); PostgreSQL's own is wider, so every value inside is one PostgreSQL stores too.

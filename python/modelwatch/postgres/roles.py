@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import psycopg
 from psycopg import sql
 
-from .errors import DatabaseError
+from modelwatch.errors import DatabaseError
 
 READER_ROLE = "modelwatch_reader"
 PIPELINE_ROLE = "modelwatch_pipeline"

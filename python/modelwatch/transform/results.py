@@ -14,8 +14,8 @@ from datetime import date
 import psycopg
 from psycopg import sql
 
-from .periods import Batch
-from .transform import BuildResult, TestOutcome
+from modelwatch.periods import Batch
+from modelwatch.transform import BuildResult, TestOutcome
 
 CONTRACT_TESTS = ("contract_errors", "contract_warnings")
 

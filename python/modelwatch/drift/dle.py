@@ -17,7 +17,7 @@ import psycopg
 from psycopg import sql
 from sklearn.ensemble import HistGradientBoostingRegressor
 
-from .monitors import Monitor
+from modelwatch.monitors import Monitor
 
 ALGORITHM = "sklearn.HistGradientBoostingRegressor"
 SEED = 42

@@ -1,6 +1,6 @@
 """Evidently's drift per batch of a monitor, against the batch's reference set.
 
-Runs in the drift worker (modelwatch.drift_worker), each batch as soon as it is
+Runs in the drift worker (modelwatch.drift.worker), each batch as soon as it is
 loaded and scored, while the next ones load and dbt builds the marts that do not
 read it: per batch, Evidently's `ValueDrift` for every monitored feature, the
 prediction and the probabilities (Evidently picks the method per column from its type, the row count
@@ -30,9 +30,9 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
-from .config import Settings
-from .errors import UsageError
-from .monitors import Monitor, deep_merge
+from modelwatch.config import Settings
+from modelwatch.errors import UsageError
+from modelwatch.monitors import deep_merge, Monitor
 
 CATEGORICAL = "categorical"  # a drift column's kind: numeric, categorical or prediction
 
@@ -457,7 +457,7 @@ def score_batches(settings: Settings, conn: psycopg.Connection, monitor: Monitor
     columns = monitored_columns(monitor)
     api = evidently_api()
     references = {} if references is None else references
-    loss_models: dict = {}  # DLE's, for a regression monitor (modelwatch.dle)
+    loss_models: dict = {}  # DLE's, for a regression monitor (modelwatch.drift.dle)
     results: list[BatchDrift] = []
     for day in days:
         version = batch_reference_version(conn, monitor, day)
@@ -472,7 +472,7 @@ def score_batches(settings: Settings, conn: psycopg.Connection, monitor: Monitor
                             started=clock)
         store(conn, drift, options.sample_seed)
         if monitor.task == "regression":  # DLE's per-batch half: a model, so here rather than in SQL
-            from . import dle
+            from modelwatch.drift import dle
 
             dle.estimate_batch(conn, monitor, day, version, loss_models)
         results.append(drift)

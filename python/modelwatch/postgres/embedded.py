@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psycopg
 
-from .errors import DatabaseError
+from modelwatch.errors import DatabaseError
 
 DATABASE = "modelwatch"
 

@@ -17,9 +17,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from . import values
-from .errors import InputError
-from .monitors import Monitor
+from modelwatch.errors import InputError
+from modelwatch.monitors import Monitor
+from modelwatch.postgres import values
 
 ARROW_TYPES = {
     "bigint": pa.int64(),

@@ -9,7 +9,7 @@ batch keeps its worker (one per dbt project), so Evidently is imported once.
 
 The protocol is one JSON line each way: the run sends {"url": ..., "monitor":
 ..., "days": [...]} as soon as those batches are loaded (committed), one request per batch
-while the next ones load; the worker scores them in order (drift.score_batches:
+while the next ones load; the worker scores them in order (batch_drift.score_batches:
 read from that database, scored, stored in raw) and answers each with
 {"ok": true} or {"error": ..., "type": ...}. It keeps the reference sets it has
 read for the database of its last request. It serves requests until its stdin
@@ -32,9 +32,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
 
-from . import errors
-from .config import Settings
-from .errors import DriftError, ModelwatchError
+from modelwatch import errors
+from modelwatch.config import Settings
+from modelwatch.errors import DriftError, ModelwatchError
 
 STOP_TIMEOUT_S = 30
 # Workers are started from this one thread, which lives as long as the process: on Linux a worker dies
@@ -44,7 +44,7 @@ _SPAWNER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_pref
 
 
 class DriftWorker:
-    """A `python -m modelwatch.drift_worker` process: requests queue in its pipe, answered in order."""
+    """A `python -m modelwatch.drift.worker` process: requests queue in its pipe, answered in order."""
 
     def __init__(self, settings: Settings) -> None:
         self._stderr = tempfile.TemporaryFile()
@@ -195,14 +195,15 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the run, which stops the worker
     replies = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # whatever a library prints goes to stderr, not into the replies
-    from . import db, drift  # after the pipe is set up: these imports take a second
+    from modelwatch.drift import batch_drift
+    from modelwatch.postgres import db  # after the pipe is set up: these imports take a second
 
     settings = Settings.from_env()  # the project (what is monitored); the database comes with each request
     try:
-        drift.evidently_api()  # import Evidently now, while the run loads its batches
+        batch_drift.evidently_api()  # import Evidently now, while the run loads its batches
     except Exception:  # noqa: BLE001 - reported when a batch is scored
         pass
-    references: dict[tuple[str, str | None], drift.Rows] = {}  # of the last request's database, by reference
+    references: dict[tuple[str, str | None], batch_drift.Rows] = {}  # of the last request's database, by reference
     last_url = None
     for line in sys.stdin:
         request = json.loads(line)
@@ -211,7 +212,7 @@ def main() -> None:
             references, last_url = {}, request["url"]
         try:
             with db.connect(request["url"], autocommit=True) as conn:
-                drift.score_batches(settings, conn, settings.monitor(request["monitor"]), days, references)
+                batch_drift.score_batches(settings, conn, settings.monitor(request["monitor"]), days, references)
             failure = None
         except Exception as exc:  # noqa: BLE001 - every failure goes back to the run
             failure = exc

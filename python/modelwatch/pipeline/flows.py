@@ -22,11 +22,11 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed, State
 
-from . import pipeline
-from .config import Settings
-from .errors import DatabaseError
-from .periods import batch_of
-from .source import BatchFile, read_batch_file
+from modelwatch import pipeline
+from modelwatch.config import Settings
+from modelwatch.errors import DatabaseError
+from modelwatch.periods import batch_of
+from modelwatch.pipeline.source import BatchFile, read_batch_file
 
 DATABASE_RETRIES = 3
 DATABASE_RETRY_DELAY_S = 10

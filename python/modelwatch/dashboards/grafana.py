@@ -22,8 +22,8 @@ from typing import Any
 
 import yaml
 
-from .config import PROJECT_DIR
-from .errors import UsageError
+from modelwatch.config import PROJECT_DIR
+from modelwatch.errors import UsageError
 
 GRAFANA_DIR = PROJECT_DIR / "grafana"
 DASHBOARDS_DIR = GRAFANA_DIR / "dashboards"

@@ -13,11 +13,13 @@ from collections.abc import Iterable
 import psycopg
 from psycopg import sql
 
-from . import estimation, migrations, publish, views
-from .db import BUILD_LOCK_KEY, LOCK_CLASS
-from .errors import UsageError
-from .monitors import Monitor
-from .roles import (
+from modelwatch.drift import estimation
+from modelwatch.errors import UsageError
+from modelwatch.monitors import Monitor
+from modelwatch.postgres import publish
+from modelwatch.postgres.db import BUILD_LOCK_KEY, LOCK_CLASS
+from modelwatch.transform import views
+from modelwatch.postgres.roles import (
     PIPELINE_SCHEMAS,
     acting_as,
     ensure_roles,
@@ -29,7 +31,7 @@ from .roles import (
 )
 
 # The version of the schema this modelwatch writes; a database records the one it holds.
-# 1: one monitor, its rows and predictions in two fixed tables (modelwatch.migrations); 2: declared monitors;
+# 1: one monitor, its rows and predictions in two fixed tables (modelwatch.examples.nyc_taxi.v1_database); 2: declared monitors;
 # 3: late labels (raw.<monitor>__labels) and what performance estimation fits on a reference.
 SCHEMA_VERSION = 3
 
@@ -101,7 +103,7 @@ create table if not exists raw.dbt_test_runs (
 );
 create index if not exists dbt_test_runs_batch on raw.dbt_test_runs (monitor, batch_date);
 
--- Evidently's drift per batch and monitored column (modelwatch.drift). A column
+-- Evidently's drift per batch and monitored column (modelwatch.drift.batch_drift). A column
 -- Evidently cannot score (empty or constant) has computed = false and a reason.
 create table if not exists raw.drift_scores (
     monitor text not null,
@@ -251,7 +253,7 @@ def init_schema(conn: psycopg.Connection, monitors: Iterable[Monitor], reader_pa
     """Roles, schemas, shared tables and every declared monitor's tables, owned by the pipeline
     role where the server allows it; safe to run again (a monitor declared since gets its
     tables, and columns declared since are added), and touches no monitor's rows. A database
-    of an older schema is migrated (modelwatch.migrations); returns whether it was, so that
+    of an older schema is migrated (modelwatch.examples.nyc_taxi.v1_database); returns whether it was, so that
     the caller rebuilds its marts.
 
     `conn` is the login's own session (db.connect(..., as_pipeline=False)).
@@ -273,8 +275,9 @@ def init_schema(conn: psycopg.Connection, monitors: Iterable[Monitor], reader_pa
         if owner:
             hand_over(conn, owner)
         with acting_as(conn, owner):  # what is created from here on belongs to the owner
-            if version == 1:
-                migrations.set_aside_v1(conn)
+            if version == 1:  # version 1 held only the taxi: its upgrade lives in the taxi's folder
+                from modelwatch.examples.nyc_taxi import v1_database
+                v1_database.set_aside_v1(conn)
             conn.execute(SHARED_DDL)
             conn.execute(estimation.DDL)
             for monitor in monitors:
@@ -282,7 +285,8 @@ def init_schema(conn: psycopg.Connection, monitors: Iterable[Monitor], reader_pa
                     conn.execute(statement)
                 add_declared_columns(conn, monitor)
             if version == 1:
-                migrations.copy_v1(conn, monitors)
+                from modelwatch.examples.nyc_taxi import v1_database
+                v1_database.copy_v1(conn, monitors)
             if version != SCHEMA_VERSION:
                 conn.execute("insert into raw.schema_version (version) values (%s)", (SCHEMA_VERSION,))
             conn.execute(views.DDL)

@@ -17,12 +17,13 @@ import psycopg
 import pyarrow as pa
 from psycopg import sql
 
-from . import db, load, publish, schema
-from .config import Settings
-from .errors import InputError, UsageError
-from .monitors import Monitor
-from .periods import Batch
-from .source import ARROW_TYPES, _cast, read_table
+from modelwatch.config import Settings
+from modelwatch.errors import InputError, UsageError
+from modelwatch.monitors import Monitor
+from modelwatch.periods import Batch
+from modelwatch.pipeline import load
+from modelwatch.pipeline.source import _cast, ARROW_TYPES, read_table
+from modelwatch.postgres import db, publish, schema
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ def read_labels(path: Path | str, monitor: Monitor) -> tuple[Path, pa.Table]:
 def store_labels(settings: Settings, monitor_name: str | None, file: Path | str) -> LabelsOutcome:
     """Store the file's labels for rows already loaded (replacing earlier ones), count the ids no
     batch holds, then rebuild the marts of the batches touched."""
-    from .pipeline import build_batches  # pipeline imports this module's neighbours: import at use
+    from modelwatch.pipeline import build_batches  # pipeline imports this module's neighbours: import at use
 
     monitor = settings.monitor(monitor_name)
     if monitor.target in monitor.derived:

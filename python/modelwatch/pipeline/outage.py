@@ -17,8 +17,8 @@ from pathlib import Path
 
 import psycopg
 
-from .config import Settings
-from .db import describe
+from modelwatch.config import Settings
+from modelwatch.postgres.db import describe
 
 NOTES_FILE = "unrecorded_errors.json"
 # Free space below this on the data directory's disk means the server stopped for want of it.

@@ -9,7 +9,7 @@ confusion matrix off the calibrated probabilities.
 
 Regression (DLE): gradient-boosted models of each row's absolute and squared error,
 from the features and the prediction, pickled with the reference version
-(modelwatch.dle applies them to each batch).
+(modelwatch.drift.dle applies them to each batch).
 
 Thresholds: per metric, the mean plus or minus three standard deviations of the
 metric over the reference's own batches (its rows cut by the monitor's batch
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import psycopg
 from psycopg import sql
 
-from .monitors import Monitor
+from modelwatch.monitors import Monitor
 
 if TYPE_CHECKING:
     import numpy as np
@@ -117,7 +117,7 @@ def fit_reference(conn: psycopg.Connection, monitor: Monitor, version: str) -> N
         return
     chunks = _chunk_keys(frame[monitor.timestamp], monitor.batch_period)
     if monitor.task == "regression":
-        from . import dle
+        from modelwatch.drift import dle
 
         model = dle.fit(frame, monitor)
         conn.execute("insert into raw.loss_models (monitor, reference_version, algorithm, features, artifact)"

@@ -18,7 +18,7 @@ from pathlib import Path
 import psycopg
 
 DDL = """
--- The dbt project whose views this database holds (modelwatch.views).
+-- The dbt project whose views this database holds (modelwatch.transform.views).
 create table if not exists raw.dbt_views (
     project_digest text not null,
     created_at timestamptz not null default now()

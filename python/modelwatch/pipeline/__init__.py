@@ -22,13 +22,17 @@ from typing import Any
 
 import psycopg
 
-from . import db, drift_worker, estimation, load, outage, publish, results, schema, transform
-from .config import Settings
-from .errors import DatabaseError, InputError, ModelwatchError, UsageError
-from .monitors import Monitor
-from .periods import Batch, batch_of
-from .progress import SILENT, Progress
-from .source import BatchFile, read_batch_file
+from modelwatch import transform
+from modelwatch.config import Settings
+from modelwatch.drift import estimation, worker as drift_worker
+from modelwatch.errors import DatabaseError, InputError, ModelwatchError, UsageError
+from modelwatch.monitors import Monitor
+from modelwatch.periods import Batch, batch_of
+from modelwatch.pipeline import load, outage
+from modelwatch.pipeline.progress import Progress, SILENT
+from modelwatch.pipeline.source import BatchFile, read_batch_file
+from modelwatch.postgres import db, publish, schema
+from modelwatch.transform import results
 
 
 @dataclass(frozen=True)
@@ -418,7 +422,7 @@ def _fail(settings: Settings, conn: psycopg.Connection, url: str, monitor: Monit
           exc: BaseException, step: str, marked: list[Batch] | None = None) -> None:
     """Record a failed step in the batch log, and raise the error the user reads instead of
     `exc` when its cause is the server's (stopped, killed, out of disk space). A lost server
-    cannot take the record: it is noted for the next command (modelwatch.outage). `marked`:
+    cannot take the record: it is noted for the next command (modelwatch.pipeline.outage). `marked`:
     the batches whose log takes the error (default: all of them)."""
     marked = batches if marked is None else marked
     days = [batch.start for batch in batches]

@@ -1,0 +1,1 @@
+"""Grafana's dashboards and alert rules as data, and the static dashboard page."""
