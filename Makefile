@@ -22,8 +22,11 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "install Debian's chromium package to run the browser tests"; exit 1; fi; }
 
+# Two processes (pytest-xdist), a file to each in turn; every process has an embedded
+# server of its own. TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= 2
 test: install browser
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The suite once more against another server (this machine's PostgreSQL 15
 # in CI), but for the tests marked `once` (Prefect, the notebook, the compose
@@ -32,7 +35,8 @@ test: install browser
 # embedded PostgreSQL 18.
 PG15_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 test-pg15: install browser
-	MODELWATCH_TEST_DATABASE_URL=$(PG15_URL) $(BIN)/pytest -m 'not load and not once and not unsettled'
+	MODELWATCH_TEST_DATABASE_URL=$(PG15_URL) $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile \
+	  -m 'not load and not once and not unsettled'
 
 # A year of daily batches through one backfill process: passes, row counts,
 # memory, file descriptors and connections flat (about 2 minutes; CI runs it).

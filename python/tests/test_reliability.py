@@ -95,7 +95,8 @@ def _wait_until_blocked(url: str, query_start: str, process: subprocess.Popen, t
             if process.poll() is not None:
                 raise AssertionError(f"the process ended before blocking: {process.communicate()}")
             waiting = conn.execute(
-                "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and query ilike %s",
+                "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and query ilike %s"
+                " and datname = current_database()",
                 (query_start + "%",),
             ).fetchone()[0]
             if waiting:
