@@ -17,7 +17,8 @@
   before its first batch; a build bins a batch's reference only when it has none.
 -#}
 {{ config(materialized='incremental', incremental_strategy='delete+insert',
-          unique_key=['monitor', 'reference_version'], tags=['reference']) }}
+          unique_key=['monitor', 'reference_version'], tags=['reference'],
+          pre_hook='{{ modelwatch.build_work_mem() }}') }}
 {%- set m = modelwatch.monitor() -%}
 {%- set binning = modelwatch.psi_binning_label() -%}
 {%- set numeric_columns = modelwatch.drift_numeric_columns() -%}

@@ -5,7 +5,8 @@
   when a reference set is stored, and again then if the monitor's columns changed.
 -#}
 {{ config(materialized='incremental', incremental_strategy='delete+insert',
-          unique_key=['monitor', 'reference_version'], tags=['reference']) }}
+          unique_key=['monitor', 'reference_version'], tags=['reference'],
+          pre_hook='{{ modelwatch.build_work_mem() }}') }}
 {%- set m = modelwatch.monitor() -%}
 {%- set numeric_columns = modelwatch.drift_numeric_columns(m) -%}
 {%- set categorical_columns = modelwatch.drift_categorical_columns(m) -%}
