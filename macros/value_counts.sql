@@ -147,17 +147,18 @@
 {%- endmacro %}
 
 {#-
-  ANALYZE of the batch's rows (int_batch_rows), for the marts' plans and
-  numeric_columns_from_rows. The categorical columns on a tenth of the usual
+  ANALYZE of the batch's rows (int_batch_rows; int_reference_rows, keyed by
+  reference_version), for the marts' plans and numeric_columns_from_rows. The categorical columns on a tenth of the usual
   sample: a text column's statistics sort its sample by collation, which on a
   monitor with a hundred categorical columns took longer than every model that
   reads them, and a few thousand rows tell the planner how many categories
   there are as well.
 -#}
-{% macro analyze_numeric_columns(relation) -%}
+{% macro analyze_numeric_columns(relation, key='batch_date', numeric=none, categorical=none) -%}
     {%- set m = modelwatch.monitor() -%}
-    {%- set categorical = modelwatch.categorical_columns(m) -%}
-    analyze {{ relation }} ({{ (['monitor', 'batch_date'] + modelwatch.numeric_columns(m)) | join(', ') }})
+    {%- set numeric = modelwatch.numeric_columns(m) if numeric is none else numeric -%}
+    {%- set categorical = modelwatch.categorical_columns(m) if categorical is none else categorical -%}
+    analyze {{ relation }} ({{ (['monitor', key] + numeric) | join(', ') }})
     {%- if categorical %};
     set local default_statistics_target = 10;
     analyze {{ relation }} ({{ categorical | join(', ') }})
