@@ -255,23 +255,23 @@ def _read_sampled(conn: psycopg.Connection, query: sql.Composable, params: tuple
     query runs again without it.
     """
     if total <= options.max_rows:
-        return _copy_frame(conn, query, params, columns)
+        return copy_frame(conn, query, params, columns)
     seed, size = options.sample_seed, options.max_rows
     ordered = sql.SQL(" order by {} limit %s").format(row_hash)
     share = (size * 1.1 + 6 * math.sqrt(size)) / total
     if share < 1:
         bound = int(-(2**63) + share * 2**64)  # the hash is uniform over the int8 range
         below = sql.SQL(" and {} < %s").format(row_hash)
-        frame = _copy_frame(conn, query + below + ordered, (*params, seed, bound, seed, size), columns)
+        frame = copy_frame(conn, query + below + ordered, (*params, seed, bound, seed, size), columns)
         if len(frame) == size:
             return frame
-    return _copy_frame(conn, query + ordered, (*params, seed, size), columns)
+    return copy_frame(conn, query + ordered, (*params, seed, size), columns)
 
 
-def _copy_frame(conn: psycopg.Connection, query: sql.Composable, params: tuple,
-                columns: tuple[MonitoredColumn, ...]) -> pd.DataFrame:
-    """The rows of `query` as a frame: numeric columns float64, categorical ones pandas
-    categoricals. Read as CSV through COPY and parsed by Arrow: fetching rows as Python tuples
+def copy_frame(conn: psycopg.Connection, query: sql.Composable, params: tuple,
+               columns: tuple[MonitoredColumn, ...], finite_only: bool = True) -> pd.DataFrame:
+    """The rows of `query` as a frame: numeric columns float64 (a non-finite number as NaN,
+    unless not `finite_only`), categorical ones pandas categoricals. Read as CSV through COPY and parsed by Arrow: fetching rows as Python tuples
     costs about ten times more on a wide batch (a Python object per value), and so does each
     pass Evidently makes over text held as Python strings rather than as category codes."""
     import pyarrow as pa
@@ -297,7 +297,7 @@ def _copy_frame(conn: psycopg.Connection, query: sql.Composable, params: tuple,
     )
     frame = table.to_pandas()
     for column in columns:
-        if column.numeric:
+        if column.numeric and finite_only:
             # NaN, +-Infinity and huge values enter no drift test: Evidently sees them as missing
             frame[column.name] = frame[column.name].where(frame[column.name].abs() <= FINITE_LIMIT)
     return frame
