@@ -143,5 +143,8 @@ def test_evidently_in_two_processes_equals_one(wide: tuple[Settings, pd.DataFram
             "select column_name, method, score, drifted from raw.drift_scores where monitor = %s", (MONITOR,))}
     one = drift.score_columns(api, reference, current, list(columns))
     assert drift.score_in_two(api, reference, current, list(columns)) == one
-    assert stored == {column.column: (column.method, column.score, column.drifted) for column in one}
+    # another process than the worker's: Jensen-Shannon sums its categories in the order of a set
+    # of strings, which differs between processes (hash seeds) in the last bits
+    assert stored == {column.column: (column.method, pytest.approx(column.score, rel=RELATIVE), column.drifted)
+                      for column in one}
     assert {column.column for column in one if column.drifted} >= set(CONTINUOUS[:4])
