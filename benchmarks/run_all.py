@@ -15,6 +15,7 @@ average at start and end is recorded with them.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -44,6 +45,22 @@ def table(figures: list[Figure]) -> str:
             f"{'yes' if figure.met else 'NO'} | {figure.margin} |")
     notes = [f"- `{figure.key}`: {figure.note}" for figure in figures if figure.note]
     return "\n".join(lines + [""] + notes)
+
+
+def merged_with_earlier(path: Path, payload: dict, chosen: list[str]) -> dict:
+    """A partial run (--only) over the results already in `path`: its figures replace theirs,
+    the others are kept, with the run that measured them under "earlier_run"."""
+    if not path.exists():
+        return payload
+    earlier = json.loads(path.read_text())
+    kept = {key: figure for key, figure in earlier.get("figures", {}).items() if key not in payload["figures"]}
+    merged = {key: earlier[key] for key in kept if key in earlier}
+    merged.update({key: value for key, value in payload.items() if key not in ("figures", "run")})
+    merged["figures"] = {**kept, **payload["figures"]}
+    merged["run"] = {**payload["run"], "only": chosen}
+    if kept:
+        merged["earlier_run"] = earlier.get("earlier_run") if "only" in earlier.get("run", {}) else earlier.get("run")
+    return merged
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_before": load_before[0],
         "load_average_after": os.getloadavg()[0],
     }
+    if set(chosen) != set(ORDER):
+        payload = merged_with_earlier(args.out, payload, chosen)
     common.write_results(args.out, payload)
     print(table(figures))
     print(f"\n{len(figures)} figures in {total / 60:.1f} min; "

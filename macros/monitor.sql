@@ -174,7 +174,9 @@ versions as (
     {%- endif %}
 ),
 
-reference as (
+{#- Not materialized: each model reads it in a few scans, and a copy of a wide reference set
+    would spill to disk before the first. #}
+reference as not materialized (
     select reference_rows.*
     from {{ rows }} as reference_rows
     inner join versions on versions.reference_version = reference_rows.reference_version

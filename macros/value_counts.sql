@@ -15,6 +15,14 @@
 {% macro value_counts(relation, keys, numeric_columns, categorical_columns) -%}
     {%- set columns = numeric_columns + categorical_columns -%}
     {%- set key_list = keys | join(', ') -%}
+    {%- if not columns %}
+    {#- No column to count: no rows, with the table's columns. #}
+    select {{ key_list }}, cast(null as {{ dbt.type_string() }}) as column_name,
+           cast(null as {{ dbt.type_float() }}) as value, cast(null as {{ dbt.type_string() }}) as category,
+           cast(0 as bigint) as row_count
+    from {{ relation }}
+    where false
+    {%- else %}
     select
         {{ key_list }},
         cast(case
@@ -40,6 +48,7 @@
         ({{ key_list }}, {{ column }}){{ ',' if not loop.last }}
         {%- endfor %}
     )
+    {%- endif %}
 {%- endmacro %}
 
 {#-
@@ -76,4 +85,82 @@
         where value is not null
     ) as cumulative
     group by {{ key_list }}
+{%- endmacro %}
+
+{#-
+  The numeric columns of `columns` to profile from the rows themselves
+  (int_numeric_profile: one sort per column) rather than from a frequency
+  table: those with many distinct values, where counting each value costs more
+  than sorting (a continuous column has about as many values as rows). Read
+  off the planner's statistics of `relation`, analyzed after it is built; with
+  none (a unit test's fixture, or another engine) every column is counted by
+  value. vars.numeric_profile_from_rows, a list, decides instead (unit tests).
+-#}
+{% macro numeric_columns_from_rows(relation, columns) -%}
+    {%- set chosen = var('numeric_profile_from_rows', none) -%}
+    {%- if chosen is not none -%}
+        {{ return(columns | select('in', chosen) | list) }}
+    {%- endif -%}
+    {%- if not execute or not columns -%}
+        {{ return([]) }}
+    {%- endif -%}
+    {{ return(adapter.dispatch('numeric_columns_from_rows', 'modelwatch')(relation, columns)) }}
+{%- endmacro %}
+
+{% macro default__numeric_columns_from_rows(relation, columns) -%}
+    {{ return([]) }}
+{%- endmacro %}
+
+{#- ANALYZE stores n_distinct negative (a share of the rows) when it estimates more distinct
+    values than a tenth of the rows: such a column is profiled from its rows. -#}
+{% macro postgres__numeric_columns_from_rows(relation, columns) -%}
+    {%- if relation is string or relation.schema is none -%}
+        {{ return([]) }}
+    {%- endif -%}
+    {%- set query -%}
+        select attname
+        from pg_stats
+        where schemaname = '{{ relation.schema }}' and tablename = '{{ relation.identifier }}'
+          and attname in ('{{ columns | join("', '") }}')
+          and n_distinct < 0
+    {%- endset -%}
+    {%- set found = run_query(query).columns[0].values() | list -%}
+    {{ return(columns | select('in', found) | list) }}
+{%- endmacro %}
+
+{#-
+  percentile_cont of `q` (a percentage) over the `n` values of the sorted float
+  array `sorted`: the value at position q * (n - 1), interpolated between the
+  values either side as percentile_cont does (the same float8 arithmetic, so
+  the same result to the last bit); null when n is 0.
+-#}
+{% macro percentile_of_sorted(sorted, n, q) -%}
+    {%- set float = dbt.type_float() -%}
+    {%- set position = '(cast(' ~ (q / 100) ~ ' as ' ~ float ~ ') * cast(' ~ n ~ ' - 1 as ' ~ float ~ '))' -%}
+    {%- set lower = sorted ~ '[cast(floor(' ~ position ~ ') as integer) + 1]' -%}
+    {%- set upper = sorted ~ '[cast(ceil(' ~ position ~ ') as integer) + 1]' -%}
+    case
+        when {{ n }} = 0 then null
+        when floor({{ position }}) = ceil({{ position }}) then {{ lower }}
+        else {{ lower }} + ({{ upper }} - {{ lower }}) * ({{ position }} - floor({{ position }}))
+    end
+{%- endmacro %}
+
+{#-
+  ANALYZE of the batch's rows (int_batch_rows; int_reference_rows, keyed by
+  reference_version), for the marts' plans and numeric_columns_from_rows. The categorical columns on a tenth of the usual
+  sample: a text column's statistics sort its sample by collation, which on a
+  monitor with a hundred categorical columns took longer than every model that
+  reads them, and a few thousand rows tell the planner how many categories
+  there are as well.
+-#}
+{% macro analyze_numeric_columns(relation, key='batch_date', numeric=none, categorical=none) -%}
+    {%- set m = modelwatch.monitor() -%}
+    {%- set numeric = modelwatch.numeric_columns(m) if numeric is none else numeric -%}
+    {%- set categorical = modelwatch.categorical_columns(m) if categorical is none else categorical -%}
+    analyze {{ relation }} ({{ (['monitor', key] + numeric) | join(', ') }})
+    {%- if categorical %};
+    set local default_statistics_target = 10;
+    analyze {{ relation }} ({{ categorical | join(', ') }})
+    {%- endif %}
 {%- endmacro %}

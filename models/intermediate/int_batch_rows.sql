@@ -7,7 +7,8 @@
   ones and those the performance filter names. (batch_checks reads the raw rows
   themselves: a custom check may name any column.)
 -#}
-{{ config(materialized='table', unlogged=true, post_hook='analyze {{ this }}') }}  {#- statistics for the marts' plans #}
+{{ config(materialized='table', unlogged=true, pre_hook='{{ modelwatch.build_work_mem() }}',
+          post_hook='{{ modelwatch.analyze_numeric_columns(this) }}') }}  {#- statistics for the marts' plans #}
 {%- set m = modelwatch.monitor() -%}
 {%- set columns = modelwatch.unique_list(
     modelwatch.numeric_columns(m) + modelwatch.categorical_columns(m)

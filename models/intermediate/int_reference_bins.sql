@@ -17,7 +17,8 @@
   before its first batch; a build bins a batch's reference only when it has none.
 -#}
 {{ config(materialized='incremental', incremental_strategy='delete+insert',
-          unique_key=['monitor', 'reference_version'], tags=['reference']) }}
+          unique_key=['monitor', 'reference_version'], tags=['reference'],
+          pre_hook='{{ modelwatch.build_work_mem() }}') }}
 {%- set m = modelwatch.monitor() -%}
 {%- set binning = modelwatch.psi_binning_label() -%}
 {%- set numeric_columns = modelwatch.drift_numeric_columns() -%}
@@ -44,20 +45,32 @@ monitored_columns as (
     ) as monitored
 ),
 
+{#- One scan of the reference for every column's deciles (percentile_disc of an array: one sort
+    per column for all nine). #}
 deciles as (
-    {% for column in numeric_columns -%}
     select
-        reference_version,
-        cast('{{ column }}' as {{ dbt.type_string() }}) as column_name,
+        sorted.reference_version,
+        per_column.column_name,
         {% for decile in range(1, 10) -%}
-        {#- a non-finite value is no edge: it sorts beyond every number #}
-        percentile_disc({{ decile / 10 }}) within group (order by {{ column }})
-            filter (where {{ modelwatch.is_finite(column) }}) as d{{ decile }}{{ ',' if not loop.last }}
+        per_column.deciles[{{ decile }}] as d{{ decile }}{{ ',' if not loop.last }}
         {% endfor -%}
-    from reference
-    group by reference_version
-    {{ 'union all' if not loop.last }}
-    {% endfor -%}
+    from (
+        select
+            reference_version
+            {%- for column in numeric_columns %},
+            {#- a non-finite value is no edge: it sorts beyond every number #}
+            percentile_disc(array[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]) within group (order by {{ column }})
+                filter (where {{ modelwatch.is_finite(column) }}) as {{ column }}__deciles
+            {%- endfor %}
+        from reference
+        group by reference_version
+    ) as sorted
+    cross join lateral (
+        values
+        {%- for column in numeric_columns %}
+        (cast('{{ column }}' as {{ dbt.type_string() }}), cast({{ column }}__deciles as {{ dbt.type_float() }}[])){{ ',' if not loop.last }}
+        {%- endfor %}
+    ) as per_column (column_name, deciles)
 ),
 
 edges as (
@@ -91,23 +104,17 @@ range_bins as (
     group by deciles.reference_version, deciles.column_name
 ),
 
+{#- Categories counted by value in one scan; numbers are counted from each column's sorted
+    values below (one sort per column: a frequency table of a continuous column is as long as
+    the reference). -#}
+reference_counts as (
+    {{ modelwatch.value_counts('reference', ['reference_version'], [], categorical_columns) }}
+),
+
 category_counts as (
-    {% for column in categorical_columns -%}
-    select
-        reference_version,
-        cast('{{ column }}' as {{ dbt.type_string() }}) as column_name,
-        cast({{ column }} as {{ dbt.type_string() }}) as category,
-        count(*) as row_count
-    from reference
-    where {{ column }} is not null
-    group by reference_version, cast({{ column }} as {{ dbt.type_string() }})
-    {{ 'union all' if not loop.last }}
-    {% endfor -%}
-    {%- if not categorical_columns %}
-    select cast(null as {{ dbt.type_string() }}), cast(null as {{ dbt.type_string() }}),
-           cast(null as {{ dbt.type_string() }}), cast(0 as bigint)
-    where false
-    {%- endif %}
+    select reference_version, column_name, category, row_count
+    from reference_counts
+    where category is not null
 ),
 
 all_bins as (
@@ -151,13 +158,55 @@ bins as (
     from all_bins
 ),
 
-reference_counts as (
-    {{ modelwatch.value_counts('reference', ['reference_version'], numeric_columns, categorical_columns) }}
-),
-
 {#- Materialized, as in feature_drift: a nested loop must not recount per bin. #}
 bin_counts as materialized (
     {{ modelwatch.psi_bin_counts('reference_counts', 'bins', ['reference_version']) }}
+    {%- if numeric_columns %}
+
+    union all
+    {#- A range bin (lower, upper] holds the values at or below its upper bound less those at or
+        below its lower one (width_bucket over the sorted values); NaN, which sorts above every
+        number, in the first range bin, where the binary search over the bounds puts it; the
+        null bin the missing values. #}
+    select numeric_values.reference_version, numeric_values.column_name, per_bin.bin_index, per_bin.row_count
+    from (
+        select sorted.reference_version, per_column.*
+        from (
+            select
+                reference_version
+                {%- for column in numeric_columns %}
+                {%- set value = 'cast(' ~ column ~ ' as ' ~ dbt.type_float() ~ ')' %},
+                array_agg({{ value }} order by {{ value }}) filter (where {{ value }} <> 'NaN') as {{ column }}__values,
+                count(*) filter (where {{ value }} = 'NaN') as {{ column }}__nan,
+                count(*) - count({{ value }}) as {{ column }}__missing
+                {%- endfor %}
+            from reference
+            group by reference_version
+        ) as sorted
+        cross join lateral (
+            values
+            {%- for column in numeric_columns %}
+            (cast('{{ column }}' as {{ dbt.type_string() }}), {{ column }}__values, {{ column }}__nan,
+             {{ column }}__missing){{ ',' if not loop.last }}
+            {%- endfor %}
+        ) as per_column (column_name, sorted_values, nan_count, missing_count)
+    ) as numeric_values
+    cross join lateral (
+        select
+            bins.bin_index,
+            case bins.bin_kind
+                when 'null' then numeric_values.missing_count
+                else coalesce(width_bucket(bins.upper_bound, numeric_values.sorted_values),
+                              coalesce(cardinality(numeric_values.sorted_values), 0))
+                     - coalesce(width_bucket(bins.lower_bound, numeric_values.sorted_values), 0)
+                     + case when bins.lower_bound is null then numeric_values.nan_count else 0 end
+            end as row_count
+        from bins
+        where bins.reference_version = numeric_values.reference_version
+          and bins.column_name = numeric_values.column_name
+          and bins.bin_kind in ('range', 'null')
+    ) as per_bin
+    {%- endif %}
 )
 
 select

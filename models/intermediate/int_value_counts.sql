@@ -9,5 +9,10 @@
           post_hook='analyze {{ this }}') }}  {#- rebuilt by every build: no WAL #}
 {%- set m = modelwatch.monitor() -%}
 
+{#- Numeric columns with about as many values as rows are profiled from their rows instead
+    (int_numeric_profile): their frequency table would be as long as the batch. #}
+{%- set from_rows = modelwatch.numeric_columns_from_rows(ref('int_batch_rows'), modelwatch.numeric_columns(m)) -%}
+
 {{ modelwatch.value_counts(ref('int_batch_rows'), ['monitor', 'batch_date'],
-                           modelwatch.numeric_columns(m), modelwatch.categorical_columns(m)) }}
+                           modelwatch.numeric_columns(m) | reject('in', from_rows) | list,
+                           modelwatch.categorical_columns(m)) }}

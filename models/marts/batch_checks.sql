@@ -136,6 +136,16 @@ reference_checks as (
         and reference_range.column_name = counts.column_name and reference_range.category is null
     where counts.column_name in ('{{ features | join("', '") }}')
     group by counts.batch_date, counts.column_name
+
+    {#- Numeric features profiled from their rows (int_numeric_profile) count their own. #}
+    union all
+    select
+        profile.batch_date,
+        profile.column_name,
+        cast(coalesce(profile.outside_reference_count, 0) as {{ dbt.type_float() }}) / nullif(profile.row_count, 0)
+    from {{ ref('int_numeric_profile') }} as profile
+    inner join batches on batches.batch_date = profile.batch_date
+    where profile.column_name in ('{{ features | join("', '") }}')
 ),
 
 {#- The declared columns the raw table must have, with a type that fits their role. -#}

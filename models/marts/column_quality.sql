@@ -2,7 +2,8 @@
   One row per batch and profiled column of the monitor (features, prediction,
   target, probabilities): completeness and distribution,
   derived from the batch's frequency table (int_value_counts), not from its
-  rows: the quantiles come from cumulative counts (macros/value_counts.sql,
+  rows (a numeric column with about as many values as rows: from
+  int_numeric_profile, which sorts it once): the quantiles come from cumulative counts (macros/value_counts.sql,
   equal to percentile_cont's), the mean and standard deviation from
   value x count sums, so no column of a 3-million-row batch is sorted.
   A non-finite number (NaN, +-Infinity, or beyond the magnitude aggregates can
@@ -106,6 +107,29 @@ left join numeric_quantiles
 left join numeric_spread
     on numeric_spread.batch_date = numeric_profile.batch_date
     and numeric_spread.column_name = numeric_profile.column_name
+
+{#- The numeric columns profiled from their rows, not counted by value. #}
+union all
+select
+    cast('{{ m.name }}' as text) as monitor,
+    batch_date,
+    cast(column_name as text) as column_name,
+    cast('numeric' as text) as column_kind,
+    row_count,
+    missing_count,
+    cast(missing_count as {{ float }}) / nullif(row_count, 0) as missing_share,
+    cast(min_value as {{ float }}) as min_value,
+    {% for q in quantiles -%}
+    cast(p{{ '%02d' % q }} as {{ float }}) as p{{ '%02d' % q }},
+    {% endfor -%}
+    cast(max_value as {{ float }}) as max_value,
+    cast(mean_value as {{ float }}) as mean_value,
+    cast(stddev_value as {{ float }}) as stddev_value,
+    cast(null as bigint) as distinct_count,
+    cast(null as {{ float }}) as top_value_share,
+    non_finite_count,
+    cast(non_finite_count as {{ float }}) / nullif(row_count, 0) as non_finite_share
+from {{ ref('int_numeric_profile') }}
 
 {% if categorical_columns %}
 union all

@@ -62,11 +62,33 @@ bin_counts as materialized (
     {{ modelwatch.psi_bin_counts('current_counts', 'bins', ['batch_date', 'reference_version']) }}
 ),
 
+{#- The numeric columns profiled from their rows (int_numeric_profile): their rows per bin of
+    the batch's reference set, by bin_index. #}
+profiled_from_rows as (
+    select profile.batch_date, profile.column_name, profile.row_count - profile.non_finite_count as row_count,
+           profile.bin_counts
+    from {{ ref('int_numeric_profile') }} as profile
+    inner join batches on batches.batch_date = profile.batch_date
+    where profile.column_name in ('{{ modelwatch.drift_numeric_columns() | join("', '") }}')
+),
+
+all_bin_counts as (
+    select batch_date, column_name, bin_index, row_count from bin_counts
+    union all
+    select profiled_from_rows.batch_date, profiled_from_rows.column_name,
+           cast(per_bin.bin_index as integer), per_bin.row_count
+    from profiled_from_rows
+    cross join lateral unnest(profiled_from_rows.bin_counts) with ordinality as per_bin (row_count, bin_index)
+),
+
 {#- Per column: the batch's rows less those whose value is non-finite. -#}
 batch_rows as (
     select batch_date, column_name, sum(row_count) as row_count
     from current_counts
     group by batch_date, column_name
+    union all
+    select batch_date, column_name, row_count
+    from profiled_from_rows
 ),
 
 -- every bin of the batch's reference set, with the batch's share in it (0 when empty)
@@ -79,7 +101,7 @@ shares as (
     from batches
     inner join bins on bins.reference_version = batches.reference_version
     inner join batch_rows on batch_rows.batch_date = batches.batch_date and batch_rows.column_name = bins.column_name
-    left join bin_counts
+    left join all_bin_counts as bin_counts
         on bin_counts.batch_date = batches.batch_date
         and bin_counts.column_name = bins.column_name
         and bin_counts.bin_index = bins.bin_index

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
@@ -89,11 +90,11 @@ class Rows:
 
     frame: pd.DataFrame
     total: int
-    # A reference's numeric values are handed to Evidently sorted: its Wasserstein distance sorts
-    # both sides on every call, and a sorted side costs a third (5 ms against 14 ms on 68,000 rows,
-    # five columns a batch). The distance is the same; the reference's standard deviation, which
-    # scales it, may differ in the last bits (another order of summation).
-    sort_numeric: bool = False
+    # Numeric values are handed to Evidently sorted: its Wasserstein distance sorts both sides on
+    # every call, and a sorted side costs a third (5 ms against 14 ms on 68,000 rows, five columns
+    # a batch). The distance is the same; the reference's standard deviation, which scales it,
+    # may differ in the last bits (another order of summation).
+    sort_numeric: bool = True
     # Evidently Datasets of these rows by column list: a reference serves every batch compared with it
     datasets: dict[tuple[str, ...], Any] = field(default_factory=dict, compare=False, repr=False)
     # Each column's values as Evidently scores them, cleaned once: a reference serves every batch
@@ -114,13 +115,18 @@ class Rows:
                 series = series.replace([np.inf, -np.inf], np.nan)
             series = series.dropna()
             if self.sort_numeric and pd.api.types.is_float_dtype(series):
-                series = series.sort_values(ignore_index=True)
+                series = pd.Series(np.sort(series.to_numpy()), name=name)  # numpy's sort: pandas' costs 3x
             self.cleaned[name] = series
         return self.cleaned[name]
 
     def distinct_count(self, name: str) -> int:
         if name not in self.distinct:
-            self.distinct[name] = int(self.values(name).nunique())
+            values = self.values(name)
+            if self.sort_numeric and pd.api.types.is_float_dtype(values) and len(values):
+                # sorted: a new value wherever the next differs (as nunique, -0.0 equals 0.0)
+                self.distinct[name] = int(np.count_nonzero(np.diff(values.to_numpy()))) + 1
+            else:
+                self.distinct[name] = int(values.nunique())
         return self.distinct[name]
 
     def dataset(self, api: EvidentlyApi, columns: list[MonitoredColumn]) -> Any:
@@ -130,7 +136,8 @@ class Rows:
                 numerical_columns=[column.name for column in columns if column.numeric],
                 categorical_columns=[column.name for column in columns if not column.numeric],
             )
-            self.datasets[key] = api.Dataset.from_pandas(self.frame[list(key)], data_definition=definition)
+            frame = self.frame[list(key)].apply(_as_text)  # the Report sees text as it always has
+            self.datasets[key] = api.Dataset.from_pandas(frame, data_definition=definition)
         return self.datasets[key]
 
 
@@ -237,7 +244,8 @@ def _select_list(monitor: Monitor, columns: Iterable[MonitoredColumn]) -> sql.Co
 
 
 def _read_sampled(conn: psycopg.Connection, query: sql.Composable, params: tuple, total: int,
-                  options: DriftOptions, row_hash: sql.Composable) -> list[tuple]:
+                  options: DriftOptions, row_hash: sql.Composable,
+                  columns: tuple[MonitoredColumn, ...]) -> pd.DataFrame:
     """The rows of `query` (which ends with its WHERE clause); above max_rows a seeded sample:
     the rows with the smallest hashes of their id (`row_hash`, seeded by its placeholder).
 
@@ -247,17 +255,52 @@ def _read_sampled(conn: psycopg.Connection, query: sql.Composable, params: tuple
     query runs again without it.
     """
     if total <= options.max_rows:
-        return conn.execute(query, params).fetchall()
+        return copy_frame(conn, query, params, columns)
     seed, size = options.sample_seed, options.max_rows
     ordered = sql.SQL(" order by {} limit %s").format(row_hash)
     share = (size * 1.1 + 6 * math.sqrt(size)) / total
     if share < 1:
         bound = int(-(2**63) + share * 2**64)  # the hash is uniform over the int8 range
         below = sql.SQL(" and {} < %s").format(row_hash)
-        rows = conn.execute(query + below + ordered, (*params, seed, bound, seed, size)).fetchall()
-        if len(rows) == size:
-            return rows
-    return conn.execute(query + ordered, (*params, seed, size)).fetchall()
+        frame = copy_frame(conn, query + below + ordered, (*params, seed, bound, seed, size), columns)
+        if len(frame) == size:
+            return frame
+    return copy_frame(conn, query + ordered, (*params, seed, size), columns)
+
+
+def copy_frame(conn: psycopg.Connection, query: sql.Composable, params: tuple,
+               columns: tuple[MonitoredColumn, ...], finite_only: bool = True) -> pd.DataFrame:
+    """The rows of `query` as a frame: numeric columns float64 (a non-finite number as NaN,
+    unless not `finite_only`), categorical ones pandas categoricals. Read as CSV through COPY and parsed by Arrow: fetching rows as Python tuples
+    costs about ten times more on a wide batch (a Python object per value), and so does each
+    pass Evidently makes over text held as Python strings rather than as category codes."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    names = [column.name for column in columns]
+    buffer = bytearray()
+    with conn.cursor() as cursor, cursor.copy(sql.SQL("copy ({}) to stdout (format csv)").format(query),
+                                              params) as copy:
+        for chunk in copy:
+            buffer += chunk
+    types = {column.name: pa.float64() if column.numeric else pa.dictionary(pa.int32(), pa.string())
+             for column in columns}
+    if not buffer:  # no rows (Arrow reads no empty CSV)
+        return pd.DataFrame({name: pd.Series(dtype="float64" if types[name] == pa.float64() else "category")
+                             for name in names})
+    table = pacsv.read_csv(
+        pa.py_buffer(bytes(buffer)),
+        read_options=pacsv.ReadOptions(column_names=names),
+        # COPY writes a null unquoted and an empty text quoted: only the first is missing
+        convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True,
+                                             quoted_strings_can_be_null=False, null_values=[""]),
+    )
+    frame = table.to_pandas()
+    for column in columns:
+        if column.numeric and finite_only:
+            # NaN, +-Infinity and huge values enter no drift test: Evidently sees them as missing
+            frame[column.name] = frame[column.name].where(frame[column.name].abs() <= FINITE_LIMIT)
+    return frame
 
 
 def _row_hash(monitor: Monitor) -> sql.Composable:
@@ -271,16 +314,6 @@ def _row_hash(monitor: Monitor) -> sql.Composable:
 FINITE_LIMIT = 1e100
 
 
-def _frame(cursor_rows: list[tuple], columns: tuple[MonitoredColumn, ...]) -> pd.DataFrame:
-    frame = pd.DataFrame(cursor_rows, columns=[column.name for column in columns])
-    for column in columns:
-        frame[column.name] = frame[column.name].astype("float64" if column.numeric else "object")
-        if column.numeric:
-            # NaN, +-Infinity and huge values enter no drift test: Evidently sees them as missing
-            frame[column.name] = frame[column.name].where(frame[column.name].abs() <= FINITE_LIMIT)
-    return frame
-
-
 def read_reference(conn: psycopg.Connection, monitor: Monitor, version: str | None,
                    columns: tuple[MonitoredColumn, ...], options: DriftOptions) -> Rows:
     """The monitor's reference set of this version."""
@@ -288,8 +321,8 @@ def read_reference(conn: psycopg.Connection, monitor: Monitor, version: str | No
     total = conn.execute(sql.SQL("select count(*) from {} where reference_version = %s").format(table),
                          (version,)).fetchone()[0]
     query = sql.SQL("select {} from {} where reference_version = %s").format(_select_list(monitor, columns), table)
-    rows = _read_sampled(conn, query, (version,), total, options, _row_hash(monitor))
-    return Rows(_frame(rows, columns), int(total), sort_numeric=True)
+    frame = _read_sampled(conn, query, (version,), total, options, _row_hash(monitor), columns)
+    return Rows(frame, int(total))
 
 
 def read_batch(conn: psycopg.Connection, monitor: Monitor, batch_date: date,
@@ -299,8 +332,8 @@ def read_batch(conn: psycopg.Connection, monitor: Monitor, batch_date: date,
     total = conn.execute(sql.SQL("select count(*) from {} where batch_date = %s").format(table),
                          (batch_date,)).fetchone()[0]
     query = sql.SQL("select {} from {} where batch_date = %s").format(_select_list(monitor, columns), table)
-    rows = _read_sampled(conn, query, (batch_date,), total, options, _row_hash(monitor))
-    return Rows(_frame(rows, columns), int(total))
+    frame = _read_sampled(conn, query, (batch_date,), total, options, _row_hash(monitor), columns)
+    return Rows(frame, int(total))
 
 
 # ---------------------------------------------------------------- scoring
@@ -352,27 +385,86 @@ def default_method(api: EvidentlyApi, column: MonitoredColumn, kind: Any, refere
     return reference.methods[column.name]
 
 
+def _as_text(series: pd.Series) -> pd.Series:
+    """A categorical series as the object series of its values (a numeric one as it is)."""
+    return series.astype(object) if isinstance(series.dtype, pd.CategoricalDtype) else series
+
+
 def run_evidently(api: EvidentlyApi, reference: Rows, current: Rows,
                   columns: list[MonitoredColumn], drift_share: float) -> tuple[list[ColumnDrift], dict[str, Any]]:
     """Evidently's ValueDrift per column and DriftedColumnsCount over them, computed the way
     those metrics compute them (the same cleaning, method choice and statistical test) but
     without a Report: a Report also draws plotly figures for each column and scores every column
     a second time for the count, about 3x the cost of the tests (tests/test_drift.py checks the
-    figures against a Report's)."""
+    figures against a Report's). Many columns are scored in two processes (score_in_two)."""
+    if len(columns) >= PARALLEL_FROM_COLUMNS and (os.cpu_count() or 1) > 1:
+        scored = score_in_two(api, reference, current, columns)
+    else:
+        scored = score_columns(api, reference, current, columns)
+    drifted = sum(bool(column.drifted) for column in scored)
+    share = drifted / len(scored)
+    # As Evidently's DriftedColumnsCount: dataset drift when the drifted share reaches drift_share.
+    return scored, {"columns_drifted": drifted, "share_drifted": share, "dataset_drift": share >= drift_share}
+
+
+def score_columns(api: EvidentlyApi, reference: Rows, current: Rows,
+                  columns: list[MonitoredColumn]) -> list[ColumnDrift]:
+    """ValueDrift of each column, in order."""
     scored: list[ColumnDrift] = []
     with quiet_numerics():
         for column in columns:
             kind = api.ColumnType.Numerical if column.numeric else api.ColumnType.Categorical
             reference_values, current_values = reference.values(column.name), current.values(column.name)
             test = default_method(api, column, kind, reference, current)  # ValueDrift's
+            if test.name != "jensenshannon":  # categories as text: the other tests map values one by one
+                reference_values, current_values = _as_text(reference_values), _as_text(current_values)
             result = test(reference_values, current_values, kind, None)  # None: the method's default threshold
             scored.append(ColumnDrift(column=column.name, kind=column.kind, method=test.display_name,
                                       threshold=float(result.actual_threshold), score=_finite(result.drift_score),
                                       drifted=bool(result.drifted)))
-    drifted = sum(bool(column.drifted) for column in scored)
-    share = drifted / len(scored)
-    # As Evidently's DriftedColumnsCount: dataset drift when the drifted share reaches drift_share.
-    return scored, {"columns_drifted": drifted, "share_drifted": share, "dataset_drift": share >= drift_share}
+    return scored
+
+
+# From this many columns a batch is scored in two processes: Evidently's tests are Python and
+# numpy on one core, and a wide monitor's 200 columns take seconds each way; below, forking
+# costs more than it saves.
+PARALLEL_FROM_COLUMNS = 40
+
+
+def score_in_two(api: EvidentlyApi, reference: Rows, current: Rows,
+                 columns: list[MonitoredColumn]) -> list[ColumnDrift]:
+    """score_columns with every other column scored in a forked copy of this process (which
+    shares the rows already read, copy-on-write); the same results, in the same order."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    theirs = columns[1::2]
+    child = context.Process(target=_score_and_send, args=(send, api, reference, current, theirs), daemon=True)
+    child.start()
+    send.close()
+    try:
+        own = score_columns(api, reference, current, columns[0::2])
+        answer = receive.recv()
+    except EOFError:
+        answer = RuntimeError("the process scoring half the columns stopped")
+    finally:
+        child.join()
+        receive.close()
+    if isinstance(answer, BaseException):
+        raise answer
+    by_name = {column.column: column for column in [*own, *answer]}
+    return [by_name[column.name] for column in columns]
+
+
+def _score_and_send(send: Any, api: EvidentlyApi, reference: Rows, current: Rows,
+                    columns: list[MonitoredColumn]) -> None:
+    try:
+        send.send(score_columns(api, reference, current, columns))
+    except Exception as exc:  # noqa: BLE001 - the parent raises it, as one process would have
+        send.send(RuntimeError(f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"))
+    finally:
+        send.close()
 
 
 def score_batch(api: EvidentlyApi, monitor: str, batch_date: date, reference_version: str | None,
@@ -448,6 +540,17 @@ def store(conn: psycopg.Connection, drift: BatchDrift, sample_seed: int) -> None
 REFERENCES_KEPT = 2  # a caller's cache of reference sets: the current one and the one before
 
 
+def prepare_reference(settings: Settings, conn: psycopg.Connection, monitor: Monitor, version: str,
+                      references: dict[tuple[str, str | None], Rows]) -> None:
+    """Read a reference set into `references` (as score_batches keeps them) before its batches come."""
+    key = (monitor.name, version)
+    if key not in references:
+        while len(references) >= REFERENCES_KEPT:
+            del references[next(iter(references))]
+        references[key] = read_reference(conn, monitor, version, monitored_columns(monitor),
+                                         DriftOptions.from_settings(settings, monitor))
+
+
 def score_batches(settings: Settings, conn: psycopg.Connection, monitor: Monitor, days: Iterable[date],
                   references: dict[tuple[str, str | None], Rows] | None = None) -> list[BatchDrift]:
     """Evidently drift for each loaded batch of the monitor against its reference; stored in raw.
@@ -463,9 +566,7 @@ def score_batches(settings: Settings, conn: psycopg.Connection, monitor: Monitor
         version = batch_reference_version(conn, monitor, day)
         key = (monitor.name, version)
         if key not in references:  # read once per reference version, not once per batch
-            while len(references) >= REFERENCES_KEPT:
-                del references[next(iter(references))]
-            references[key] = read_reference(conn, monitor, version, columns, options)
+            prepare_reference(settings, conn, monitor, version, references)
         clock = time.perf_counter()
         current = read_batch(conn, monitor, day, columns, options)
         drift = score_batch(api, monitor.name, day, version, references[key], current, columns, options,

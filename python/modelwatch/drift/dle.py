@@ -104,10 +104,14 @@ def estimate_batch(conn: psycopg.Connection, monitor: Monitor, batch_date: date,
                      (monitor.name, batch_date))
         if model is None:  # a reference without targets: nothing to estimate with
             return
-        cursor = conn.execute(sql.SQL("select {} from {} where batch_date = %s").format(
+        from modelwatch.drift.batch_drift import CATEGORICAL, MonitoredColumn, copy_frame  # the drift step's reader: COPY, Arrow
+
+        query = sql.SQL("select {} from {} where batch_date = %s").format(
             sql.SQL(", ").join(sql.Identifier(name) for name in model.features),
-            sql.Identifier("raw", monitor.rows_table)), (batch_date,))
-        frame = pd.DataFrame(cursor.fetchall(), columns=list(model.features))
+            sql.Identifier("raw", monitor.rows_table))
+        columns = tuple(MonitoredColumn(name, CATEGORICAL if name in model.categorical else "numeric")
+                        for name in model.features)
+        frame = copy_frame(conn, query, (batch_date,), columns, finite_only=False)
         if frame.empty:
             return
         for metric, value in model.estimate(frame).items():

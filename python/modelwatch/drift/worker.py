@@ -8,8 +8,10 @@ and the run's own process never imports it. A process that runs batch after
 batch keeps its worker (one per dbt project), so Evidently is imported once.
 
 The protocol is one JSON line each way: the run sends {"url": ..., "monitor":
-..., "days": [...]} as soon as those batches are loaded (committed), one request per batch
-while the next ones load; the worker scores them in order (batch_drift.score_batches:
+..., "prepare": reference version} before it loads (the worker reads that reference
+set meanwhile, and does not answer), then {"url": ..., "monitor": ..., "days": [...]}
+as soon as those batches are loaded (committed), one request per batch while the next
+ones load; the worker scores them in order (batch_drift.score_batches:
 read from that database, scored, stored in raw) and answers each with
 {"ok": true} or {"error": ..., "type": ...}. It keeps the reference sets it has
 read for the database of its last request. It serves requests until its stdin
@@ -71,6 +73,17 @@ class DriftWorker:
         self.pending += 1
         try:
             request = {"url": url, "monitor": monitor, "days": [day.isoformat() for day in days]}
+            self._process.stdin.write(json.dumps(request) + "\n")
+            self._process.stdin.flush()
+        except OSError:  # the worker is gone: wait() says why
+            pass
+
+    def prepare(self, url: str, monitor: str, reference_version: str) -> None:
+        """Have the worker read the monitor's reference set now, while the run loads its batches,
+        rather than once the first batch is loaded; no answer (a failure here is met again, and
+        reported, when a batch is scored)."""
+        try:
+            request = {"url": url, "monitor": monitor, "prepare": reference_version}
             self._process.stdin.write(json.dumps(request) + "\n")
             self._process.stdin.flush()
         except OSError:  # the worker is gone: wait() says why
@@ -207,9 +220,17 @@ def main() -> None:
     last_url = None
     for line in sys.stdin:
         request = json.loads(line)
-        days = [date.fromisoformat(day) for day in request["days"]]
         if request["url"] != last_url:
             references, last_url = {}, request["url"]
+        if "prepare" in request:  # read the reference ahead of the batches (no answer)
+            try:
+                with db.connect(request["url"], autocommit=True) as conn:
+                    batch_drift.prepare_reference(settings, conn, settings.monitor(request["monitor"]),
+                                            request["prepare"], references)
+            except Exception:  # noqa: BLE001 - met again when a batch is scored
+                references = {}
+            continue
+        days = [date.fromisoformat(day) for day in request["days"]]
         try:
             with db.connect(request["url"], autocommit=True) as conn:
                 batch_drift.score_batches(settings, conn, settings.monitor(request["monitor"]), days, references)

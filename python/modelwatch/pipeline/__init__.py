@@ -321,6 +321,7 @@ def run_range(
         if reference_version is None:
             raise UsageError(f"monitor {monitor.name} has no reference set: store one with `modelwatch reference "
                              f"--monitor {monitor.name} --file FILE`" + (" (or `modelwatch train`)" if module else ""))
+        scorer.prepare(url, monitor.name, reference_version)  # read while the batches load
         if not estimation.fitted(conn, monitor, reference_version):  # a reference stored before schema 3
             with conn.transaction():
                 estimation.fit_reference(conn, monitor, reference_version)

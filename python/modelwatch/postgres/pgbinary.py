@@ -97,9 +97,11 @@ class _Column:
 def _layouts(columns: list[_Column]) -> tuple[np.ndarray, np.ndarray]:
     """The distinct row layouts (byte length of each field, -1 for NULL) and each row's layout.
 
-    Rows are grouped by one int64 key mixing the columns' lengths (there are
-    few: NULL or not, and a handful of text lengths); sorting rows of all the
-    columns instead costs more than the encoding itself.
+    Rows are grouped by one int64 key mixing the lengths of the columns whose lengths vary
+    (there are few: NULL or not, and a handful of text lengths); sorting rows of all the
+    columns instead costs more than the encoding itself. When the key would overflow (a
+    wide table), the groups found so far are renumbered first: there are at most as many as
+    rows, so the key stays small however many columns there are.
     """
     key = np.zeros(len(columns[0].lengths), dtype=np.int64)
     radix = 1
@@ -108,13 +110,15 @@ def _layouts(columns: list[_Column]) -> tuple[np.ndarray, np.ndarray]:
             distinct, codes = np.unique(column.lengths, return_inverse=True)
             width = len(distinct)
         else:  # NULL or not
-            codes, width = column.valid, 2
-        radix *= width
-        if radix >= 2**62:  # too many text lengths for one key: group on all columns
-            layouts = np.stack([column.lengths for column in columns], axis=1)
-            shapes, group_of_row = np.unique(layouts, axis=0, return_inverse=True)
-            return shapes, group_of_row.ravel()
+            codes, width = column.valid.astype(np.int64), 1 if column.valid.all() or not column.valid.any() else 2
+        if width == 1:  # the same length in every row: no column to group on
+            continue
+        if radix * width >= 2**62:
+            _, key = np.unique(key, return_inverse=True)
+            key = key.ravel().astype(np.int64)
+            radix = int(key.max()) + 1
         key = key * width + codes.ravel()
+        radix *= width
     _, first_row, group_of_row = np.unique(key, return_index=True, return_inverse=True)
     shapes = np.stack([column.lengths[first_row] for column in columns], axis=1)
     return shapes, group_of_row.ravel()
