@@ -22,11 +22,13 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "install Debian's chromium package to run the browser tests"; exit 1; fi; }
 
-# Two processes (pytest-xdist), a file to each in turn; every process has an embedded
-# server of its own. TEST_WORKERS=0 runs the suite in one process.
-TEST_WORKERS ?= 2
+# TEST_WORKERS=N runs the suite in N processes (pytest-xdist, a file to each in turn,
+# each with an embedded server of its own). One by default: the suite is bound by CPU
+# in dbt, and on 2 cores two processes took longer than one (docs/testing.md).
+TEST_WORKERS ?= 0
+XDIST := $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 test: install browser
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/pytest $(XDIST)
 
 # The suite once more against another server (this machine's PostgreSQL 15),
 # but for the tests marked `once` (Prefect, the notebook, the compose
@@ -35,7 +37,7 @@ test: install browser
 # embedded PostgreSQL 18.
 PG15_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 test-pg15: install browser
-	MODELWATCH_TEST_DATABASE_URL=$(PG15_URL) $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile \
+	MODELWATCH_TEST_DATABASE_URL=$(PG15_URL) $(BIN)/pytest $(XDIST) \
 	  -m 'not load and not once and not unsettled'
 
 # What CI runs against PostgreSQL 15: the files whose outcome depends on the
@@ -46,7 +48,7 @@ PG15_SERVER_FILES := $(addprefix python/tests/,test_security.py test_performance
   test_quality_crosscheck.py test_dbt_project.py test_migration.py test_views.py test_non_finite.py \
   test_grafana.py test_estimation.py)
 test-pg15-server: install browser
-	MODELWATCH_TEST_DATABASE_URL=$(PG15_URL) $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile \
+	MODELWATCH_TEST_DATABASE_URL=$(PG15_URL) $(BIN)/pytest $(XDIST) \
 	  -m 'not load and not once and not unsettled' $(PG15_SERVER_FILES)
 
 # A year of daily batches through one backfill process: passes, row counts,
