@@ -317,22 +317,23 @@ FINITE_LIMIT = 1e100
 def read_reference(conn: psycopg.Connection, monitor: Monitor, version: str | None,
                    columns: tuple[MonitoredColumn, ...], options: DriftOptions) -> Rows:
     """The monitor's reference set of this version."""
-    table = sql.Identifier("raw", monitor.reference_table)
-    total = conn.execute(sql.SQL("select count(*) from {} where reference_version = %s").format(table),
-                         (version,)).fetchone()[0]
-    query = sql.SQL("select {} from {} where reference_version = %s").format(_select_list(monitor, columns), table)
-    frame = _read_sampled(conn, query, (version,), total, options, _row_hash(monitor), columns)
-    return Rows(frame, int(total))
+    return _read_rows(conn, monitor, monitor.reference_table, "reference_version", version, columns, options)
 
 
 def read_batch(conn: psycopg.Connection, monitor: Monitor, batch_date: date,
                columns: tuple[MonitoredColumn, ...], options: DriftOptions) -> Rows:
     """The batch's rows."""
-    table = sql.Identifier("raw", monitor.rows_table)
-    total = conn.execute(sql.SQL("select count(*) from {} where batch_date = %s").format(table),
-                         (batch_date,)).fetchone()[0]
-    query = sql.SQL("select {} from {} where batch_date = %s").format(_select_list(monitor, columns), table)
-    frame = _read_sampled(conn, query, (batch_date,), total, options, _row_hash(monitor), columns)
+    return _read_rows(conn, monitor, monitor.rows_table, "batch_date", batch_date, columns, options)
+
+
+def _read_rows(conn: psycopg.Connection, monitor: Monitor, table_name: str, key_column: str, key: object,
+               columns: tuple[MonitoredColumn, ...], options: DriftOptions) -> Rows:
+    """The rows of raw.<table_name> whose key_column is key (sampled as options say), and how many there are."""
+    table = sql.Identifier("raw", table_name)
+    where = sql.SQL("where {} = %s").format(sql.Identifier(key_column))
+    total = conn.execute(sql.SQL("select count(*) from {} {}").format(table, where), (key,)).fetchone()[0]
+    query = sql.SQL("select {} from {} {}").format(_select_list(monitor, columns), table, where)
+    frame = _read_sampled(conn, query, (key,), total, options, _row_hash(monitor), columns)
     return Rows(frame, int(total))
 
 
