@@ -7,6 +7,12 @@
     {{ return(modelwatch.batch_date_literal(var('batch_end'))) }}
 {%- endmacro %}
 
+{#- Whether this invocation builds one batch: its rows need no grouping by batch (nor the sort
+    a grouping of ordered aggregates takes). -#}
+{% macro one_batch() -%}
+    {{ return((var('batch_start') | string) == (var('batch_end') | string)) }}
+{%- endmacro %}
+
 {% macro in_batch_range(column='batch_date') -%}
     {{ column }} between {{ modelwatch.batch_start() }} and {{ modelwatch.batch_end() }}
 {%- endmacro %}

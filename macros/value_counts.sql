@@ -8,24 +8,23 @@
 {#-
   Rows of `relation` counted per key and value of each column, in one scan
   (GROUPING SETS: one hash table per column), as long rows:
-  keys..., column_name, value (a numeric column's value, as float), category
+  keys... (none: one group of all the rows), column_name, value (a numeric column's value, as float), category
   (a categorical column's value, as text), row_count. A column's missing
   values are its row with a null value and a null category.
 -#}
 {% macro value_counts(relation, keys, numeric_columns, categorical_columns) -%}
     {%- set columns = numeric_columns + categorical_columns -%}
-    {%- set key_list = keys | join(', ') -%}
+    {%- set keyed = (keys | join(', ') ~ ', ') if keys else '' -%}
     {%- if not columns %}
     {#- No column to count: no rows, with the table's columns. #}
-    select {{ key_list }}, cast(null as {{ dbt.type_string() }}) as column_name,
+    select {{ keyed }}cast(null as {{ dbt.type_string() }}) as column_name,
            cast(null as {{ dbt.type_float() }}) as value, cast(null as {{ dbt.type_string() }}) as category,
            cast(0 as bigint) as row_count
     from {{ relation }}
     where false
     {%- else %}
     select
-        {{ key_list }},
-        cast(case
+        {{ keyed }}cast(case
             {%- for column in columns %}
             when grouping({{ column }}) = 0 then '{{ column }}'
             {%- endfor %}
@@ -45,7 +44,7 @@
     from {{ relation }}
     group by grouping sets (
         {%- for column in columns %}
-        ({{ key_list }}, {{ column }}){{ ',' if not loop.last }}
+        ({{ keyed }}{{ column }}){{ ',' if not loop.last }}
         {%- endfor %}
     )
     {%- endif %}

@@ -49,11 +49,10 @@ with batches as (
 ),
 
 {#- Per batch, each column's missing and non-finite counts, its finite values sorted, their
-    mean and sample standard deviation. #}
+    mean and sample standard deviation (one batch: no grouping, so no sort of its rows). #}
 aggregated as (
     select
-        batch_rows.batch_date,
-        batches.reference_version,
+        {{ modelwatch.batch_start() if modelwatch.one_batch() else 'batch_rows.batch_date' }} as batch_date,
         count(*) as row_count
         {%- for column in columns %}
         {%- set value = 'cast(batch_rows.' ~ column ~ ' as ' ~ float ~ ')' %},
@@ -64,14 +63,17 @@ aggregated as (
         stddev_samp({{ value }}) filter (where {{ modelwatch.is_finite(value) }}) as {{ column }}__stddev
         {%- endfor %}
     from {{ ref('int_batch_rows') }} as batch_rows
-    inner join batches on batches.batch_date = batch_rows.batch_date
-    group by batch_rows.batch_date, batches.reference_version
+    {% if modelwatch.one_batch() -%}
+    having count(*) > 0
+    {%- else -%}
+    group by batch_rows.batch_date
+    {%- endif %}
 ),
 
 profiled as (
     select
         aggregated.batch_date,
-        aggregated.reference_version,
+        batches.reference_version,
         per_column.column_name,
         aggregated.row_count,
         per_column.missing_count,
@@ -81,6 +83,7 @@ profiled as (
         per_column.mean_value,
         per_column.stddev_value
     from aggregated
+    inner join batches on batches.batch_date = aggregated.batch_date
     cross join lateral (
         values
         {%- for column in columns %}

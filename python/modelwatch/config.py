@@ -97,6 +97,11 @@ class Settings:
         return self.home / "reports"
 
     @property
+    def reference_cache_dir(self) -> Path:
+        """Reference sets as the drift step read them (modelwatch.drift.reference_cache)."""
+        return self.home / "cache" / "references"
+
+    @property
     def dbt_dir(self) -> Path:
         """dbt's target and logs: per home, so two homes never share a manifest."""
         return self.home / "dbt"

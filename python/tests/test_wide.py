@@ -13,13 +13,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import psycopg
+import pyarrow.feather as feather
 import pytest
 import yaml
 
 from modelwatch import pipeline
-from modelwatch.drift import batch_drift
-from modelwatch.postgres import db
 from modelwatch.config import Settings
+from modelwatch.drift import batch_drift, worker as drift_worker
+from modelwatch.periods import batch_of
+from modelwatch.pipeline import load
+from modelwatch.pipeline.source import read_batch_file
+from modelwatch.postgres import db
 
 from .conftest import copy_project, scratch_name
 
@@ -150,3 +154,89 @@ def test_evidently_in_two_processes_equals_one(wide: tuple[Settings, pd.DataFram
     assert stored == {column.column: (column.method, pytest.approx(column.score, rel=RELATIVE), column.drifted)
                       for column in one}
     assert {column.column for column in one if column.drifted} >= set(CONTINUOUS[:4])
+
+
+def test_rows_handed_over_are_scored_as_the_rows_read_back(wide: tuple[Settings, pd.DataFrame],
+                                                          tmp_path: Path) -> None:
+    """The run hands the worker a batch's rows as it stored them (an Arrow file) instead of the
+    worker reading them back: the same frame as the table gives (categories, their order, empty
+    text, non-finite numbers set aside), the same scores, and the file is gone once scored."""
+    settings, _ = wide
+    monitor = settings.monitor(MONITOR)
+    day = date(2024, 6, 2)
+    odd = _frame(3, day, 0.0)
+    odd.loc[:2, CONTINUOUS[0]] = [np.inf, -np.inf, 1e300]
+    odd.loc[:1, CATEGORIES[0]] = ["", None]
+    odd.to_parquet(tmp_path / "odd.parquet", index=False)
+    read = read_batch_file(tmp_path / "odd.parquet", monitor)
+    columns = batch_drift.monitored_columns(monitor)
+    options = batch_drift.DriftOptions.from_settings(settings, monitor)
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        try:
+            batch = batch_of(MONITOR, monitor.batch_period, day)
+            load.start_batch(conn, read, batch, None, load.latest_reference(conn, monitor))
+            done = load.load_batch(conn, monitor, read, batch, read.table, None)
+            from_table = batch_drift.read_batch(conn, monitor, day, columns, options)
+            rows = drift_worker.rows_to_hand_over(settings, monitor, done.stored)
+            feather.write_feather(rows, tmp_path / "rows.arrow", compression="uncompressed")
+            from_file = batch_drift.rows_handed_over(tmp_path / "rows.arrow", columns)
+            # a table returns its rows in no particular order (new rows fill the pages' free space)
+            assert list(from_file.frame.columns) == list(from_table.frame.columns)
+            for column in columns:
+                mine, theirs = from_file.frame[column.name], from_table.frame[column.name]
+                assert mine.dtype == theirs.dtype
+                if column.numeric:
+                    np.testing.assert_array_equal(np.sort(mine.to_numpy()), np.sort(theirs.to_numpy()))
+                else:
+                    assert sorted(mine.cat.categories) == sorted(theirs.cat.categories)
+                    pd.testing.assert_series_equal(mine.astype(object).value_counts(dropna=False).sort_index(),
+                                                   theirs.astype(object).value_counts(dropna=False).sort_index())
+            assert from_file.total == from_table.total == ROWS
+            assert ({name: sorted(values.tolist()) for name, values in from_file.non_finite.items()}
+                    == {name: sorted(values.tolist()) for name, values in from_table.non_finite.items()}
+                    == {CONTINUOUS[0]: [-np.inf, 1e300, np.inf]})
+            assert {"", None} <= {None if pd.isna(value) else value for value in from_file.frame[CATEGORIES[0]]}
+
+            with drift_worker.started(settings) as worker:
+                worker.score(settings.database_url, MONITOR, [day], rows=rows)
+                worker.wait()
+                assert not list(Path(worker._handed_over.name).iterdir())  # the worker deleted what it scored
+            stored = dict(conn.execute("select column_name, score from raw.drift_scores "
+                                       "where monitor = %s and batch_date = %s", (MONITOR, day)).fetchall())
+            version = batch_drift.batch_reference_version(conn, monitor, day)
+            reference = batch_drift.read_reference(conn, monitor, version, columns, options)
+            expected = batch_drift.score_columns(batch_drift.evidently_api(), reference, from_table, list(columns))
+            assert stored == {column.column: pytest.approx(column.score, rel=RELATIVE) for column in expected}
+        finally:  # the module's other tests see the one batch
+            conn.execute(f"delete from raw.{monitor.rows_table} where batch_date = %s", (day,))
+            for table in ("drift_scores", "drift_datasets", "estimated_losses", "batches"):
+                conn.execute(f"delete from raw.{table} where monitor = %s and batch_date = %s", (MONITOR, day))
+
+
+def test_a_reference_kept_in_the_home_is_the_one_in_the_database(wide: tuple[Settings, pd.DataFrame]) -> None:
+    """The worker keeps the reference it read in the home (an Arrow file) for the next run's
+    worker: read from there it is the frame the database gives; another sampling is another
+    file; a damaged file is read from the database again (and replaced)."""
+    settings, _ = wide
+    monitor = settings.monitor(MONITOR)
+    columns = batch_drift.monitored_columns(monitor)
+    options = batch_drift.DriftOptions.from_settings(settings, monitor)
+    kept = list(settings.reference_cache_dir.glob("*.arrow"))
+    assert len(kept) == 1  # written by the worker of the fixture's run
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        version = batch_drift.batch_reference_version(conn, monitor, DAY)
+        from_database = batch_drift.read_reference(conn, monitor, version, columns, options)
+        from_home = batch_drift.read_reference(conn, monitor, version, columns, options, settings.reference_cache_dir)
+        pd.testing.assert_frame_equal(from_home.frame, from_database.frame)
+        assert from_home.total == from_database.total == ROWS
+        kept[0].write_bytes(b"not arrow")
+        again = batch_drift.read_reference(conn, monitor, version, columns, options, settings.reference_cache_dir)
+        pd.testing.assert_frame_equal(again.frame, from_database.frame)
+        assert kept[0].read_bytes()[:6] == b"ARROW1"  # written anew
+        sampled = batch_drift.DriftOptions(max_rows=ROWS // 2)
+        half = batch_drift.read_reference(conn, monitor, version, columns, sampled, settings.reference_cache_dir)
+        assert half.used == ROWS // 2 and half.total == ROWS
+        assert len(list(settings.reference_cache_dir.glob("*.arrow"))) == 2
+        pd.testing.assert_frame_equal(
+            batch_drift.read_reference(conn, monitor, version, columns, sampled, settings.reference_cache_dir).frame,
+            batch_drift.read_reference(conn, monitor, version, columns, sampled).frame)

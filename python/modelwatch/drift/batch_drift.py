@@ -24,6 +24,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,41 +33,11 @@ import psycopg
 from psycopg import sql
 
 from modelwatch.config import Settings
+from modelwatch.drift.options import DriftOptions
 from modelwatch.errors import UsageError
-from modelwatch.monitors import deep_merge, Monitor
+from modelwatch.monitors import Monitor
 
 CATEGORICAL = "categorical"  # a drift column's kind: numeric, categorical or prediction
-
-
-@dataclass(frozen=True)
-class DriftOptions:
-    """vars.drift of dbt_project.yml, the part the Evidently step uses."""
-
-    max_rows: int = 100_000
-    sample_seed: int = 42
-    drift_share: float = 0.5
-
-    @classmethod
-    def from_vars(cls, raw: Mapping[str, Any] | None) -> DriftOptions:
-        raw = raw or {}
-        try:
-            options = cls(
-                max_rows=int(raw.get("evidently_max_rows", cls.max_rows)),
-                sample_seed=int(raw.get("evidently_sample_seed", cls.sample_seed)),
-                drift_share=float(raw.get("dataset_drift_share", cls.drift_share)),
-            )
-        except (TypeError, ValueError) as exc:
-            raise UsageError(f"dbt_project.yml vars.drift: {exc}") from None
-        if options.max_rows < 1 or not 0 < options.drift_share <= 1:
-            raise UsageError("dbt_project.yml vars.drift: evidently_max_rows must be >= 1 and "
-                             "dataset_drift_share in (0, 1]")
-        return options
-
-    @classmethod
-    def from_settings(cls, settings: Settings, monitor: Monitor | None = None) -> DriftOptions:
-        """vars.drift, with the monitor's own `drift` key merged over it."""
-        own = (monitor.raw.get("drift") if monitor is not None else None) or {}
-        return cls.from_vars(deep_merge(settings.dbt_vars.get("drift") or {}, own))
 
 
 @dataclass(frozen=True)
@@ -102,20 +73,39 @@ class Rows:
     distinct: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
     # A reference's drift method per column, where no batch can change Evidently's choice
     methods: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # The numbers that enter no drift test (NaN in `frame`), as stored, by column (set_aside_non_finite)
+    non_finite: dict[str, pd.Series] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def used(self) -> int:
         return len(self.frame)
 
+    @property
+    def complete(self) -> bool:
+        """Whether the frame holds every row (no sample)."""
+        return self.used == self.total
+
+    def as_stored(self, names: Iterable[str]) -> dict[str, pd.Series]:
+        """These columns with their non-finite numbers back, as the table holds them (by name: a
+        frame of them would copy every column)."""
+        columns = {name: self.frame[name] for name in names}
+        for name, values in self.non_finite.items():
+            if name in columns:
+                restored = columns[name].copy()
+                restored.loc[values.index] = values
+                columns[name] = restored
+        return columns
+
     def values(self, name: str) -> pd.Series:
         """The column without nulls and infinities (Evidently drops both)."""
         if name not in self.cleaned:
             series = self.frame[name]
-            if pd.api.types.is_float_dtype(series):
-                series = series.replace([np.inf, -np.inf], np.nan)
-            series = series.dropna()
-            if self.sort_numeric and pd.api.types.is_float_dtype(series):
-                series = pd.Series(np.sort(series.to_numpy()), name=name)  # numpy's sort: pandas' costs 3x
+            if pd.api.types.is_float_dtype(series):  # numpy's passes: pandas' replace, dropna and sort cost 3x
+                numbers = series.to_numpy()
+                numbers = numbers[np.isfinite(numbers)]
+                series = pd.Series(np.sort(numbers) if self.sort_numeric else numbers, name=name)
+            else:
+                series = series.dropna()
             self.cleaned[name] = series
         return self.cleaned[name]
 
@@ -269,9 +259,9 @@ def _read_sampled(conn: psycopg.Connection, query: sql.Composable, params: tuple
 
 
 def copy_frame(conn: psycopg.Connection, query: sql.Composable, params: tuple,
-               columns: tuple[MonitoredColumn, ...], finite_only: bool = True) -> pd.DataFrame:
-    """The rows of `query` as a frame: numeric columns float64 (a non-finite number as NaN,
-    unless not `finite_only`), categorical ones pandas categoricals. Read as CSV through COPY and parsed by Arrow: fetching rows as Python tuples
+               columns: tuple[MonitoredColumn, ...]) -> pd.DataFrame:
+    """The rows of `query` as a frame: numeric columns float64, categorical ones pandas
+    categoricals. Read as CSV through COPY and parsed by Arrow: fetching rows as Python tuples
     costs about ten times more on a wide batch (a Python object per value), and so does each
     pass Evidently makes over text held as Python strings rather than as category codes."""
     import pyarrow as pa
@@ -295,12 +285,22 @@ def copy_frame(conn: psycopg.Connection, query: sql.Composable, params: tuple,
         convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True,
                                              quoted_strings_can_be_null=False, null_values=[""]),
     )
-    frame = table.to_pandas()
+    return table.to_pandas()
+
+
+def set_aside_non_finite(frame: pd.DataFrame, columns: tuple[MonitoredColumn, ...]) -> dict[str, pd.Series]:
+    """NaN, +-Infinity and huge numbers enter no drift test (Evidently sees them as missing): each
+    numeric column's such values become NaN in `frame`; returned as they were, by column."""
+    set_aside: dict[str, pd.Series] = {}
     for column in columns:
-        if column.numeric and finite_only:
-            # NaN, +-Infinity and huge values enter no drift test: Evidently sees them as missing
-            frame[column.name] = frame[column.name].where(frame[column.name].abs() <= FINITE_LIMIT)
-    return frame
+        if column.numeric:
+            values = frame[column.name]
+            finite = values.abs() <= FINITE_LIMIT
+            if not finite.all():
+                frame[column.name] = values.where(finite)
+                if (numbers := values[~finite & values.notna()]).size:
+                    set_aside[column.name] = numbers
+    return set_aside
 
 
 def _row_hash(monitor: Monitor) -> sql.Composable:
@@ -315,9 +315,10 @@ FINITE_LIMIT = 1e100
 
 
 def read_reference(conn: psycopg.Connection, monitor: Monitor, version: str | None,
-                   columns: tuple[MonitoredColumn, ...], options: DriftOptions) -> Rows:
-    """The monitor's reference set of this version."""
-    return _read_rows(conn, monitor, monitor.reference_table, "reference_version", version, columns, options)
+                   columns: tuple[MonitoredColumn, ...], options: DriftOptions, cache: Path | None = None) -> Rows:
+    """The monitor's reference set of this version; `cache`: a folder where it is kept between
+    processes (modelwatch.drift.reference_cache), read from there when it is."""
+    return _read_rows(conn, monitor, monitor.reference_table, "reference_version", version, columns, options, cache)
 
 
 def read_batch(conn: psycopg.Connection, monitor: Monitor, batch_date: date,
@@ -326,15 +327,50 @@ def read_batch(conn: psycopg.Connection, monitor: Monitor, batch_date: date,
     return _read_rows(conn, monitor, monitor.rows_table, "batch_date", batch_date, columns, options)
 
 
+def rows_handed_over(path: Path | None, columns: tuple[MonitoredColumn, ...]) -> Rows | None:
+    """A batch's rows from the Arrow file the run wrote as it stored them, as read_batch would read
+    them from the table (numbers as float64, text as categories, in the same order); None when
+    there is no file or it holds another kind of column than those (read the table then)."""
+    if path is None:
+        return None
+    import pyarrow as pa
+    import pyarrow.feather as feather
+
+    table = feather.read_table(path, columns=[column.name for column in columns], memory_map=True)
+    arrays = {}
+    for column in columns:
+        values = table[column.name]
+        if column.numeric and pa.types.is_floating(values.type):
+            arrays[column.name] = values.cast(pa.float64())
+        elif not column.numeric and (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+            arrays[column.name] = values.dictionary_encode()
+        else:
+            return None
+    frame = pa.table(arrays).to_pandas()
+    return Rows(frame, len(frame), non_finite=set_aside_non_finite(frame, columns))
+
+
 def _read_rows(conn: psycopg.Connection, monitor: Monitor, table_name: str, key_column: str, key: object,
-               columns: tuple[MonitoredColumn, ...], options: DriftOptions) -> Rows:
-    """The rows of raw.<table_name> whose key_column is key (sampled as options say), and how many there are."""
+               columns: tuple[MonitoredColumn, ...], options: DriftOptions, cache: Path | None = None) -> Rows:
+    """The rows of raw.<table_name> whose key_column is key (sampled as options say), and how many
+    there are; `cache`: a reference's folder in the home (read_reference)."""
+    from modelwatch.drift import reference_cache
+
     table = sql.Identifier("raw", table_name)
     where = sql.SQL("where {} = %s").format(sql.Identifier(key_column))
-    total = conn.execute(sql.SQL("select count(*) from {} {}").format(table, where), (key,)).fetchone()[0]
     query = sql.SQL("select {} from {} {}").format(_select_list(monitor, columns), table, where)
-    frame = _read_sampled(conn, query, (key,), total, options, _row_hash(monitor), columns)
-    return Rows(frame, int(total))
+    kept = None if cache is None else reference_cache.path_for(cache, conn, monitor.name, str(key),
+                                                                query.as_string(conn), options)
+    found = None if kept is None else reference_cache.load(kept)
+    if found is not None:
+        frame, total = found
+    else:
+        total = conn.execute(sql.SQL("select count(*) from {} {}").format(table, where), (key,)).fetchone()[0]
+        frame = _read_sampled(conn, query, (key,), total, options, _row_hash(monitor), columns)
+        if kept is not None:
+            reference_cache.save(kept, frame, int(total))
+    non_finite = set_aside_non_finite(frame, columns)
+    return Rows(frame, int(total), non_finite=non_finite)
 
 
 # ---------------------------------------------------------------- scoring
@@ -549,14 +585,17 @@ def prepare_reference(settings: Settings, conn: psycopg.Connection, monitor: Mon
         while len(references) >= REFERENCES_KEPT:
             del references[next(iter(references))]
         references[key] = read_reference(conn, monitor, version, monitored_columns(monitor),
-                                         DriftOptions.from_settings(settings, monitor))
+                                         DriftOptions.from_settings(settings, monitor), settings.reference_cache_dir)
 
 
 def score_batches(settings: Settings, conn: psycopg.Connection, monitor: Monitor, days: Iterable[date],
-                  references: dict[tuple[str, str | None], Rows] | None = None) -> list[BatchDrift]:
+                  references: dict[tuple[str, str | None], Rows] | None = None,
+                  handed_over: Mapping[date, Path] | None = None) -> list[BatchDrift]:
     """Evidently drift for each loaded batch of the monitor against its reference; stored in raw.
     `references`: the reference sets read so far, by (monitor, version), kept by a caller that
-    scores more batches of this database (a reference version's rows never change)."""
+    scores more batches of this database (a reference version's rows never change).
+    `handed_over`: Arrow files of batches' rows as the run stored them (worker.rows_to_hand_over),
+    read instead of the database."""
     options = DriftOptions.from_settings(settings, monitor)
     columns = monitored_columns(monitor)
     api = evidently_api()
@@ -569,13 +608,14 @@ def score_batches(settings: Settings, conn: psycopg.Connection, monitor: Monitor
         if key not in references:  # read once per reference version, not once per batch
             prepare_reference(settings, conn, monitor, version, references)
         clock = time.perf_counter()
-        current = read_batch(conn, monitor, day, columns, options)
+        current = rows_handed_over((handed_over or {}).get(day), columns) or read_batch(conn, monitor, day, columns,
+                                                                                         options)
         drift = score_batch(api, monitor.name, day, version, references[key], current, columns, options,
                             started=clock)
         store(conn, drift, options.sample_seed)
         if monitor.task == "regression":  # DLE's per-batch half: a model, so here rather than in SQL
             from modelwatch.drift import dle
 
-            dle.estimate_batch(conn, monitor, day, version, loss_models)
+            dle.estimate_batch(conn, monitor, day, version, loss_models, current)
         results.append(drift)
     return results

@@ -7,9 +7,11 @@ kind of trees and needs no further dependency), applied to each batch by the dri
 from __future__ import annotations
 
 import pickle
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -18,6 +20,9 @@ from psycopg import sql
 from sklearn.ensemble import HistGradientBoostingRegressor
 
 from modelwatch.monitors import Monitor
+
+if TYPE_CHECKING:
+    from modelwatch.drift.batch_drift import Rows
 
 ALGORITHM = "sklearn.HistGradientBoostingRegressor"
 SEED = 42
@@ -35,23 +40,29 @@ class LossModel:
     algorithm: str = ALGORITHM
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def inputs(self, frame: pd.DataFrame) -> np.ndarray:
+    def inputs(self, frame: Mapping[str, pd.Series]) -> np.ndarray:
         """Numbers as they are; a category as its code in the reference's categories (unseen: missing)."""
         columns = []
         for name in self.features:
             if name in self.categorical:
-                codes = pd.Categorical(frame[name].astype("string"), categories=self.categories[name]).codes
+                values = frame[name]
+                if isinstance(values.dtype, pd.CategoricalDtype) and values.cat.categories.inferred_type in (
+                        "string", "empty"):  # text categories (as the drift step reads them): recoded, not compared
+                    codes = values.cat.set_categories(self.categories[name]).cat.codes.to_numpy()
+                else:
+                    codes = pd.Categorical(values.astype("string"), categories=self.categories[name]).codes
                 columns.append(np.where(codes < 0, np.nan, codes).astype(float))
             else:
                 columns.append(pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float))
         return np.column_stack(columns)
 
-    def estimate(self, frame: pd.DataFrame) -> dict[str, float]:
-        """Estimated mae and rmse of the frame's rows (losses below zero are no loss)."""
+    def estimate(self, frame: Mapping[str, pd.Series]) -> dict[str, float]:
+        """Estimated mae and rmse of the frame's rows (losses below zero are no loss). The two
+        models predict at once, each on a thread of its own (their trees run without the GIL)."""
         inputs = self.inputs(frame)
-        with one_thread():
-            absolute = np.clip(self.absolute.predict(inputs), 0, None)
-            squared = np.clip(self.squared.predict(inputs), 0, None)
+        with one_thread(), ThreadPoolExecutor(max_workers=2) as pool:
+            absolute, squared = (np.clip(losses, 0, None) for losses in
+                                 pool.map(lambda model: model.predict(inputs), (self.absolute, self.squared)))
         return {"mae": float(absolute.mean()), "rmse": float(np.sqrt(squared.mean()))}
 
 
@@ -92,9 +103,11 @@ def load_model(conn: psycopg.Connection, monitor: str, version: str | None) -> L
 
 
 def estimate_batch(conn: psycopg.Connection, monitor: Monitor, batch_date: date, version: str | None,
-                   models: dict[tuple[str, str | None], LossModel | None]) -> None:
+                   models: dict[tuple[str, str | None], LossModel | None], rows: Rows | None = None) -> None:
     """Estimate the batch's mae and rmse with its reference's loss models and store them in
-    raw.estimated_losses (replacing earlier estimates of the batch). `models`: kept by the caller."""
+    raw.estimated_losses (replacing earlier estimates of the batch). `models`: kept by the caller.
+    `rows`: the batch as the drift step read it, used when it holds every row and column the
+    models take (a wide batch is not read twice)."""
     key = (monitor.name, version)
     if key not in models:
         models[key] = load_model(conn, monitor.name, version)
@@ -104,17 +117,27 @@ def estimate_batch(conn: psycopg.Connection, monitor: Monitor, batch_date: date,
                      (monitor.name, batch_date))
         if model is None:  # a reference without targets: nothing to estimate with
             return
-        from modelwatch.drift.batch_drift import CATEGORICAL, MonitoredColumn, copy_frame  # the drift step's reader: COPY, Arrow
-
-        query = sql.SQL("select {} from {} where batch_date = %s").format(
-            sql.SQL(", ").join(sql.Identifier(name) for name in model.features),
-            sql.Identifier("raw", monitor.rows_table))
-        columns = tuple(MonitoredColumn(name, CATEGORICAL if name in model.categorical else "numeric")
-                        for name in model.features)
-        frame = copy_frame(conn, query, (batch_date,), columns, finite_only=False)
-        if frame.empty:
+        if rows is not None and rows.complete and set(model.features) <= set(rows.frame.columns):
+            frame = rows.as_stored(model.features)
+        else:
+            frame = _read_features(conn, monitor, batch_date, model)
+        rows_estimated = len(frame[model.features[0]])
+        if not rows_estimated:
             return
         for metric, value in model.estimate(frame).items():
             conn.execute("insert into raw.estimated_losses (monitor, batch_date, reference_version, metric,"
                          " estimated_value, n) values (%s, %s, %s, %s, %s, %s)",
-                         (monitor.name, batch_date, version, metric, value, len(frame)))
+                         (monitor.name, batch_date, version, metric, value, rows_estimated))
+
+
+def _read_features(conn: psycopg.Connection, monitor: Monitor, batch_date: date,
+                   model: LossModel) -> dict[str, pd.Series]:
+    """The batch's rows of the models' inputs, as stored (the drift step's reader: COPY, Arrow), by name."""
+    from modelwatch.drift.batch_drift import CATEGORICAL, MonitoredColumn, copy_frame
+
+    query = sql.SQL("select {} from {} where batch_date = %s").format(
+        sql.SQL(", ").join(sql.Identifier(name) for name in model.features), sql.Identifier("raw", monitor.rows_table))
+    columns = tuple(MonitoredColumn(name, CATEGORICAL if name in model.categorical else "numeric")
+                    for name in model.features)
+    frame = copy_frame(conn, query, (batch_date,), columns)
+    return {name: frame[name] for name in model.features}

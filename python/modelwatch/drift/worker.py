@@ -11,8 +11,10 @@ The protocol is one JSON line each way: the run sends {"url": ..., "monitor":
 ..., "prepare": reference version} before it loads (the worker reads that reference
 set meanwhile, and does not answer), then {"url": ..., "monitor": ..., "days": [...]}
 as soon as those batches are loaded (committed), one request per batch while the next
-ones load; the worker scores them in order (batch_drift.score_batches:
-read from that database, scored, stored in raw) and answers each with
+ones load, with "rows": the path of an Arrow file of the batch's rows as the run
+stored them where it could hand them over (rows_to_hand_over; the worker deletes it);
+the worker scores them in order (batch_drift.score_batches:
+read from that file or that database, scored, stored in raw) and answers each with
 {"ok": true} or {"error": ..., "type": ...}. It keeps the reference sets it has
 read for the database of its last request. It serves requests until its stdin
 closes, and dies with the process that started it (Linux: with the thread that
@@ -33,10 +35,17 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from modelwatch import errors
 from modelwatch.config import Settings
+from modelwatch.drift.options import DriftOptions
 from modelwatch.errors import DriftError, ModelwatchError
+from modelwatch.monitors import Monitor
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 STOP_TIMEOUT_S = 30
 # Workers are started from this one thread, which lives as long as the process: on Linux a worker dies
@@ -58,6 +67,20 @@ class DriftWorker:
         self.pending = 0  # requests not answered yet
         self.in_use = threading.Lock()  # held by the run using it
         self._closed = False
+        self._handed_over: tempfile.TemporaryDirectory | None = None  # batches' rows handed over (_hand_over)
+        self._files = 0
+
+    def _hand_over(self, monitor: str, day: date, rows: pa.Table) -> Path:
+        """An Arrow file of the rows in this worker's folder (removed when it stops); the worker
+        deletes it once the batch is scored."""
+        import pyarrow.feather as feather
+
+        if self._handed_over is None:
+            self._handed_over = tempfile.TemporaryDirectory(prefix="modelwatch-drift-")
+        self._files += 1
+        path = Path(self._handed_over.name) / f"{monitor}-{day.isoformat()}-{self._files}.arrow"
+        feather.write_feather(rows, path, compression="uncompressed")  # read back mapped, not parsed
+        return path
 
     @property
     def pid(self) -> int:
@@ -66,13 +89,18 @@ class DriftWorker:
     def alive(self) -> bool:
         return not self._closed and self._process.poll() is None
 
-    def score(self, url: str, monitor: str, days: list[date]) -> None:
+    def score(self, url: str, monitor: str, days: list[date], rows: pa.Table | None = None) -> None:
         """Ask for these loaded batches of the monitor in the database at `url` to be scored (the
         URL goes by the pipe, not argv or the environment, which others may read); `wait` for
-        them all."""
+        them all. `rows`: the one batch's drift columns as just stored (rows_to_hand_over),
+        which the worker then reads from a file instead of the database."""
         self.pending += 1
         try:
             request = {"url": url, "monitor": monitor, "days": [day.isoformat() for day in days]}
+            if rows is not None:
+                if len(days) != 1:
+                    raise ValueError("rows are handed over for one batch at a time")
+                request["rows"] = str(self._hand_over(monitor, days[0], rows))
             self._process.stdin.write(json.dumps(request) + "\n")
             self._process.stdin.flush()
         except OSError:  # the worker is gone: wait() says why
@@ -130,6 +158,8 @@ class DriftWorker:
             self._process.wait()
         self._process.stdout.close()
         self._stderr.close()
+        if self._handed_over is not None:
+            self._handed_over.cleanup()
 
     def _exit_status(self) -> str:
         try:
@@ -178,6 +208,18 @@ def started(settings: Settings) -> Iterator[DriftWorker]:
 def _stop_kept() -> None:
     for worker in _kept.values():
         worker.close()
+
+
+def rows_to_hand_over(settings: Settings, monitor: Monitor, stored: pa.Table) -> pa.Table | None:
+    """The drift columns of a batch's rows as just stored, for the worker to score without reading
+    them back from the database (seconds for a wide batch); None where it must read them there:
+    a derived column (computed in SQL), or more rows than the drift step samples down to (the
+    sample is drawn in SQL)."""
+    names = [name for name, _ in monitor.drift_columns]
+    if stored.num_rows > DriftOptions.from_settings(settings, monitor).max_rows or not set(names) <= set(
+            stored.column_names):
+        return None
+    return stored.select(names)
 
 
 def _die_with_parent() -> None:
@@ -231,13 +273,18 @@ def main() -> None:
                 references = {}
             continue
         days = [date.fromisoformat(day) for day in request["days"]]
+        handed_over = {days[0]: Path(request["rows"])} if "rows" in request else {}
         try:
             with db.connect(request["url"], autocommit=True) as conn:
-                batch_drift.score_batches(settings, conn, settings.monitor(request["monitor"]), days, references)
+                batch_drift.score_batches(settings, conn, settings.monitor(request["monitor"]), days, references,
+                                          handed_over)
             failure = None
         except Exception as exc:  # noqa: BLE001 - every failure goes back to the run
             failure = exc
             references = {}  # read again: what failed may have been the database
+        finally:
+            for path in handed_over.values():
+                path.unlink(missing_ok=True)
         replies.write(json.dumps(_reply(failure)) + "\n")
     replies.close()
     # Nothing left to do: skip the interpreter's clean-up (half a second with Evidently loaded),

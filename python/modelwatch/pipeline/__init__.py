@@ -343,11 +343,13 @@ def run_range(
                     first_runs.add(batch.start)
                 load.start_batch(conn, read, batch, getattr(trained, "version", None), reference_version)
                 try:
-                    loaded[batch.start] = load.load_batch(conn, monitor, read, batch, rows, trained)
+                    done = load.load_batch(conn, monitor, read, batch, rows, trained)
                 except Exception as exc:
                     _restore_log(conn, batch, previous, exc)
                     raise
-                scorer.score(url, monitor.name, [batch.start])  # committed: Evidently scores it while the next load
+                # committed: Evidently scores it while the next loads (its rows handed over, not read back)
+                scorer.score(url, monitor.name, [batch.start], drift_worker.rows_to_hand_over(settings, monitor, done.stored))
+                loaded[batch.start] = replace(done, stored=None)  # the range keeps the counts, not the rows
                 started[batch.start] = time.perf_counter() - clock
                 progress.loaded(batch.start)
             progress.phase("statistics, then dbt reads the project")

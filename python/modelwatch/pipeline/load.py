@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
@@ -36,6 +36,7 @@ class LoadedBatch:
     batch: Batch
     rows_loaded: int
     rows_outside_period: int
+    stored: pa.Table | None = field(default=None, repr=False, compare=False)  # the rows as written
 
 
 def rows_in(table: pa.Table, monitor: Monitor, batch: Batch) -> pa.Table:
@@ -138,7 +139,7 @@ def load_batch(conn: psycopg.Connection, monitor: Monitor, file: BatchFile, batc
                where monitor = %s and batch_date = %s""",
             (rows.num_rows, outside, monitor.name, batch.start),
         )
-    return LoadedBatch(batch=batch, rows_loaded=rows.num_rows, rows_outside_period=outside)
+    return LoadedBatch(batch=batch, rows_loaded=rows.num_rows, rows_outside_period=outside, stored=table)
 
 
 def analyze(conn: psycopg.Connection, monitor: Monitor) -> None:
