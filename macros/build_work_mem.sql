@@ -29,3 +29,20 @@
 {% macro postgres__build_settings() -%}
     ; set local jit = off
 {%- endmacro %}
+
+{#-
+  A pre-hook for models that join small tables of bins and counts through CTEs:
+  PostgreSQL has no statistics for a CTE, guesses one row, and plans nested
+  loops that compare every bin with every count (feature_drift on a wide
+  monitor: 2.4 s, against 0.05 s hashed; docs/performance.md).
+-#}
+{% macro without_nested_loops() -%}
+    {{ return(adapter.dispatch('without_nested_loops', 'modelwatch')()) }}
+{%- endmacro %}
+
+{% macro default__without_nested_loops() -%}
+{%- endmacro %}
+
+{% macro postgres__without_nested_loops() -%}
+    set local enable_nestloop = off
+{%- endmacro %}

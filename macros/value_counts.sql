@@ -147,19 +147,20 @@
 
 {#-
   ANALYZE of the batch's rows (int_batch_rows; int_reference_rows, keyed by
-  reference_version), for the marts' plans and numeric_columns_from_rows. The categorical columns on a tenth of the usual
-  sample: a text column's statistics sort its sample by collation, which on a
-  monitor with a hundred categorical columns took longer than every model that
-  reads them, and a few thousand rows tell the planner how many categories
-  there are as well.
+  reference_version), for the marts' plans and numeric_columns_from_rows. The
+  profiled columns on a tenth of the usual sample: a column's statistics sort
+  its sample (text by collation), which on a monitor with a hundred columns of
+  each kind took longer than the models that read them, and a few thousand rows
+  tell as well how many distinct values a column has (all of them for a
+  continuous one, a few for counts and categories), which is all the models ask.
 -#}
 {% macro analyze_numeric_columns(relation, key='batch_date', numeric=none, categorical=none) -%}
     {%- set m = modelwatch.monitor() -%}
     {%- set numeric = modelwatch.numeric_columns(m) if numeric is none else numeric -%}
     {%- set categorical = modelwatch.categorical_columns(m) if categorical is none else categorical -%}
-    analyze {{ relation }} ({{ (['monitor', key] + numeric) | join(', ') }})
-    {%- if categorical %};
+    analyze {{ relation }} (monitor, {{ key }})
+    {%- if numeric or categorical %};
     set local default_statistics_target = 10;
-    analyze {{ relation }} ({{ categorical | join(', ') }})
+    analyze {{ relation }} ({{ (numeric + categorical) | join(', ') }})
     {%- endif %}
 {%- endmacro %}

@@ -6,14 +6,21 @@ with batches as (
     where monitor = '{{ modelwatch.current_monitor() }}' and {{ modelwatch.in_batch_range('batch_date') }}
 ),
 
-latest_tests as (
+{#- Each batch's tests of its latest build: every build of a batch adds its tests' outcomes (a
+    wide monitor's hundreds of checks each time), so the latest is found once per batch, not
+    once per test run. #}
+runs as (
     select *
-    from {{ ref('stg_dbt_test_runs') }} as runs
-    where runs.monitor = '{{ modelwatch.current_monitor() }}' and {{ modelwatch.in_batch_range('runs.batch_date') }}
-      and runs.executed_at = (
-          select max(latest.executed_at) from {{ ref('stg_dbt_test_runs') }} as latest
-          where latest.monitor = runs.monitor and latest.batch_date = runs.batch_date
-      )
+    from {{ ref('stg_dbt_test_runs') }}
+    where monitor = '{{ modelwatch.current_monitor() }}' and {{ modelwatch.in_batch_range('batch_date') }}
+),
+
+latest_tests as (
+    select runs.*
+    from runs
+    inner join (
+        select batch_date, max(executed_at) as executed_at from runs group by batch_date
+    ) as latest on latest.batch_date = runs.batch_date and latest.executed_at = runs.executed_at
 ),
 
 test_counts as (

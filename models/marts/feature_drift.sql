@@ -13,7 +13,7 @@
     binned), an empty bin's share counted
     as vars.drift.psi_epsilon; drifted when PSI >= vars.drift.psi_threshold.
 -#}
-{{ config(tags=['gated']) }}
+{{ config(tags=['gated'], pre_hook='{{ modelwatch.without_nested_loops() }}') }}
 {%- set m = modelwatch.monitor() -%}
 {%- set drift = modelwatch.drift_options(m) -%}
 
