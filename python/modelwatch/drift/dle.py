@@ -60,9 +60,13 @@ class LossModel:
         """Estimated mae and rmse of the frame's rows (losses below zero are no loss). The two
         models predict at once, each on a thread of its own (their trees run without the GIL)."""
         inputs = self.inputs(frame)
-        with one_thread(), ThreadPoolExecutor(max_workers=2) as pool:
-            absolute, squared = (np.clip(losses, 0, None) for losses in
-                                 pool.map(lambda model: model.predict(inputs), (self.absolute, self.squared)))
+
+        def predict(model: Any) -> np.ndarray:
+            with one_thread():  # OpenMP's thread count is each thread's own: limited where it predicts
+                return np.clip(model.predict(inputs), 0, None)
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            absolute, squared = pool.map(predict, (self.absolute, self.squared))
         return {"mae": float(absolute.mean()), "rmse": float(np.sqrt(squared.mean()))}
 
 
