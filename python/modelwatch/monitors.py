@@ -343,7 +343,7 @@ def parse_monitor(name: Any, block: Any, defaults: Mapping[str, Any], where: str
         performance_where=_text(key("performance_where", required=False), f"{at}: performance_where"),
         lookups=_lookups(key("lookups", required=False), at),
         stale_after=_stale_after(key("stale_after", required=False), period, f"{at}: stale_after"),
-        timezone=_zone(key("timezone", required=False), f"{at}: timezone"),
+        timezone=_time_zone(key("timezone", required=False), f"{at}: timezone"),
         max_text_bytes=_positive(key("max_text_bytes", required=False), f"{at}: max_text_bytes",
                                  DEFAULT_MAX_TEXT_BYTES),
         raw=spec,
@@ -371,7 +371,7 @@ def _module_name(value: Any, where: str) -> str | None:
     return value
 
 
-def _zone(value: Any, where: str) -> str | None:
+def _time_zone(value: Any, where: str) -> str | None:
     """An IANA time zone name (such as America/New_York), as the tz database knows it."""
     if value is None:
         return None

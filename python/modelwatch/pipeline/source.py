@@ -133,9 +133,9 @@ def coerce(table: pa.Table, monitor: Monitor, where: str) -> tuple[pa.Table, lis
             before = table.schema.field(source_name).type
             note = f"{source_name}: {before} -> {field.type}"
             if pa.types.is_timestamp(before) and before.tz is not None and pa.types.is_timestamp(field.type):
-                column, zone = _to_local(column, monitor.timezone, where, source_name)
-                note += (f" (converted to {zone})" if monitor.timezone else
-                         f" (converted to {zone}: the monitor declares no timezone)")
+                column, time_zone = _to_local(column, monitor.timezone, where, source_name)
+                note += (f" (converted to {time_zone})" if monitor.timezone else
+                         f" (converted to {time_zone}: the monitor declares no timezone)")
             column = _cast(column, field.type, where, source_name)
             notes.append(note)
         values.check_column(column, where, source_name, monitor.max_text_bytes)
@@ -143,14 +143,14 @@ def coerce(table: pa.Table, monitor: Monitor, where: str) -> tuple[pa.Table, lis
     return pa.Table.from_arrays(columns, schema=schema), notes
 
 
-def _to_local(column: pa.ChunkedArray, zone: str | None, where: str, name: str) -> tuple[pa.ChunkedArray, str]:
-    """Aware timestamps as the wall-clock time of the monitor's zone (UTC by default), the
-    zone its batches are cut in."""
-    zone = zone or "UTC"
+def _to_local(column: pa.ChunkedArray, time_zone: str | None, where: str, name: str) -> tuple[pa.ChunkedArray, str]:
+    """Aware timestamps as the wall-clock time of the monitor's time zone (UTC by default), the
+    time zone its batches are cut in."""
+    time_zone = time_zone or "UTC"
     try:
-        return pc.local_timestamp(column.cast(pa.timestamp(column.type.unit, tz=zone))), zone
+        return pc.local_timestamp(column.cast(pa.timestamp(column.type.unit, tz=time_zone))), time_zone
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise InputError(f"{where}: column '{name}' cannot be converted to time zone {zone} "
+        raise InputError(f"{where}: column '{name}' cannot be converted to time zone {time_zone} "
                          f"({_first_line(exc)})") from None
 
 
