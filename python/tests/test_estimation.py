@@ -142,3 +142,36 @@ def test_the_estimates_error_is_no_worse_than_nannymls(estimated) -> None:
     theirs = np.mean([abs(peer[row.batch][row.metric]["estimated"] - peer[row.batch][row.metric]["realised"])
                       for row in rows])
     assert mine / theirs <= 1.1, (mine, theirs)
+
+
+def test_loss_models_predict_without_their_encoder_as_scikit_learn_does_with_it(tmp_path: Path) -> None:
+    """DLE's loss models take the categories as codes, so scikit-learn's own encoder is dropped
+    after the fit: estimates equal those of the same regressors predicting through it, for missing
+    categories, categories the reference never saw and missing numbers alike."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    from modelwatch.drift import dle
+
+    monitor = Settings(home=tmp_path, database_url="postgresql://unused").monitor("car_price")
+    reference = pd.read_parquet(nannyml_file("regression_synthetic_reference.parquet"))[:20_000]
+    reference.loc[::40, "fuel"] = None
+    batch = pd.read_parquet(nannyml_file("regression_synthetic_analysis.parquet"))[:6_000]
+    batch.loc[::7, "transmission"] = "hydrogen"  # never in the reference
+    batch.loc[::11, "car_age"] = np.nan
+    model = dle.fit(reference, monitor)
+
+    natural = dle.LossModel(model.features, model.categorical, model.categories, None, None)  # no column order
+    mask = [name in model.categorical for name in model.features]
+    assert model.extra["column_order"] == tuple(
+        [index for index, categorical in enumerate(mask) if categorical]
+        + [index for index, categorical in enumerate(mask) if not categorical])
+    error = reference[monitor.prediction].to_numpy() - reference[monitor.target].to_numpy()
+    expected = {}
+    for metric, losses in (("mae", np.abs(error)), ("rmse", error ** 2)):
+        with_encoder = HistGradientBoostingRegressor(categorical_features=mask, early_stopping=False,
+                                                     random_state=dle.SEED).fit(natural.inputs(reference), losses)
+        assert with_encoder._preprocessor is not None  # noqa: SLF001 - what the fitted models no longer carry
+        predicted = np.clip(with_encoder.predict(natural.inputs(batch)), 0, None)
+        expected[metric] = float(predicted.mean()) if metric == "mae" else float(np.sqrt(predicted.mean()))
+    assert model.absolute._preprocessor is None and model.squared._preprocessor is None  # noqa: SLF001
+    assert model.estimate(batch) == expected

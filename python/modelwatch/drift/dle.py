@@ -6,6 +6,7 @@ kind of trees and needs no further dependency), applied to each batch by the dri
 
 from __future__ import annotations
 
+import copy
 import pickle
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
 ALGORITHM = "sklearn.HistGradientBoostingRegressor"
 SEED = 42
+PREDICTION_CHECK_ROWS = 5_000  # reference rows on which a model without its encoder must predict the same
 
 
 @dataclass
@@ -41,20 +43,23 @@ class LossModel:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def inputs(self, frame: Mapping[str, pd.Series]) -> np.ndarray:
-        """Numbers as they are; a category as its code in the reference's categories (unseen: missing)."""
-        columns = []
-        for name in self.features:
-            if name in self.categorical:
-                values = frame[name]
-                if isinstance(values.dtype, pd.CategoricalDtype) and values.cat.categories.inferred_type in (
-                        "string", "empty"):  # text categories (as the drift step reads them): recoded, not compared
-                    codes = values.cat.set_categories(self.categories[name]).cat.codes.to_numpy()
-                else:
-                    codes = pd.Categorical(values.astype("string"), categories=self.categories[name]).codes
-                columns.append(np.where(codes < 0, np.nan, codes).astype(float))
-            else:
-                columns.append(pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float))
-        return np.column_stack(columns)
+        """Numbers as they are; a category as its code in the reference's categories (unseen:
+        missing). Column-major, which the trees read faster than row-major,
+        in the order the models take (`column_order`: categories first, once fitted)."""
+        names = [self.features[index] for index in self.extra.get("column_order") or range(len(self.features))]
+        inputs = np.empty((len(frame[self.features[0]]), len(names)), order="F")
+        for position, name in enumerate(names):
+            inputs[:, position] = self._codes(frame[name], name) if name in self.categorical else (
+                pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float))
+        return inputs
+
+    def _codes(self, values: pd.Series, name: str) -> np.ndarray:
+        if isinstance(values.dtype, pd.CategoricalDtype) and values.cat.categories.inferred_type in (
+                "string", "empty"):  # text categories (as the drift step reads them): recoded, not compared
+            codes = values.cat.set_categories(self.categories[name]).cat.codes.to_numpy()
+        else:
+            codes = pd.Categorical(values.astype("string"), categories=self.categories[name]).codes
+        return np.where(codes < 0, np.nan, codes)
 
     def estimate(self, frame: Mapping[str, pd.Series]) -> dict[str, float]:
         """Estimated mae and rmse of the frame's rows (losses below zero are no loss). The two
@@ -97,7 +102,33 @@ def fit(frame: pd.DataFrame, monitor: Monitor) -> LossModel:
     with one_thread():
         model.absolute = regressor().fit(inputs, np.abs(error))
         model.squared = regressor().fit(inputs, error ** 2)
+        _predicting_on_codes(model, inputs, np.array(mask))
     return model
+
+
+def _predicting_on_codes(model: LossModel, inputs: np.ndarray, categorical: np.ndarray) -> None:
+    """Drop the category encoder scikit-learn fits inside each regressor, when the models then
+    predict exactly as before: the codes given are the encoder's own (every category of the
+    reference is in the fit), so all it does at prediction is check and reorder columns, as long
+    again as the trees themselves. The inputs are then given in the encoder's output order
+    (`column_order`). Checked on the fit's own rows; a model that differs keeps its encoder."""
+    if not categorical.any():
+        return
+    encoders = [regressor._preprocessor.named_transformers_["encoder"]  # noqa: SLF001 - checked below
+                for regressor in (model.absolute, model.squared)]
+    known = [categories[~np.isnan(categories)] for encoder in encoders for categories in encoder.categories_]
+    if not all(np.array_equal(categories, np.arange(len(categories))) for categories in known):  # missing: NaN
+        return
+    order = np.concatenate([np.flatnonzero(categorical), np.flatnonzero(~categorical)])
+    sample = inputs[:PREDICTION_CHECK_ROWS]
+    stripped = [copy.copy(regressor) for regressor in (model.absolute, model.squared)]
+    for regressor in stripped:
+        regressor._preprocessor = None  # noqa: SLF001
+    reordered = np.asfortranarray(sample[:, order])
+    if all(np.array_equal(fast.predict(reordered), full.predict(sample))
+           for fast, full in zip(stripped, (model.absolute, model.squared))):
+        model.absolute, model.squared = stripped
+        model.extra["column_order"] = tuple(int(index) for index in order)
 
 
 def load_model(conn: psycopg.Connection, monitor: str, version: str | None) -> LossModel | None:
