@@ -36,13 +36,27 @@ batches as (
     where monitor = '{{ m.name }}' and {{ modelwatch.in_batch_range('batch_date') }}
 ),
 
-{#- Shares of rows, counted in one hashed pass over the rows, grouped by batch. -#}
+{#- Shares of rows, counted in one hashed pass over the rows, grouped by batch; the missing and
+    non-finite shares of the columns column_quality profiles are read off it instead (the same
+    counts of the same rows: a wide monitor's hundreds of them are not counted twice). The
+    target's and the timestamp's are counted here: the contract judges the stored rows, not
+    the labels that land later. -#}
+{%- set profiled = modelwatch.numeric_columns(m) + modelwatch.categorical_columns(m) -%}
 {%- set shares = {} -%}
+{%- set profiled_shares = {} -%}
 {%- for column in features + [m.timestamp, m.prediction] + probabilities -%}
-    {%- do shares.update({'missing_share__' ~ column: column ~ ' is null'}) -%}
+    {%- if column in profiled and column != m.target -%}
+        {%- do profiled_shares.update({'missing_share__' ~ column: (column, 'missing_share')}) -%}
+    {%- else -%}
+        {%- do shares.update({'missing_share__' ~ column: column ~ ' is null'}) -%}
+    {%- endif -%}
 {%- endfor -%}
 {%- for column in numeric_columns -%}
-    {%- do shares.update({'non_finite_share__' ~ column: modelwatch.is_non_finite(column)}) -%}
+    {%- if column in profiled and column != m.target -%}
+        {%- do profiled_shares.update({'non_finite_share__' ~ column: (column, 'non_finite_share')}) -%}
+    {%- else -%}
+        {%- do shares.update({'non_finite_share__' ~ column: modelwatch.is_non_finite(column)}) -%}
+    {%- endif -%}
 {%- endfor -%}
 {%- for column in probabilities -%}
     {%- do shares.update({'probability_out_of_range_share__' ~ column: column ~ ' < 0 or ' ~ column ~ ' > 1'}) -%}
@@ -79,6 +93,18 @@ row_shares as (
     group by batch_rows.batch_date
 ),
 
+{#- One row per batch: column_quality's shares, a column each. -#}
+profiled_shares as (
+    select
+        batch_date
+        {%- for name, (column, metric) in profiled_shares.items() %},
+        max({{ metric }}) filter (where column_name = '{{ column }}') as {{ name }}
+        {%- endfor %}
+    from {{ ref('column_quality') }}
+    where monitor = '{{ m.name }}' and {{ modelwatch.in_batch_range('batch_date') }}
+    group by batch_date
+),
+
 {#- count(distinct) sorts its input: only (batch_date, id), a fraction of every row's columns. -#}
 duplicates as (
     select batch_date, count({{ m.id }}) - count(distinct {{ m.id }}) as duplicate_ids
@@ -93,12 +119,16 @@ per_batch as (
         batches.batch_date,
         coalesce(row_shares.row_count, 0) as row_count,
         coalesce(duplicates.duplicate_ids, 0) as duplicate_ids,
-        row_shares.outside_period_share{{ ',' if shares }}
-        {%- for name in shares %}
-        row_shares.{{ name }}{{ ',' if not loop.last }}
+        row_shares.outside_period_share
+        {%- for name in shares %},
+        row_shares.{{ name }}
+        {%- endfor %}
+        {%- for name in profiled_shares %},
+        profiled_shares.{{ name }}
         {%- endfor %}
     from batches
     left join row_shares on row_shares.batch_date = batches.batch_date
+    left join profiled_shares on profiled_shares.batch_date = batches.batch_date
     left join duplicates on duplicates.batch_date = batches.batch_date
 ),
 

@@ -4,6 +4,7 @@ errors reach the run, and it never outlives the run. Real PostgreSQL, real Evide
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import os
 import signal
 import subprocess
@@ -153,6 +154,22 @@ def _alive(pid: int) -> bool:
             return stat.read().split(") ")[-1].split()[0] != "Z"  # a zombie has exited
     except FileNotFoundError:
         return False
+
+
+def test_the_worker_imports_evidentlys_drift_tests_alone() -> None:
+    """In the worker, Evidently's drift tests are imported without the rest of its package (its
+    Reports and presets); asked for the whole package after, the process gets it."""
+    code = (
+        "import sys; from modelwatch.drift import batch_drift; batch_drift.score_only(); "
+        "api = batch_drift.drift_tests_api(); "
+        "print(api.version, 'evidently.presets' in sys.modules, api.get_stattest.__module__, api.Report); "
+        "full = batch_drift.evidently_api(); import evidently; "
+        "print(full.version == evidently.__version__, full.Report.__name__, 'evidently.presets' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[-2] == (f"{importlib.metadata.version('evidently')} False "
+                       "evidently.legacy.calculations.stattests.registry None")
+    assert out[-1] == "True Report True"
 
 
 def test_the_run_itself_never_imports_evidently(one_batch: Settings) -> None:

@@ -6,6 +6,8 @@ equal those of one process."""
 
 from __future__ import annotations
 
+import json
+
 from collections.abc import Iterator
 from datetime import date, datetime
 from pathlib import Path
@@ -240,3 +242,37 @@ def test_a_reference_kept_in_the_home_is_the_one_in_the_database(wide: tuple[Set
         pd.testing.assert_frame_equal(
             batch_drift.read_reference(conn, monitor, version, columns, sampled, settings.reference_cache_dir).frame,
             batch_drift.read_reference(conn, monitor, version, columns, sampled).frame)
+
+
+def test_evidentlys_methods_are_kept_with_the_reference(wide: tuple[Settings, pd.DataFrame]) -> None:
+    """Beside the reference's file, the worker keeps the drift method Evidently picks for each
+    column the reference alone decides; a later process looks them up by name (the same tests as
+    Evidently's own choice), and a damaged file is picked anew and written again."""
+    settings, _ = wide
+    monitor = settings.monitor(MONITOR)
+    columns = list(batch_drift.monitored_columns(monitor))
+    options = batch_drift.DriftOptions.from_settings(settings, monitor)
+    api = batch_drift.evidently_api()
+    [kept] = settings.reference_cache_dir.glob("*.methods.json")  # written by the fixture's worker
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        version = batch_drift.batch_reference_version(conn, monitor, DAY)
+        reference = batch_drift.read_reference(conn, monitor, version, columns, options, settings.reference_cache_dir)
+    decided = [column for column in columns
+               if reference.distinct_count(column.name) > batch_drift.METHOD_DEPENDS_ON_BATCH_UP_TO]
+    assert [column.name for column in columns if column not in decided] == ["c_00"]  # 3 values: each batch's
+    expected = {}
+    for column in decided:
+        values = reference.values(column.name)
+        kind = api.ColumnType.Numerical if column.numeric else api.ColumnType.Categorical
+        expected[column.name] = api.get_stattest(values, values.iloc[:0], kind, None)
+    assert json.loads(kept.read_text()) == {"evidently": api.version,
+                                            "methods": {name: test.name for name, test in expected.items()}}
+    assert {test.name for test in expected.values()} == {"wasserstein", "jensenshannon"}
+    batch_drift.reference_methods(api, reference, columns)
+    assert reference.methods == expected
+    kept.write_text("{not json")
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        again = batch_drift.read_reference(conn, monitor, version, columns, options, settings.reference_cache_dir)
+    batch_drift.reference_methods(api, again, columns)
+    assert again.methods == expected
+    assert json.loads(kept.read_text())["methods"] == {name: test.name for name, test in expected.items()}

@@ -9,8 +9,8 @@ those metrics do but without a Report and its figures (run_evidently).
 Results go to raw.drift_scores (batch x column) and raw.drift_datasets
 (batch); dbt models them into marts.feature_drift and marts.dataset_drift.
 
-Evidently costs ~2.5 s to import: it is imported on first use, once per process
-(the worker's, which imports it while the run loads its batches).
+Evidently is imported on first use, once per process (the worker's, which imports
+its drift tests alone while the run loads its batches: evidently_import).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import psycopg
 from psycopg import sql
 
 from modelwatch.config import Settings
+from modelwatch.drift import evidently_import
 from modelwatch.drift.options import DriftOptions
 from modelwatch.errors import UsageError
 from modelwatch.monitors import Monitor
@@ -75,6 +76,8 @@ class Rows:
     methods: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     # The numbers that enter no drift test (NaN in `frame`), as stored, by column (set_aside_non_finite)
     non_finite: dict[str, pd.Series] = field(default_factory=dict, compare=False, repr=False)
+    # A reference's file in the home (reference_cache), where its methods are kept too
+    kept: Path | None = field(default=None, compare=False, repr=False)
 
     @property
     def used(self) -> int:
@@ -170,7 +173,8 @@ class BatchDrift:
 
 @dataclass(frozen=True)
 class EvidentlyApi:
-    """The few Evidently names used, imported once."""
+    """The few Evidently names used, imported once (in the drift worker, its drift tests alone:
+    Report, Dataset, DataDefinition and the presets are None there)."""
 
     version: str
     Report: Any
@@ -193,6 +197,8 @@ def quiet_numerics() -> Iterator[None]:
 
 @functools.cache
 def evidently_api() -> EvidentlyApi:
+    """Evidently, imported whole (a Report, its presets and Datasets included)."""
+    evidently_import.forget()  # a worker's drift tests alone, if any: the whole package now
     import evidently
     from evidently import DataDefinition, Dataset, Report
     from evidently.legacy.calculations.stattests.registry import get_stattest
@@ -201,6 +207,27 @@ def evidently_api() -> EvidentlyApi:
 
     return EvidentlyApi(evidently.__version__, Report, Dataset, DataDefinition, DataDriftPreset, DataSummaryPreset,
                         get_stattest, ColumnType)
+
+
+_SCORING_ONLY = False  # set by the drift worker, a process that only scores
+
+
+def score_only() -> None:
+    """This process scores batches and does nothing else with Evidently: drift_tests_api imports
+    its drift tests alone (modelwatch.drift.evidently_import)."""
+    global _SCORING_ONLY
+    _SCORING_ONLY = True
+
+
+@functools.cache
+def drift_tests_api() -> EvidentlyApi:
+    """What scoring uses of Evidently (its drift tests, column types and version): in the drift
+    worker, without the rest of its package; elsewhere, evidently_api()."""
+    tests = evidently_import.drift_tests() if _SCORING_ONLY else None
+    if tests is None:
+        return evidently_api()
+    version, get_stattest, column_type = tests
+    return EvidentlyApi(version, None, None, None, None, None, get_stattest, column_type)
 
 
 # ---------------------------------------------------------------- reading
@@ -370,7 +397,7 @@ def _read_rows(conn: psycopg.Connection, monitor: Monitor, table_name: str, key_
         if kept is not None:
             reference_cache.save(kept, frame, int(total))
     non_finite = set_aside_non_finite(frame, columns)
-    return Rows(frame, int(total), non_finite=non_finite)
+    return Rows(frame, int(total), non_finite=non_finite, kept=kept)
 
 
 # ---------------------------------------------------------------- scoring
@@ -422,6 +449,34 @@ def default_method(api: EvidentlyApi, column: MonitoredColumn, kind: Any, refere
     return reference.methods[column.name]
 
 
+def reference_methods(api: EvidentlyApi, reference: Rows, columns: list[MonitoredColumn]) -> None:
+    """The methods the reference alone decides (default_method) for these columns, before they are
+    scored (in two processes, which would each pick half): those kept with the reference's file
+    (reference_cache) looked up by name, the others picked, then kept for the next processes."""
+    from modelwatch.drift import reference_cache
+
+    decided = [column for column in columns if column.name not in reference.methods
+               and reference.distinct_count(column.name) > METHOD_DEPENDS_ON_BATCH_UP_TO]
+    if not decided:
+        return
+    kept = {} if reference.kept is None else reference_cache.load_methods(reference.kept, api.version)
+    for column in decided:
+        values, kind = reference.values(column.name), _column_type(api, column)
+        try:
+            method = api.get_stattest(values, values.iloc[:0], kind, kept[column.name])
+        except (KeyError, ValueError):  # not kept, or a name this Evidently does not know for the kind
+            kept.pop(column.name, None)
+            method = api.get_stattest(values, values.iloc[:0], kind, None)
+        reference.methods[column.name] = method
+    if reference.kept is not None and any(column.name not in kept for column in decided):
+        reference_cache.save_methods(reference.kept, api.version,
+                                     {name: test.name for name, test in reference.methods.items()})
+
+
+def _column_type(api: EvidentlyApi, column: MonitoredColumn) -> Any:
+    return api.ColumnType.Numerical if column.numeric else api.ColumnType.Categorical
+
+
 def _as_text(series: pd.Series) -> pd.Series:
     """A categorical series as the object series of its values (a numeric one as it is)."""
     return series.astype(object) if isinstance(series.dtype, pd.CategoricalDtype) else series
@@ -434,6 +489,7 @@ def run_evidently(api: EvidentlyApi, reference: Rows, current: Rows,
     without a Report: a Report also draws plotly figures for each column and scores every column
     a second time for the count, about 3x the cost of the tests (tests/test_drift.py checks the
     figures against a Report's). Many columns are scored in two processes (score_in_two)."""
+    reference_methods(api, reference, columns)
     if len(columns) >= PARALLEL_FROM_COLUMNS and (os.cpu_count() or 1) > 1:
         scored = score_in_two(api, reference, current, columns)
     else:
@@ -450,7 +506,7 @@ def score_columns(api: EvidentlyApi, reference: Rows, current: Rows,
     scored: list[ColumnDrift] = []
     with quiet_numerics():
         for column in columns:
-            kind = api.ColumnType.Numerical if column.numeric else api.ColumnType.Categorical
+            kind = _column_type(api, column)
             reference_values, current_values = reference.values(column.name), current.values(column.name)
             test = default_method(api, column, kind, reference, current)  # ValueDrift's
             if test.name != "jensenshannon":  # categories as text: the other tests map values one by one
@@ -598,7 +654,7 @@ def score_batches(settings: Settings, conn: psycopg.Connection, monitor: Monitor
     read instead of the database."""
     options = DriftOptions.from_settings(settings, monitor)
     columns = monitored_columns(monitor)
-    api = evidently_api()
+    api = drift_tests_api()
     references = {} if references is None else references
     loss_models: dict = {}  # DLE's, for a regression monitor (modelwatch.drift.dle)
     results: list[BatchDrift] = []

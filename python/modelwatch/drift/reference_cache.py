@@ -6,7 +6,9 @@ back from PostgreSQL: seconds for a wide one, in each run. A file is keyed by
 everything the frame depends on: the server and database, the monitor, the
 version and when it was stored, the query (columns, casts, derived SQL), the
 sampling options and modelwatch's version; a changed key is a miss, and a
-file that cannot be read is read from the database again.
+file that cannot be read is read from the database again. Beside it, the drift
+method Evidently picks for each column of the set (picking one counts its
+distinct values), by Evidently version.
 """
 
 from __future__ import annotations
@@ -67,8 +69,34 @@ def save(path: Path, frame: pd.DataFrame, total: int) -> None:
                        key=lambda other: other.stat().st_mtime, reverse=True)
         for other in older[KEPT_PER_MONITOR - 1:]:
             other.unlink(missing_ok=True)
+            _methods_path(other).unlink(missing_ok=True)
     except OSError:
         pass
+
+
+def load_methods(path: Path, evidently_version: str) -> dict[str, str]:
+    """The drift method Evidently chose for each column of this reference (by its name), as
+    save_methods kept them for this Evidently version; {} when there are none."""
+    try:
+        kept = json.loads(_methods_path(path).read_text())
+        return dict(kept["methods"]) if kept["evidently"] == evidently_version else {}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def save_methods(path: Path, evidently_version: str, methods: dict[str, str]) -> None:
+    """Keep the methods beside the reference's file (choosing one reads every value of a column);
+    a failure to write costs the next run the choice, nothing more."""
+    try:
+        partial = path.with_suffix(f".{os.getpid()}.partial")
+        partial.write_text(json.dumps({"evidently": evidently_version, "methods": methods}))
+        partial.replace(_methods_path(path))
+    except OSError:
+        pass
+
+
+def _methods_path(path: Path) -> Path:
+    return path.with_suffix(".methods.json")
 
 
 def _prefix(database: str, monitor: str) -> str:

@@ -254,8 +254,9 @@ def main() -> None:
     from modelwatch.postgres import db  # after the pipe is set up: these imports take a second
 
     settings = Settings.from_env()  # the project (what is monitored); the database comes with each request
+    batch_drift.score_only()
     try:
-        batch_drift.evidently_api()  # import Evidently now, while the run loads its batches
+        batch_drift.drift_tests_api()  # import Evidently now, while the run loads its batches
     except Exception:  # noqa: BLE001 - reported when a batch is scored
         pass
     references: dict[tuple[str, str | None], batch_drift.Rows] = {}  # of the last request's database, by reference
