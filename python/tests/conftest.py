@@ -186,6 +186,13 @@ def initialised_database(templates: Templates, server_url: str, home: Path, labe
 
 
 @pytest.fixture
+def initialised_settings(templates: Templates, server_url: str, tmp_path: Path) -> Iterator[Settings]:
+    """A database of this test's own as `init` leaves it (the shipped project), and its home."""
+    with initialised_database(templates, server_url, tmp_path / "home", "test") as settings:
+        yield settings
+
+
+@pytest.fixture
 def trained_settings(server_url: str, templates: Templates, tmp_path: Path) -> Iterator[Settings]:
     """A database of this test's own, initialised, with the baseline trained on January 2023,
     and its home: copies of the session's (templates), as `init` and `train` leave them.
