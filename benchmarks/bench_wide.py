@@ -22,7 +22,7 @@ Before each run the monitor's rows table (and its drift rows of the day) is
 emptied, so each run is a first run of the day. Where the time goes is recorded
 with the figures: Evidently's seconds (raw.drift_datasets.seconds) and dbt's
 per-node timings of the run (its log under the home's dbt dir: every
-invocation of the run, where target/run_results.json keeps the last one). A
+invocation of the run; the pipeline's invocations write no run_results.json). A
 run still going after TIMEOUT_S is killed: its figures are then lower bounds,
 marked not met, with the dbt nodes it was still running.
 """
@@ -160,7 +160,7 @@ _DBT_NODE = re.compile(r"\d+ of \d+ (OK|PASS|WARN|FAIL|ERROR)\s+(?:created \S+ \
 
 def dbt_node_seconds(log_file: Path) -> dict[str, float]:
     """Seconds per dbt node (models and tests, by name) in a home's dbt log: every invocation of
-    the run (run_results.json keeps the last invocation only); a node run twice is summed."""
+    the run (the pipeline's invocations write no run_results.json); a node run twice is summed."""
     if not log_file.exists():
         return {}
     text = re.sub(r"\x1b\[[0-9;]*m", "", log_file.read_text(errors="replace"))

@@ -23,15 +23,16 @@ from modelwatch.drift import batch_drift, worker as drift_worker
 from modelwatch.errors import DriftError, TransformError, UsageError
 from modelwatch.periods import batch_of
 
-from .conftest import FEBRUARY, TAXI, copy_project, trained_database
+from .conftest import FEBRUARY, TAXI, Templates, copy_project, trained_database
 
 DAY = date(2023, 2, 14)
 
 
 @pytest.fixture(scope="module")
-def one_batch(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+def one_batch(templates: Templates, server_url: str,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """A trained database with DAY run (its drift scored by the worker)."""
-    with trained_database(server_url, tmp_path_factory.mktemp("worker_home"), "worker") as settings:
+    with trained_database(templates, server_url, tmp_path_factory.mktemp("worker_home"), "worker") as settings:
         pipeline.run_batch(settings, DAY, FEBRUARY)
         yield settings
 

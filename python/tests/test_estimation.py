@@ -21,9 +21,8 @@ import pytest
 from modelwatch import pipeline
 from modelwatch.config import Settings
 from modelwatch.pipeline.labels import store_labels
-from modelwatch.postgres import db
 
-from .conftest import nannyml_file, scratch_name
+from .conftest import Templates, initialised_database, nannyml_file
 
 PEER = json.loads((Path(__file__).parent / "fixtures" / "nannyml_estimates.json").read_text())
 
@@ -62,14 +61,12 @@ def _estimates(settings: Settings, monitor: str) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module", params=list(EXAMPLES))
-def estimated(request, server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+def estimated(request, templates: Templates, server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """A monitor's analysis batches loaded without targets: their estimates; then its labels."""
     monitor = request.param
     reference, analysis, targets, first, last = EXAMPLES[monitor]
     folder = tmp_path_factory.mktemp(f"estimation_{monitor}")
-    with db.scratch_database(server_url, scratch_name(f"mw_est_{monitor[:4]}")) as url:
-        settings = Settings(home=folder / "home", database_url=url)
-        pipeline.init(settings)
+    with initialised_database(templates, server_url, folder / "home", f"est_{monitor[:4]}") as settings:
         pipeline.reference(settings, monitor, nannyml_file(f"{reference}.parquet"))
         analysis_file = nannyml_file(f"{analysis}.parquet")
         outcome = pipeline.backfill(settings, analysis_file, first, last, monitor_name=monitor)

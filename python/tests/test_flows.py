@@ -21,9 +21,8 @@ from psycopg import sql
 
 from modelwatch import pipeline
 from modelwatch.config import Settings
-from modelwatch.postgres import db
 
-from .conftest import nannyml_file, scratch_name
+from .conftest import Templates, initialised_database, nannyml_file
 from .test_monitors import labelled_analysis
 
 pytestmark = pytest.mark.once
@@ -47,11 +46,10 @@ def harness() -> Iterator[str]:
 
 
 @pytest.fixture
-def car_price(server_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Settings, Path]]:
+def car_price(templates: Templates, server_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Settings, Path]]:
     """A database with car_price's reference stored; the flows read the same settings from the environment."""
-    with db.scratch_database(server_url, scratch_name("mw_flow")) as url:
-        settings = Settings(home=tmp_path / "home", database_url=url)
-        pipeline.init(settings)
+    with initialised_database(templates, server_url, tmp_path / "home", "flow") as settings:
+        url = settings.database_url
         pipeline.reference(settings, MONITOR, nannyml_file("regression_synthetic_reference.parquet"))
         monkeypatch.setenv("MODELWATCH_HOME", str(settings.home))
         monkeypatch.setenv("MODELWATCH_DATABASE_URL", url)

@@ -24,7 +24,7 @@ from modelwatch.errors import UsageError
 from modelwatch.monitors import parse_monitor
 from modelwatch.postgres import db
 
-from .conftest import nannyml_file, scratch_name
+from .conftest import Templates, initialised_database, nannyml_file
 from .test_monitors import labelled_analysis
 
 STALE_RULE = "modelwatch-monitor-stale"
@@ -48,12 +48,11 @@ def _rule_fires(conn: psycopg.Connection) -> tuple[list[tuple], dict[tuple[str, 
 
 
 @pytest.fixture(scope="module")
-def aged(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+def aged(templates: Templates, server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """car_price with one real batch, tested three days ago; no other monitor has any."""
     folder = tmp_path_factory.mktemp("freshness")
-    with db.scratch_database(server_url, scratch_name("mw_fresh")) as url:
-        settings = Settings(home=folder / "home", database_url=url)
-        pipeline.init(settings)
+    with initialised_database(templates, server_url, folder / "home", "fresh") as settings:
+        url = settings.database_url
         pipeline.reference(settings, "car_price", nannyml_file("regression_synthetic_reference.parquet"))
         outcome = pipeline.run_batch(settings, CAR_DAY, labelled_analysis("car_price", folder),
                                      monitor_name="car_price")

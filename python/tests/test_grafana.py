@@ -41,7 +41,7 @@ from modelwatch.errors import UsageError
 from modelwatch.postgres import db
 
 from .chromium import chromium_path, visit
-from .conftest import FEBRUARY, TAXI, scratch_name, trained_database
+from .conftest import FEBRUARY, TAXI, Templates, scratch_name, trained_database
 from .png import read_png
 
 COMPOSE = PROJECT_DIR / "docker-compose.yml"
@@ -795,10 +795,10 @@ def _short_fifteenth(path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def replayed(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replayed]:
+def replayed(templates: Templates, server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replayed]:
     """`modelwatch backfill --pace` over 14 and 15 February (the 15th fails) in a database of its own."""
     home = tmp_path_factory.mktemp("replay_home")
-    with trained_database(server_url, home, "replay") as settings:
+    with trained_database(templates, server_url, home, "replay") as settings:
         url = settings.database_url
         batches = _short_fifteenth(home / "green_tripdata_2023-02-short.parquet")
         clock = time.monotonic()

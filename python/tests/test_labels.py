@@ -18,9 +18,8 @@ from sklearn import metrics as sk
 from modelwatch import pipeline
 from modelwatch.cli import main
 from modelwatch.config import Settings
-from modelwatch.postgres import db
 
-from .conftest import nannyml_file, scratch_name
+from .conftest import Templates, initialised_database, nannyml_file
 
 TOLERANCE = 1e-9
 MONITOR = "work_from_home"
@@ -33,11 +32,9 @@ def _weeks(stamps: pd.Series) -> pd.Series:
 
 
 @pytest.fixture(scope="module")
-def unlabelled(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, Path]]:
+def unlabelled(templates: Templates, server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, Path]]:
     folder = tmp_path_factory.mktemp("labels")
-    with db.scratch_database(server_url, scratch_name("mw_labels")) as url:
-        settings = Settings(home=folder / "home", database_url=url)
-        pipeline.init(settings)
+    with initialised_database(templates, server_url, folder / "home", "labels") as settings:
         pipeline.reference(settings, MONITOR, nannyml_file("synthetic_sample_reference.parquet"))
         analysis = nannyml_file("synthetic_sample_analysis.parquet")
         assert "work_home_actual" not in pd.read_parquet(analysis).columns  # no targets in the batches

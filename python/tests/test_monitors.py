@@ -26,7 +26,7 @@ from modelwatch.cli import main
 from modelwatch.config import Settings
 from modelwatch.postgres import db
 
-from .conftest import copy_project, nannyml_file, scratch_name
+from .conftest import Templates, copy_project, initialised_database, nannyml_file, scratch_name
 
 TOLERANCE = 1e-9
 
@@ -51,13 +51,11 @@ def labelled_analysis(monitor: str, folder: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def examples(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, dict]]:
+def examples(templates: Templates, server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, dict]]:
     """One database holding the three example monitors: reference, then their labelled analysis
     batches, two monitors backfilled at the same time."""
     folder = tmp_path_factory.mktemp("examples")
-    with db.scratch_database(server_url, scratch_name("mw_examples")) as url:
-        settings = Settings(home=folder / "home", database_url=url)
-        pipeline.init(settings)
+    with initialised_database(templates, server_url, folder / "home", "examples") as settings:
         files = {name: labelled_analysis(name, folder) for name in EXAMPLES}
         for name, (reference, *_rest) in EXAMPLES.items():
             pipeline.reference(settings, name, nannyml_file(f"{reference}.parquet"))
@@ -308,10 +306,10 @@ FAILURES = {
 }
 
 
-def test_each_generic_check_fails_the_batch_built_to_fail_it(server_url: str, tmp_path: Path) -> None:
-    with db.scratch_database(server_url, scratch_name("mw_checks")) as url:
-        settings = Settings(home=tmp_path / "home", database_url=url)
-        pipeline.init(settings)
+def test_each_generic_check_fails_the_batch_built_to_fail_it(templates: Templates, server_url: str,
+                                                             tmp_path: Path) -> None:
+    with initialised_database(templates, server_url, tmp_path / "home", "checks") as settings:
+        url = settings.database_url
         pipeline.reference(settings, "credit_card", nannyml_file("mc_reference.parquet"))
         first = date(2020, 10, 1)
         good = tmp_path / "good.parquet"

@@ -206,16 +206,15 @@ def test_taxi_infinities_and_huge_values_are_counted_not_aggregated(taxi: Settin
 
 
 @pytest.fixture
-def car_price(fresh_settings: Settings, tmp_path: Path) -> tuple[Settings, pd.DataFrame]:
+def car_price(initialised_settings: Settings, tmp_path: Path) -> tuple[Settings, pd.DataFrame]:
     """car_price with its reference and one good batch, 2017-02-19; the labelled analysis rows."""
-    pipeline.init(fresh_settings)
-    pipeline.reference(fresh_settings, "car_price", nannyml_file("regression_synthetic_reference.parquet"))
+    pipeline.reference(initialised_settings, "car_price", nannyml_file("regression_synthetic_reference.parquet"))
     frame = pd.read_parquet(nannyml_file("regression_synthetic_analysis.parquet")).merge(
         pd.read_parquet(nannyml_file("regression_synthetic_analysis_targets.parquet")), on="id", validate="one_to_one")
     path = tmp_path / "labelled.parquet"
     frame.to_parquet(path, index=False)
-    pipeline.run_batch(fresh_settings, date(2017, 2, 19), path, monitor_name="car_price")
-    return fresh_settings, frame[frame["timestamp"].dt.date == CAR_DAY].reset_index(drop=True)
+    pipeline.run_batch(initialised_settings, date(2017, 2, 19), path, monitor_name="car_price")
+    return initialised_settings, frame[frame["timestamp"].dt.date == CAR_DAY].reset_index(drop=True)
 
 
 def test_car_price_non_finite_prediction_target_and_feature(car_price: tuple[Settings, pd.DataFrame],

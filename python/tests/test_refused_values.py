@@ -21,9 +21,9 @@ from modelwatch.config import PROJECT_DIR, Settings
 from modelwatch.errors import UsageError
 from modelwatch.monitors import parse_monitors
 from modelwatch.periods import batch_of
-from modelwatch.postgres import db
 
-from .conftest import FEBRUARY, JANUARY, copy_project, error_line, invoke_cli, nannyml_file, scratch_name
+from .conftest import (FEBRUARY, Templates, copy_project, error_line, initialised_database, invoke_cli, nannyml_file,
+                       trained_database)
 
 
 @dataclass(frozen=True)
@@ -46,14 +46,13 @@ def _day_rows(path: Path, column: str, day: date) -> pa.Table:
 
 
 @pytest.fixture(scope="module", params=["nyc_taxi", "car_price"])
-def case(request: pytest.FixtureRequest, server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Case]:
+def case(request: pytest.FixtureRequest, templates: Templates, server_url: str,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Case]:
     monitor = request.param
     folder = tmp_path_factory.mktemp(monitor)
-    with db.scratch_database(server_url, scratch_name("mw_refused")) as url:
-        settings = Settings(home=folder / "home", database_url=url)
-        pipeline.init(settings)
+    database = trained_database if monitor == "nyc_taxi" else initialised_database  # the taxi's model trained
+    with database(templates, server_url, folder / "home", "refused") as settings:
         if monitor == "nyc_taxi":
-            pipeline.train(settings, JANUARY)
             day, source, timestamp, text, stamp = (date(2023, 2, 8), FEBRUARY, "lpep_pickup_datetime",
                                                    "store_and_fwd_flag", "lpep_dropoff_datetime")
         else:

@@ -27,7 +27,7 @@ from modelwatch.config import Settings
 from modelwatch.errors import DatabaseError, UsageError
 from modelwatch.postgres import db, roles, schema
 
-from .conftest import FEBRUARY, JANUARY, TAXI, scratch_name, trained_database
+from .conftest import FEBRUARY, JANUARY, TAXI, Templates, scratch_name, trained_database
 
 DAY = date(2023, 2, 14)
 # The tables every monitor shares; each declared monitor adds raw.<monitor>__rows, raw.<monitor>__reference
@@ -79,9 +79,9 @@ def _run_day(settings: Settings) -> str:
 
 
 @pytest.fixture(scope="module")
-def ran(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+def ran(templates: Templates, server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """init, the baseline trained on January 2023 and the batch of 14 February, in a database of its own."""
-    with trained_database(server_url, tmp_path_factory.mktemp("security_home"), "security") as settings:
+    with trained_database(templates, server_url, tmp_path_factory.mktemp("security_home"), "security") as settings:
         assert _run_day(settings) == "passed"
         yield settings
 

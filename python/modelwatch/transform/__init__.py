@@ -115,7 +115,7 @@ def invoke(settings: Settings, url: str, command: list[str], **options: Any) -> 
 def _invoke(settings: Settings, env: dict[str, str], command: list[str], **options: Any) -> Any:
     """invoke() with the profile's environment (db.dbt_env) found already: it costs a query."""
     settings.dbt_dir.mkdir(parents=True, exist_ok=True)
-    args = [*command, *_base_args(settings), *_LOG_ARGS]
+    args = [*command, *_base_args(settings), *_LOG_ARGS, *_json_args(command[0])]
     for name, value in options.items():
         flag = "--" + name.replace("_", "-")
         args += [flag] if value is True else [flag, value]
@@ -126,6 +126,15 @@ def _invoke(settings: Settings, env: dict[str, str], command: list[str], **optio
 
 
 _LOG_ARGS = ("--log-level", "none", "--log-level-file", "info")
+# The pipeline's own commands read their results off the runner's result, never target/'s JSON:
+# without --no-write-json each would write manifest.json (about 1 MB), graph.gpickle and
+# run_results.json, three times a batch. (The partial-parse file is written all the same; other
+# commands, `docs generate` and dbt by hand, write their artifacts as dbt does.)
+_NO_JSON_COMMANDS = ("parse", "build", "run", "seed")
+
+
+def _json_args(command: str) -> tuple[str, ...]:
+    return ("--no-write-json",) if command in _NO_JSON_COMMANDS else ()
 # The parsed projects of this process, keyed by what each was parsed from (see _manifest):
 # the latest two, for a process that works on two databases in turn.
 _parsed: dict[tuple, Any] = {}
@@ -147,7 +156,7 @@ def _manifest(settings: Settings, env: dict[str, str], command: str) -> Any:
     prepare_project(settings)
     key = (str(settings.project_dir), str(settings.dbt_dir), tuple(sorted(env.items())), _project_files(settings))
     if key not in _parsed:
-        result = dbt_runner()().invoke(["parse", *_base_args(settings), *_LOG_ARGS])
+        result = dbt_runner()().invoke(["parse", *_base_args(settings), *_LOG_ARGS, *_json_args("parse")])
         if result.exception is not None or not result.success:
             raise TransformError(f"dbt {command} could not run: "
                                  f"{_first_line(result.exception or 'the project does not parse')}")
