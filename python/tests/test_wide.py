@@ -223,7 +223,7 @@ def test_a_reference_kept_in_the_home_is_the_one_in_the_database(wide: tuple[Set
     monitor = settings.monitor(MONITOR)
     columns = batch_drift.monitored_columns(monitor)
     options = batch_drift.DriftOptions.from_settings(settings, monitor)
-    kept = list(settings.reference_cache_dir.glob("*.arrow"))
+    kept = list(settings.reference_cache_dir.glob("*/*.arrow"))
     assert len(kept) == 1  # written by the worker of the fixture's run
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
         version = batch_drift.batch_reference_version(conn, monitor, DAY)
@@ -238,7 +238,7 @@ def test_a_reference_kept_in_the_home_is_the_one_in_the_database(wide: tuple[Set
         sampled = batch_drift.DriftOptions(max_rows=ROWS // 2)
         half = batch_drift.read_reference(conn, monitor, version, columns, sampled, settings.reference_cache_dir)
         assert half.used == ROWS // 2 and half.total == ROWS
-        assert len(list(settings.reference_cache_dir.glob("*.arrow"))) == 2
+        assert len(list(settings.reference_cache_dir.glob("*/*.arrow"))) == 2
         pd.testing.assert_frame_equal(
             batch_drift.read_reference(conn, monitor, version, columns, sampled, settings.reference_cache_dir).frame,
             batch_drift.read_reference(conn, monitor, version, columns, sampled).frame)
@@ -253,7 +253,7 @@ def test_evidentlys_methods_are_kept_with_the_reference(wide: tuple[Settings, pd
     columns = list(batch_drift.monitored_columns(monitor))
     options = batch_drift.DriftOptions.from_settings(settings, monitor)
     api = batch_drift.evidently_api()
-    [kept] = settings.reference_cache_dir.glob("*.methods.json")  # written by the fixture's worker
+    [kept] = settings.reference_cache_dir.glob("*/*.methods.json")  # written by the fixture's worker
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
         version = batch_drift.batch_reference_version(conn, monitor, DAY)
         reference = batch_drift.read_reference(conn, monitor, version, columns, options, settings.reference_cache_dir)

@@ -22,7 +22,7 @@ import os
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -345,7 +345,20 @@ def read_reference(conn: psycopg.Connection, monitor: Monitor, version: str | No
                    columns: tuple[MonitoredColumn, ...], options: DriftOptions, cache: Path | None = None) -> Rows:
     """The monitor's reference set of this version; `cache`: a folder where it is kept between
     processes (modelwatch.drift.reference_cache), read from there when it is."""
-    return _read_rows(conn, monitor, monitor.reference_table, "reference_version", version, columns, options, cache)
+    from modelwatch.drift import reference_cache
+
+    query = _rows_query(monitor, monitor.reference_table, "reference_version", columns)
+    kept = None if cache is None else reference_cache.path_for(cache, conn, monitor.name, version,
+                                                                query.as_string(conn), options)
+    found = None if kept is None else reference_cache.load(kept)
+    if found is None:
+        rows = _read_rows(conn, monitor, monitor.reference_table, "reference_version", version, columns, options)
+        if kept is not None:
+            reference_cache.save(kept, rows.frame, rows.total)
+    else:
+        frame, total = found
+        rows = Rows(frame, total, non_finite=set_aside_non_finite(frame, columns))
+    return replace(rows, kept=kept)
 
 
 def read_batch(conn: psycopg.Connection, monitor: Monitor, batch_date: date,
@@ -377,27 +390,23 @@ def rows_handed_over(path: Path | None, columns: tuple[MonitoredColumn, ...]) ->
     return Rows(frame, len(frame), non_finite=set_aside_non_finite(frame, columns))
 
 
-def _read_rows(conn: psycopg.Connection, monitor: Monitor, table_name: str, key_column: str, key: object,
-               columns: tuple[MonitoredColumn, ...], options: DriftOptions, cache: Path | None = None) -> Rows:
-    """The rows of raw.<table_name> whose key_column is key (sampled as options say), and how many
-    there are; `cache`: a reference's folder in the home (read_reference)."""
-    from modelwatch.drift import reference_cache
+def _rows_query(monitor: Monitor, table_name: str, key_column: str,
+                columns: tuple[MonitoredColumn, ...]) -> sql.Composed:
+    """The columns of raw.<table_name>'s rows whose key_column is the one placeholder."""
+    return sql.SQL("select {} from {} where {} = %s").format(
+        _select_list(monitor, columns), sql.Identifier("raw", table_name), sql.Identifier(key_column))
 
-    table = sql.Identifier("raw", table_name)
+
+def _read_rows(conn: psycopg.Connection, monitor: Monitor, table_name: str, key_column: str, key: object,
+               columns: tuple[MonitoredColumn, ...], options: DriftOptions) -> Rows:
+    """The rows of raw.<table_name> whose key_column is key (sampled as options say), and how many
+    there are."""
     where = sql.SQL("where {} = %s").format(sql.Identifier(key_column))
-    query = sql.SQL("select {} from {} {}").format(_select_list(monitor, columns), table, where)
-    kept = None if cache is None else reference_cache.path_for(cache, conn, monitor.name, str(key),
-                                                                query.as_string(conn), options)
-    found = None if kept is None else reference_cache.load(kept)
-    if found is not None:
-        frame, total = found
-    else:
-        total = conn.execute(sql.SQL("select count(*) from {} {}").format(table, where), (key,)).fetchone()[0]
-        frame = _read_sampled(conn, query, (key,), total, options, _row_hash(monitor), columns)
-        if kept is not None:
-            reference_cache.save(kept, frame, int(total))
-    non_finite = set_aside_non_finite(frame, columns)
-    return Rows(frame, int(total), non_finite=non_finite, kept=kept)
+    total = conn.execute(sql.SQL("select count(*) from {} {}").format(sql.Identifier("raw", table_name), where),
+                         (key,)).fetchone()[0]
+    frame = _read_sampled(conn, _rows_query(monitor, table_name, key_column, columns), (key,), total, options,
+                          _row_hash(monitor), columns)
+    return Rows(frame, int(total), non_finite=set_aside_non_finite(frame, columns))
 
 
 # ---------------------------------------------------------------- scoring

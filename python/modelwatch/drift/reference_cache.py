@@ -23,7 +23,7 @@ import psycopg
 
 from modelwatch import __version__
 
-KEPT_PER_MONITOR = 2  # files of one monitor in one database: the current reference and the one before
+KEPT_PER_MONITOR = 2  # files in a monitor's folder (one database): the current reference and the one before
 _TOTAL = b"modelwatch.rows_total"
 
 
@@ -36,7 +36,7 @@ def path_for(folder: Path, conn: psycopg.Connection, monitor: str, version: str 
         return None
     database = f"{conn.info.host}:{conn.info.port}/{conn.info.dbname}"
     key = json.dumps([database, monitor, version, row[0].isoformat(), query, repr(options), __version__])
-    return folder / f"{_prefix(database, monitor)}{hashlib.sha256(key.encode()).hexdigest()[:24]}.arrow"
+    return folder / _monitor_folder(database, monitor) / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.arrow"
 
 
 def load(path: Path) -> tuple[pd.DataFrame, int] | None:
@@ -64,8 +64,7 @@ def save(path: Path, frame: pd.DataFrame, total: int) -> None:
         partial = path.with_suffix(f".{os.getpid()}.partial")
         feather.write_feather(table, partial, compression="lz4")
         partial.replace(path)
-        prefix = path.name[:path.name.index("-", path.name.index("-") + 1) + 1]
-        older = sorted((other for other in path.parent.glob(f"{prefix}*.arrow") if other != path),
+        older = sorted((other for other in path.parent.glob("*.arrow") if other != path),
                        key=lambda other: other.stat().st_mtime, reverse=True)
         for other in older[KEPT_PER_MONITOR - 1:]:
             other.unlink(missing_ok=True)
@@ -99,6 +98,6 @@ def _methods_path(path: Path) -> Path:
     return path.with_suffix(".methods.json")
 
 
-def _prefix(database: str, monitor: str) -> str:
-    """What the files of one monitor in one database share: `<database hash>-<monitor hash>-`."""
-    return f"{hashlib.sha256(database.encode()).hexdigest()[:12]}-{hashlib.sha256(monitor.encode()).hexdigest()[:8]}-"
+def _monitor_folder(database: str, monitor: str) -> str:
+    """The folder of one monitor's files in one database: `<database hash>-<monitor hash>`."""
+    return f"{hashlib.sha256(database.encode()).hexdigest()[:12]}-{hashlib.sha256(monitor.encode()).hexdigest()[:8]}"
