@@ -87,7 +87,7 @@ def save_methods(path: Path, evidently_version: str, methods: dict[str, str]) ->
     """Keep the methods beside the reference's file (choosing one reads every value of a column);
     a failure to write costs the next run the choice, nothing more."""
     try:
-        partial = path.with_suffix(f".{os.getpid()}.partial")
+        partial = path.with_suffix(f".methods.{os.getpid()}.partial")
         partial.write_text(json.dumps({"evidently": evidently_version, "methods": methods}))
         partial.replace(_methods_path(path))
     except OSError:
