@@ -450,11 +450,9 @@ def default_method(api: EvidentlyApi, column: MonitoredColumn, kind: Any, refere
     METHOD_DEPENDS_ON_BATCH_UP_TO distinct values fixes it for every batch, so it is picked once
     per reference (asking Evidently, with no batch rows), not once per batch: picking counts the
     distinct values of the reference and batch together, about a fifth of the scoring time."""
-    reference_values = reference.values(column.name)
     if reference.distinct_count(column.name) <= METHOD_DEPENDS_ON_BATCH_UP_TO:
-        return api.get_stattest(reference_values, current.values(column.name), kind, None)
-    if column.name not in reference.methods:
-        reference.methods[column.name] = api.get_stattest(reference_values, reference_values.iloc[:0], kind, None)
+        return api.get_stattest(reference.values(column.name), current.values(column.name), kind, None)
+    reference_methods(api, reference, [column])  # picked already for a batch's columns (score_columns)
     return reference.methods[column.name]
 
 
@@ -513,6 +511,7 @@ def score_columns(api: EvidentlyApi, reference: Rows, current: Rows,
                   columns: list[MonitoredColumn]) -> list[ColumnDrift]:
     """ValueDrift of each column, in order."""
     scored: list[ColumnDrift] = []
+    reference_methods(api, reference, columns)  # all at once: kept with the reference in one write
     with quiet_numerics():
         for column in columns:
             kind = _column_type(api, column)
