@@ -18,19 +18,31 @@
     {{ return(spec) }}
 {%- endmacro %}
 
+{#- A check measured on the rows of `from`, as a select. -#}
 {% macro contract_check(m, check_name, measured, from, column_name='') -%}
+    select
+        batch_date,
+        {{ modelwatch.contract_fields(m, check_name, measured, column_name) }}
+    from {{ from }}
+{%- endmacro %}
+
+{#- A check as a row of a VALUES list (batch_checks' checks of one source): its name, column,
+    measured value, bounds and severity. -#}
+{% macro contract_row(m, check_name, measured, column_name='') -%}
+    ({{ modelwatch.contract_fields(m, check_name, measured, column_name, named=false) }})
+{%- endmacro %}
+
+{% macro contract_fields(m, check_name, measured, column_name='', named=true) -%}
     {%- set spec = modelwatch.check_spec(m, check_name, column_name) -%}
     {%- set lower = spec.get('min') -%}
     {%- set upper = spec.get('max') -%}
-    select
-        batch_date,
-        cast('{{ check_name }}' as {{ dbt.type_string() }}) as check_name,
-        cast('{{ column_name }}' as {{ dbt.type_string() }}) as column_name,
-        cast({{ measured }} as {{ dbt.type_float() }}) as measured_value,
-        cast({{ 'null' if lower is none else lower }} as {{ dbt.type_float() }}) as lower_bound,
-        cast({{ 'null' if upper is none else upper }} as {{ dbt.type_float() }}) as upper_bound,
-        cast('{{ spec.get('severity', 'error') }}' as {{ dbt.type_string() }}) as severity
-    from {{ from }}
+    {%- set string, float = dbt.type_string(), dbt.type_float() -%}
+    cast('{{ check_name }}' as {{ string }}){{ ' as check_name' if named }},
+    cast('{{ column_name }}' as {{ string }}){{ ' as column_name' if named }},
+    cast({{ measured }} as {{ float }}){{ ' as measured_value' if named }},
+    cast({{ 'null' if lower is none else lower }} as {{ float }}){{ ' as lower_bound' if named }},
+    cast({{ 'null' if upper is none else upper }} as {{ float }}){{ ' as upper_bound' if named }},
+    cast('{{ spec.get('severity', 'error') }}' as {{ string }}){{ ' as severity' if named }}
 {%- endmacro %}
 
 {#- Share of rows matching a condition; null for an empty batch. -#}

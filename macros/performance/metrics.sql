@@ -26,6 +26,20 @@
     {{ return(adapter.dispatch('is_finite', 'modelwatch')(expression)) }}
 {%- endmacro %}
 
+{#- After a subquery's FROM: its columns are computed once per row, even where the query
+    reading them names them many times (PostgreSQL would otherwise inline each expression into
+    every place it is read). -#}
+{% macro evaluated_once() -%}
+    {{ return(adapter.dispatch('evaluated_once', 'modelwatch')()) }}
+{%- endmacro %}
+
+{% macro default__evaluated_once() -%}
+{%- endmacro %}
+
+{% macro postgres__evaluated_once() -%}
+    offset 0
+{%- endmacro %}
+
 {#- The largest magnitude counted as a measurement: far beyond any real column, and small
     enough that a sum of squares of billions of such values stays finite. -#}
 {% macro finite_limit() -%}

@@ -201,53 +201,65 @@ schema_check as (
     from batches
 ),
 
+{#- One row per batch and check. The checks measured on per_batch (a column of it each) and
+    those read off reference_checks (a row of it each) are each one select over a list of
+    checks, not a select per check: hundreds of branches of a union cost PostgreSQL more to
+    plan than to run. -#}
 checks as (
     {{ modelwatch.contract_check(m, 'schema_mismatches', 'schema_mismatches', 'schema_check') }}
     union all
-    {{ modelwatch.contract_check(m, 'row_count_min', 'row_count', 'per_batch') }}
-    union all
     {{ modelwatch.contract_check(m, 'row_count_vs_trailing_median', 'rows_vs_trailing_median', 'volume') }}
     union all
-    {{ modelwatch.contract_check(m, 'duplicate_ids', 'duplicate_ids', 'per_batch') }}
-    union all
-    {{ modelwatch.contract_check(m, 'outside_period_share', 'outside_period_share', 'per_batch') }}
-    {%- for column in features + [m.timestamp, m.prediction] + probabilities %}
-    union all
-    {{ modelwatch.contract_check(m, 'missing_share', 'missing_share__' ~ column, 'per_batch', column) }}
-    {%- endfor %}
-    {%- for column in numeric_columns %}
-    union all
-    {{ modelwatch.contract_check(m, 'non_finite_share', 'non_finite_share__' ~ column, 'per_batch', column) }}
-    {%- endfor %}
-    {%- for column in probabilities %}
-    union all
-    {{ modelwatch.contract_check(m, 'probability_out_of_range_share', 'probability_out_of_range_share__' ~ column, 'per_batch', column) }}
-    {%- endfor %}
-    {%- if m.task == 'multiclass_classification' %}
-    union all
-    {{ modelwatch.contract_check(m, 'probability_sum_off_share', 'probability_sum_off_share', 'per_batch') }}
-    {%- endif %}
+    select per_batch.batch_date, per_check.*
+    from per_batch
+    cross join lateral (
+        values
+        {{ modelwatch.contract_row(m, 'row_count_min', 'per_batch.row_count') }},
+        {{ modelwatch.contract_row(m, 'duplicate_ids', 'per_batch.duplicate_ids') }},
+        {{ modelwatch.contract_row(m, 'outside_period_share', 'per_batch.outside_period_share') }}
+        {%- for column in features + [m.timestamp, m.prediction] + probabilities %},
+        {{ modelwatch.contract_row(m, 'missing_share', 'per_batch.missing_share__' ~ column, column) }}
+        {%- endfor %}
+        {%- for column in numeric_columns %},
+        {{ modelwatch.contract_row(m, 'non_finite_share', 'per_batch.non_finite_share__' ~ column, column) }}
+        {%- endfor %}
+        {%- for column in probabilities %},
+        {{ modelwatch.contract_row(m, 'probability_out_of_range_share',
+                                   'per_batch.probability_out_of_range_share__' ~ column, column) }}
+        {%- endfor %}
+        {%- if m.task == 'multiclass_classification' %},
+        {{ modelwatch.contract_row(m, 'probability_sum_off_share', 'per_batch.probability_sum_off_share') }}
+        {%- endif %}
+        {%- for name, spec in custom.items() %}
+        {%- if spec.get('where') %},
+        {{ modelwatch.contract_row(m, name, 'per_batch.custom__' ~ name) }}
+        {%- else %}
+        {%- for column in spec.columns %},
+        {{ modelwatch.contract_row(m, name, 'per_batch.custom__' ~ name ~ '__' ~ column, column) }}
+        {%- endfor %}
+        {%- endif %}
+        {%- endfor %}
+    ) as per_check (check_name, column_name, measured_value, lower_bound, upper_bound, severity)
+    {%- set reference_checked = [] %}
     {%- for column in m.features.get('categorical') or [] %}
-    union all
-    {{ modelwatch.contract_check(m, 'unseen_category_share', 'share_outside_reference',
-                                 "reference_checks where column_name = '" ~ column ~ "'", column) }}
+    {%- do reference_checked.append(('unseen_category_share', column)) %}
     {%- endfor %}
     {%- for column in m.features.get('numeric') or [] %}
-    union all
-    {{ modelwatch.contract_check(m, 'out_of_reference_range_share', 'share_outside_reference',
-                                 "reference_checks where column_name = '" ~ column ~ "'", column) }}
+    {%- do reference_checked.append(('out_of_reference_range_share', column)) %}
     {%- endfor %}
-    {%- for name, spec in custom.items() %}
-    {%- if spec.get('where') %}
+    {%- if reference_checked %}
     union all
-    {{ modelwatch.contract_check(m, name, 'custom__' ~ name, 'per_batch') }}
-    {%- else %}
-    {%- for column in spec.columns %}
-    union all
-    {{ modelwatch.contract_check(m, name, 'custom__' ~ name ~ '__' ~ column, 'per_batch', column) }}
-    {%- endfor %}
+    select reference_checks.batch_date, per_check.*
+    from reference_checks
+    cross join lateral (
+        values
+        {%- for check_name, column in reference_checked %}
+        {{ modelwatch.contract_row(m, check_name, 'reference_checks.share_outside_reference', column) }}
+        {{- ',' if not loop.last }}
+        {%- endfor %}
+    ) as per_check (check_name, column_name, measured_value, lower_bound, upper_bound, severity)
+    where per_check.column_name = reference_checks.column_name
     {%- endif %}
-    {%- endfor %}
 )
 
 select

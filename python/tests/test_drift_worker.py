@@ -173,6 +173,26 @@ def test_the_worker_imports_evidentlys_drift_tests_alone() -> None:
     assert out[-1] == "True Report True"
 
 
+def test_the_worker_runs_blas_on_one_thread() -> None:
+    """Once Evidently's tests are imported, the worker limits every BLAS loaded (numpy's and
+    scipy's) to one thread, where they would take one per core."""
+    code = (
+        "from threadpoolctl import threadpool_info; from modelwatch.drift import batch_drift, worker; "
+        "batch_drift.score_only(); batch_drift.drift_tests_api(); "
+        "before = [info['num_threads'] for info in threadpool_info() if info['user_api'] == 'blas']; "
+        "worker.one_blas_thread(); "
+        "print(len(before), min(before), [info['num_threads'] for info in threadpool_info() if info['user_api'] == 'blas'])"
+    )
+    env = dict(os.environ)
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.pop(name, None)
+    count, threads_before, after = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                                  env=env, check=True).stdout.split(maxsplit=2)
+    assert int(count) >= 2  # numpy's and scipy's own
+    assert int(threads_before) > 1 or os.cpu_count() == 1  # by default, a thread per core
+    assert after.strip() == str([1] * int(count))
+
+
 def test_the_run_itself_never_imports_evidently(one_batch: Settings) -> None:
     """Evidently's 2.5 s import happens in the worker, beside the run, not in it."""
     code = (

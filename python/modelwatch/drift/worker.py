@@ -245,6 +245,16 @@ def _reply(exc: BaseException | None) -> dict:
             "type": "DriftError"}
 
 
+def one_blas_thread() -> None:
+    """BLAS on one thread in this process (and the half it forks), for the BLAS libraries loaded
+    so far: scipy's Wasserstein distance takes a dot product of each column's two distributions,
+    which the BLAS splits over every core; its threads then spin waiting for more work, taking
+    the cores from dbt and PostgreSQL for no gain in time (docs/performance.md)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
+
+
 def main() -> None:
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the run, which stops the worker
@@ -259,6 +269,7 @@ def main() -> None:
         batch_drift.drift_tests_api()  # import Evidently now, while the run loads its batches
     except Exception:  # noqa: BLE001 - reported when a batch is scored
         pass
+    one_blas_thread()  # once the tests' libraries are loaded: a limit holds for those loaded already
     references: dict[tuple[str, str | None], batch_drift.Rows] = {}  # of the last request's database, by reference
     last_url = None
     for line in sys.stdin:
