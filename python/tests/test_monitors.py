@@ -176,9 +176,10 @@ def test_a_monitor_touches_no_other_monitors_rows(examples) -> None:
         per_monitor = dict(conn.execute(
             "select monitor, count(*) from marts.batch_health group by monitor").fetchall())
         taxi_rows = conn.execute("select count(*) from raw.nyc_taxi__rows").fetchone()[0]
-        daily_trips = conn.execute("select count(*) from marts.daily_trips").fetchone()[0]
+        daily_trips = conn.execute("select to_regclass('marts.daily_trips')").fetchone()[0]
     assert per_monitor == {name: len(context["outcomes"][name].batches) for name in EXAMPLES}
-    assert taxi_rows == 0 and daily_trips == 0  # the taxi's own mart builds nothing for other monitors
+    assert taxi_rows == 0
+    assert daily_trips is None  # the taxi's own mart: left out of the other monitors' builds
 
 
 # ---------------------------------------------------------------- a monitor with the minimum keys
