@@ -5,10 +5,13 @@ Errors from the library (ModelwatchError) become `Error: ...` and its exit code.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
+import os
 import shlex
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date, datetime
@@ -558,5 +561,36 @@ def _n(value: int | None) -> str:
     return f"{value:,}" if value is not None else ""
 
 
+def entry_point() -> None:
+    """The `modelwatch` command: main(), then the process ends without the interpreter's own
+    clean-up, which frees every object one by one: with dbt, pandas and psycopg loaded, about a
+    second after the work is done (docs/performance.md). What an exit must do still happens:
+    the threads are joined and the atexit handlers run (the drift worker stops, temporary
+    folders go), and the output is flushed. (Tests call main(), which exits as usual.)"""
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = _exit_code(exc.code)
+    threading._shutdown()  # noqa: SLF001 - what the interpreter runs first at exit: joins the threads
+    atexit._run_exitfuncs()  # noqa: SLF001 - and then this
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed, or a reader gone: nothing more can be said
+            pass
+    os._exit(code)
+
+
+def _exit_code(code: object) -> int:
+    """The process's exit status for SystemExit's code, as the interpreter computes it."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    print(code, file=sys.stderr)
+    return 1
+
+
 if __name__ == "__main__":
-    main()
+    entry_point()

@@ -69,6 +69,42 @@ def test_sliced_chunks_and_many_layouts_round_trip(server_url: str) -> None:
     )
 
 
+def test_columns_of_one_width_in_every_row_between_varying_ones_round_trip(server_url: str) -> None:
+    """A wide table's shape: runs of columns whose fields are alike in every row (numbers and dates
+    without NULL, text of one length, empty text, a column NULL throughout), between nullable ones
+    that make dozens of layouts, in two chunks of a sliced table."""
+    count = 40_000
+    k = range(count)
+    columns = {
+        "i": pa.array(k, pa.int64()),
+        "d": pa.array([date(2024, 1, 1 + j % 28) for j in k], pa.date32()),
+        "a": pa.array([j / 8 for j in k], pa.float64()),
+        "na": pa.array([None if j % 11 == 0 else j / 2 for j in k], pa.float64()),
+        "c": pa.array([f"c{j % 97:03d}" for j in k], pa.string()),
+        "e": pa.array([""] * count, pa.string()),
+        "nb": pa.array([None if j % 13 == 0 else -j for j in k], pa.int32()),
+        "z": pa.array([None] * count, pa.float64()),
+        "t": pa.array([datetime(2024, 1, 1, j % 24, j % 60) for j in k], pa.timestamp("us")),
+        "nc": pa.array([None if j % 5 == 0 else "é" * (j % 3) for j in k], pa.string()),
+        "b": pa.array([j % 2 == 0 for j in k], pa.bool_()),
+    }
+    table = pa.table(columns).slice(3, count - 5)
+    chunks = [table.slice(0, 17_000), table.slice(17_000)]
+    ddl = ("create temporary table copied (i bigint, d date, a double precision, na double precision, c text,"
+           " e text, nb integer, z double precision, t timestamp, nc text, b boolean)")
+    with psycopg.connect(server_url) as conn:
+        conn.execute(ddl)
+        target = sql.SQL("copy copied ({}) from stdin (format binary)").format(
+            sql.SQL(", ").join(sql.Identifier(name) for name in table.column_names))
+        with conn.cursor().copy(target) as copy:
+            copy.write(pgbinary.HEADER)
+            for chunk in chunks:
+                copy.write(pgbinary.encode(chunk))
+            copy.write(pgbinary.TRAILER)
+        stored = conn.execute("select * from copied order by i").fetchall()
+    assert stored == [tuple(row.values()) for row in table.to_pylist()]
+
+
 def test_narrow_and_large_types_and_text_without_data_round_trip(server_url: str) -> None:
     table = pa.table({
         "small": pa.array([1, None, -32768], pa.int16()),

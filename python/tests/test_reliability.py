@@ -40,13 +40,16 @@ def _state(url: str) -> tuple:
         return tuple(
             conn.execute(query).fetchall()
             for query in (
-                """select batch_date, count(*), count(distinct trip_id), sum(fare_amount),
-                          count(predicted_duration_min), sum(predicted_duration_min)
+                """select batch_date, count(*), count(distinct trip_id), round(cast(sum(fare_amount) as numeric), 6),
+                          count(predicted_duration_min), round(cast(sum(predicted_duration_min) as numeric), 6)
                    from raw.nyc_taxi__rows group by 1 order by 1""",
                 "select monitor, batch_date, status, rows_loaded from raw.batches order by 1, 2",
                 "select batch_date, column_name, row_count, missing_count, p50 from marts.column_quality order by 1, 2",
                 "select batch_date, check_name, column_name, measured_value, passed from marts.batch_checks order by 1, 2, 3",
-                "select batch_date, metric, class_name, n, value from marts.model_performance order by 1, 2, 3",
+                # sums rounded: their last bits follow the order the scan meets the rows, which is
+                # where the heap put them (a replaced batch's rows may land in freed pages)
+                "select batch_date, metric, class_name, n, round(cast(value as numeric), 12)"
+                " from marts.model_performance order by 1, 2, 3",
                 "select batch_date, trips from marts.daily_trips order by 1",
                 "select batch_date, status, rows_loaded, tests_failed from marts.batch_health order by 1",
             )

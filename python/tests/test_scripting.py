@@ -49,6 +49,33 @@ def test_version() -> None:
     assert result.stdout == f"modelwatch {__version__}\n"
 
 
+def test_the_installed_command_exits_with_the_commands_status(tmp_path) -> None:
+    """The `modelwatch` executable skips the interpreter's clean-up at exit (cli.entry_point): its
+    output still arrives whole, an atexit handler still runs, and the exit status is the command's."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    command = str(Path(sys.executable).with_name("modelwatch"))
+    version = subprocess.run([command, "--version"], capture_output=True, text=True)
+    assert (version.returncode, version.stdout, version.stderr) == (0, f"modelwatch {__version__}\n", "")
+    helped = subprocess.run([command, "run", "--help"], capture_output=True, text=True)
+    assert helped.returncode == 0 and helped.stdout.rstrip().endswith(
+        CliRunner().invoke(main, ["run", "--help"]).stdout.rstrip().splitlines()[-1])
+    refused = subprocess.run([command, "run", "--monitor", "no_such_monitor", "--batch-date", "2024-01-01",
+                              "--file", str(tmp_path / "none.parquet")], capture_output=True, text=True)
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("Error: unknown monitor 'no_such_monitor'") and refused.stderr.count("\n") == 1
+    # an atexit handler of the process (here registered by a sitecustomize) still runs
+    (tmp_path / "sitecustomize.py").write_text(
+        "import atexit, os\n"
+        f"atexit.register(lambda: open({str(tmp_path / 'exited')!r}, 'w').write('yes'))\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
+    assert subprocess.run([command, "--version"], capture_output=True, env=env).returncode == 0
+    assert (tmp_path / "exited").read_text() == "yes"
+
+
 def _rows_per_day(path, days: list[date]) -> dict[date, int]:
     stamps = pq.read_table(path, columns=["timestamp"])["timestamp"].to_pandas().dt.date
     return {day: int((stamps == day).sum()) for day in days}

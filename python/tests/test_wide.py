@@ -276,3 +276,11 @@ def test_evidentlys_methods_are_kept_with_the_reference(wide: tuple[Settings, pd
     batch_drift.reference_methods(api, again, columns)
     assert again.methods == expected
     assert json.loads(kept.read_text())["methods"] == {name: test.name for name, test in expected.items()}
+    # The worker's `prepare` (while the batch loads) leaves the reference cleaned and its methods picked.
+    references: dict = {}
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        batch_drift.prepare_reference(settings, conn, monitor, version, references, api)
+    [prepared] = references.values()
+    assert prepared.methods == expected
+    assert set(prepared.cleaned) == {column.name for column in columns}
+    assert all(prepared.cleaned[name].equals(reference.values(name)) for name in prepared.cleaned)

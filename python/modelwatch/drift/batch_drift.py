@@ -642,14 +642,19 @@ REFERENCES_KEPT = 2  # a caller's cache of reference sets: the current one and t
 
 
 def prepare_reference(settings: Settings, conn: psycopg.Connection, monitor: Monitor, version: str,
-                      references: dict[tuple[str, str | None], Rows]) -> None:
-    """Read a reference set into `references` (as score_batches keeps them) before its batches come."""
+                      references: dict[tuple[str, str | None], Rows], api: EvidentlyApi | None = None) -> None:
+    """Read a reference set into `references` (as score_batches keeps them) before its batches come;
+    with `api`, also clean its columns and pick the methods it alone decides (reference_methods),
+    which the first batch would otherwise wait for."""
     key = (monitor.name, version)
     if key not in references:
         while len(references) >= REFERENCES_KEPT:
             del references[next(iter(references))]
-        references[key] = read_reference(conn, monitor, version, monitored_columns(monitor),
+        columns = monitored_columns(monitor)
+        references[key] = read_reference(conn, monitor, version, columns,
                                          DriftOptions.from_settings(settings, monitor), settings.reference_cache_dir)
+        if api is not None and not references[key].frame.empty:
+            reference_methods(api, references[key], list(columns))
 
 
 def score_batches(settings: Settings, conn: psycopg.Connection, monitor: Monitor, days: Iterable[date],

@@ -280,7 +280,7 @@ def main() -> None:
             try:
                 with db.connect(request["url"], autocommit=True) as conn:
                     batch_drift.prepare_reference(settings, conn, settings.monitor(request["monitor"]),
-                                            request["prepare"], references)
+                                                  request["prepare"], references, batch_drift.drift_tests_api())
             except Exception:  # noqa: BLE001 - met again when a batch is scored
                 references = {}
             continue

@@ -47,10 +47,13 @@ class _Column:
         if pa.types.is_string(kind) or pa.types.is_large_string(kind):
             self.text = True
             self.array = array
-            _, offset_buffer, _ = array.buffers()
+            _, offset_buffer, data = array.buffers()
             width = np.int64 if pa.types.is_large_string(kind) else np.int32
             offsets = np.frombuffer(offset_buffer, dtype=width)[array.offset:array.offset + len(array) + 1]
             self.lengths = np.where(self.valid, np.diff(offsets), -1)
+            self.length = _one_length(self.lengths)
+            if self.length is not None and self.length > 0:  # every value this long: its bytes as they lie
+                self.values = np.frombuffer(data, dtype=f"S{self.length}", count=len(array), offset=int(offsets[0]))
             return
         if kind not in _FIXED:
             raise TypeError(f"binary COPY of Arrow type {kind} is not supported")
@@ -68,6 +71,7 @@ class _Column:
             values = np.asarray(filled)
         self.values = values
         self.lengths = np.where(self.valid, self.dtype.itemsize, -1)
+        self.length = _one_length(self.lengths)
 
     def field(self, name: str, length: int) -> list[tuple[str, str]]:
         """The structured-dtype fields of this column for rows whose byte length is `length`."""
@@ -84,6 +88,12 @@ class _Column:
         elif length:
             out[name] = self.gathered(rows, length)
 
+    def fill_all(self, out: np.ndarray, name: str) -> None:
+        """Every row of a column whose byte length is the same in all of them (self.length)."""
+        out[f"{name}_len"] = self.length
+        if self.length > 0:
+            out[name] = self.values
+
     def gathered(self, rows: np.ndarray, length: int) -> np.ndarray:
         """The text of `rows` (each `length` bytes) as one fixed-width array; Arrow's take copies
         the bytes once, so memory stays that of the text (an int64 index per byte cost far more)."""
@@ -92,6 +102,27 @@ class _Column:
         width = np.int64 if pa.types.is_large_string(taken.type) else np.int32
         first = int(np.frombuffer(offset_buffer, dtype=width, count=1, offset=taken.offset * width().itemsize)[0])
         return np.frombuffer(data, dtype=f"S{length}", count=len(rows), offset=first)
+
+
+def _one_length(lengths: np.ndarray) -> int | None:
+    """The byte length every row has (-1: NULL in every row), or None when rows differ."""
+    if not len(lengths):
+        return None
+    first = int(lengths[0])
+    return first if (lengths == first).all() else None
+
+
+def _runs(columns: list[_Column]) -> list[list[int]]:
+    """The columns in order, as runs: consecutive columns of one byte length in every row each
+    make one run (a block of the same width in every row); a column whose rows differ is a run
+    of its own."""
+    runs: list[list[int]] = []
+    for index, column in enumerate(columns):
+        if column.length is not None and runs and columns[runs[-1][-1]].length is not None:
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+    return runs
 
 
 def _layouts(columns: list[_Column]) -> tuple[np.ndarray, np.ndarray]:
@@ -125,23 +156,48 @@ def _layouts(columns: list[_Column]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def encode(table: pa.Table) -> bytes:
-    """The tuples of `table` (no header or trailer), in the column order of the table."""
+    """The tuples of `table` (no header or trailer), in the column order of the table.
+
+    Consecutive columns whose fields have the same byte length in every row (no NULL, a fixed
+    width or text of one length) are encoded once for all rows as one block of bytes per row;
+    each layout group then gathers those blocks and fills only the fields that vary. A wide
+    table with a few nullable columns has dozens of layouts: filled field by field, each would
+    cost a numpy call per column.
+    """
     count = table.num_rows
     if count == 0:
         return b""
     columns = [_Column(chunk.combine_chunks()) for chunk in table.columns]
     names = [f"c{i}" for i in range(len(columns))]
+    runs = _runs(columns)
+    blocks: dict[int, np.ndarray] = {}  # first column of a run of constant columns: its bytes, per row
+    for run in runs:
+        if columns[run[0]].length is None:
+            continue
+        fields = [field for index in run for field in columns[index].field(names[index], columns[index].length)]
+        block = np.empty(count, dtype=np.dtype(fields))
+        for index in run:
+            columns[index].fill_all(block, names[index])
+        blocks[run[0]] = block.view(f"V{block.dtype.itemsize}")
     shapes, group_of_row = _layouts(columns)
     order = np.argsort(group_of_row, kind="stable")
     bounds = np.cumsum(np.bincount(group_of_row, minlength=len(shapes)))[:-1]
     parts: list[np.ndarray] = []
     for shape, rows in zip(shapes, np.split(order, bounds)):
         fields = [("count", ">i2")]
-        for name, column, length in zip(names, columns, shape):
-            fields += column.field(name, int(length))
+        for run in runs:
+            index = run[0]
+            if index in blocks:
+                fields.append((f"b{index}", blocks[index].dtype))
+            else:
+                fields += columns[index].field(names[index], int(shape[index]))
         out = np.empty(len(rows), dtype=np.dtype(fields))
         out["count"] = len(columns)
-        for name, column, length in zip(names, columns, shape):
-            column.fill(out, name, rows, int(length))
+        for run in runs:
+            index = run[0]
+            if index in blocks:
+                out[f"b{index}"] = blocks[index] if len(rows) == count else blocks[index][rows]
+            else:
+                columns[index].fill(out, names[index], rows, int(shape[index]))
         parts.append(out)
     return b"".join(parts)  # from the arrays' own buffers: one copy, not two
