@@ -329,8 +329,8 @@ def run_range(
             stack.enter_context(db.batch_lock(conn, monitor.name, batch.start))
         # Before the locks go: a failing range stops the worker, so it writes no drift for batches others may take.
         stack.push(lambda exc_type, *_: exc_type is not None and scorer.abandon())
-        warming = threading.Thread(target=_import_dbt, name="modelwatch-imports", daemon=True)
-        warming.start()  # dbt imports (~1.2 s) while the batches load, mostly waiting on COPY
+        warming = threading.Thread(target=_warm_dbt, args=(settings, url), name="modelwatch-imports", daemon=True)
+        warming.start()  # dbt imports and reads the project while the batches load, mostly waiting on COPY
         stack.callback(warming.join)  # never left importing while the process exits on an error
         first_runs: set[date] = set()  # batches with no log row before this run
         try:
@@ -444,11 +444,11 @@ def _fail(settings: Settings, conn: psycopg.Connection, url: str, monitor: Monit
         _mark_all(conn, monitor, marked, "error", str(exc))
 
 
-def _import_dbt() -> None:
-    """Import dbt ahead of its use; a failure surfaces where it is used."""
+def _warm_dbt(settings: Settings, url: str) -> None:
+    """Import dbt and parse the project ahead of their use; a failure surfaces where they are used."""
     try:
-        transform.dbt_runner()
-    except Exception:  # noqa: BLE001 - reported by the step that needs the library
+        transform.warm(settings, url)
+    except Exception:  # noqa: BLE001 - reported by the step that needs the library or the project
         pass
 
 

@@ -107,6 +107,14 @@ def dbt_runner() -> Any:
     return dbtRunner
 
 
+def warm(settings: Settings, url: str) -> None:
+    """dbt imported and the project parsed (what a build's first invocation would wait for), for
+    a thread to do while the run loads its batches."""
+    dbt_runner()
+    _project_digest(settings)
+    _manifest(settings, dbt_env(url), "build")
+
+
 def invoke(settings: Settings, url: str, command: list[str], **options: Any) -> Any:
     """Run one dbt command in process; raise TransformError when dbt itself cannot run."""
     return _invoke(settings, dbt_env(url), command, **options)
