@@ -137,13 +137,13 @@ def _layouts(columns: list[_Column]) -> tuple[np.ndarray, np.ndarray]:
     key = np.zeros(len(columns[0].lengths), dtype=np.int64)
     radix = 1
     for column in columns:
+        if column.length is not None:  # the same length in every row: no column to group on
+            continue
         if column.text:
             distinct, codes = np.unique(column.lengths, return_inverse=True)
             width = len(distinct)
-        else:  # NULL or not
-            codes, width = column.valid.astype(np.int64), 1 if column.valid.all() or not column.valid.any() else 2
-        if width == 1:  # the same length in every row: no column to group on
-            continue
+        else:  # NULL in some rows, not in others
+            codes, width = column.valid.astype(np.int64), 2
         if radix * width >= 2**62:
             _, key = np.unique(key, return_inverse=True)
             key = key.ravel().astype(np.int64)
