@@ -54,7 +54,8 @@ class Loader:
         for batch in batches:
             batch_rows = load.rows_in(file.table, self.monitor, batch)
             load.start_batch(conn, file, batch, getattr(self.trained, "version", None), self.reference_version)
-            rows += load.load_batch(conn, self.monitor, file, batch, batch_rows, self.trained).rows_loaded
+            stored = load.batch_rows(self.monitor, batch, batch_rows, self.trained)
+            rows += load.load_batch(conn, self.monitor, file, batch, stored).rows_loaded
         return rows
 
 

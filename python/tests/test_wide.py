@@ -177,9 +177,10 @@ def test_rows_handed_over_are_scored_as_the_rows_read_back(wide: tuple[Settings,
         try:
             batch = batch_of(MONITOR, monitor.batch_period, day)
             load.start_batch(conn, read, batch, None, load.latest_reference(conn, monitor))
-            done = load.load_batch(conn, monitor, read, batch, read.table, None)
+            as_stored = load.batch_rows(monitor, batch, read.table, None)
+            load.load_batch(conn, monitor, read, batch, as_stored)
             from_table = batch_drift.read_batch(conn, monitor, day, columns, options)
-            rows = drift_worker.rows_to_hand_over(settings, monitor, done.stored)
+            rows = drift_worker.rows_to_hand_over(settings, monitor, as_stored)
             feather.write_feather(rows, tmp_path / "rows.arrow", compression="uncompressed")
             from_file = batch_drift.rows_handed_over(tmp_path / "rows.arrow", columns)
             # a table returns its rows in no particular order (new rows fill the pages' free space)
@@ -200,9 +201,11 @@ def test_rows_handed_over_are_scored_as_the_rows_read_back(wide: tuple[Settings,
             assert {"", None} <= {None if pd.isna(value) else value for value in from_file.frame[CATEGORIES[0]]}
 
             with drift_worker.started(settings) as worker:
-                worker.score(settings.database_url, MONITOR, [day], rows=rows)
+                handed_over = worker.hand_over(MONITOR, day, rows)
+                assert handed_over.result().exists()
+                worker.score(settings.database_url, MONITOR, [day], rows=handed_over)
                 worker.wait()
-                assert not list(Path(worker._handed_over.name).iterdir())  # the worker deleted what it scored
+                assert not handed_over.result().exists()  # the worker deleted what it scored
             stored = dict(conn.execute("select column_name, score from raw.drift_scores "
                                        "where monitor = %s and batch_date = %s", (MONITOR, day)).fetchall())
             version = batch_drift.batch_reference_version(conn, monitor, day)

@@ -67,20 +67,21 @@ class DriftWorker:
         self.pending = 0  # requests not answered yet
         self.in_use = threading.Lock()  # held by the run using it
         self._closed = False
-        self._handed_over: tempfile.TemporaryDirectory | None = None  # batches' rows handed over (_hand_over)
+        self._handed_over: tempfile.TemporaryDirectory | None = None  # batches' rows handed over (hand_over)
+        self._writer: concurrent.futures.ThreadPoolExecutor | None = None  # writes them
         self._files = 0
 
-    def _hand_over(self, monitor: str, day: date, rows: pa.Table) -> Path:
-        """An Arrow file of the rows in this worker's folder (removed when it stops); the worker
-        deletes it once the batch is scored."""
-        import pyarrow.feather as feather
-
+    def hand_over(self, monitor: str, day: date, rows: pa.Table) -> concurrent.futures.Future[Path]:
+        """Start writing an Arrow file of the rows in this worker's folder (removed when it stops),
+        on a thread, so that it is written while the run copies the same rows into the database;
+        give the future to `score`. The worker deletes the file once the batch is scored."""
         if self._handed_over is None:
             self._handed_over = tempfile.TemporaryDirectory(prefix="modelwatch-drift-")
+            self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1,
+                                                                 thread_name_prefix="modelwatch-hand-over")
         self._files += 1
         path = Path(self._handed_over.name) / f"{monitor}-{day.isoformat()}-{self._files}.arrow"
-        feather.write_feather(rows, path, compression="uncompressed")  # read back mapped, not parsed
-        return path
+        return self._writer.submit(_write_rows, rows, path)
 
     @property
     def pid(self) -> int:
@@ -89,18 +90,19 @@ class DriftWorker:
     def alive(self) -> bool:
         return not self._closed and self._process.poll() is None
 
-    def score(self, url: str, monitor: str, days: list[date], rows: pa.Table | None = None) -> None:
+    def score(self, url: str, monitor: str, days: list[date],
+              rows: concurrent.futures.Future[Path] | None = None) -> None:
         """Ask for these loaded batches of the monitor in the database at `url` to be scored (the
         URL goes by the pipe, not argv or the environment, which others may read); `wait` for
         them all. `rows`: the one batch's drift columns as just stored (rows_to_hand_over),
-        which the worker then reads from a file instead of the database."""
+        being written by `hand_over`, which the worker then reads instead of the database."""
         self.pending += 1
         try:
             request = {"url": url, "monitor": monitor, "days": [day.isoformat() for day in days]}
             if rows is not None:
                 if len(days) != 1:
                     raise ValueError("rows are handed over for one batch at a time")
-                request["rows"] = str(self._hand_over(monitor, days[0], rows))
+                request["rows"] = str(rows.result())
             self._process.stdin.write(json.dumps(request) + "\n")
             self._process.stdin.flush()
         except OSError:  # the worker is gone: wait() says why
@@ -158,6 +160,8 @@ class DriftWorker:
             self._process.wait()
         self._process.stdout.close()
         self._stderr.close()
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
         if self._handed_over is not None:
             self._handed_over.cleanup()
 
@@ -208,6 +212,13 @@ def started(settings: Settings) -> Iterator[DriftWorker]:
 def _stop_kept() -> None:
     for worker in _kept.values():
         worker.close()
+
+
+def _write_rows(rows: pa.Table, path: Path) -> Path:
+    import pyarrow.feather as feather
+
+    feather.write_feather(rows, path, compression="uncompressed")  # read back mapped, not parsed
+    return path
 
 
 def rows_to_hand_over(settings: Settings, monitor: Monitor, stored: pa.Table) -> pa.Table | None:

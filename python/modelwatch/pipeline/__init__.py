@@ -343,13 +343,18 @@ def run_range(
                     first_runs.add(batch.start)
                 load.start_batch(conn, read, batch, getattr(trained, "version", None), reference_version)
                 try:
-                    done = load.load_batch(conn, monitor, read, batch, rows, trained)
+                    stored = load.batch_rows(monitor, batch, rows, trained)
+                    drift_rows = drift_worker.rows_to_hand_over(settings, monitor, stored)
+                    # the drift step's file of the rows is written while they are copied
+                    handing_over = None if drift_rows is None else scorer.hand_over(monitor.name, batch.start,
+                                                                                    drift_rows)
+                    done = load.load_batch(conn, monitor, read, batch, stored)
                 except Exception as exc:
                     _restore_log(conn, batch, previous, exc)
                     raise
                 # committed: Evidently scores it while the next loads (its rows handed over, not read back)
-                scorer.score(url, monitor.name, [batch.start], drift_worker.rows_to_hand_over(settings, monitor, done.stored))
-                loaded[batch.start] = replace(done, stored=None)  # the range keeps the counts, not the rows
+                scorer.score(url, monitor.name, [batch.start], handing_over)
+                loaded[batch.start] = done
                 started[batch.start] = time.perf_counter() - clock
                 progress.loaded(batch.start)
             progress.phase("statistics, then dbt reads the project")

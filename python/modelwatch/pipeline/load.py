@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
@@ -36,7 +36,6 @@ class LoadedBatch:
     batch: Batch
     rows_loaded: int
     rows_outside_period: int
-    stored: pa.Table | None = field(default=None, repr=False, compare=False)  # the rows as written
 
 
 def rows_in(table: pa.Table, monitor: Monitor, batch: Batch) -> pa.Table:
@@ -125,21 +124,21 @@ def batch_rows(monitor: Monitor, batch: Batch, rows: pa.Table, model: Any | None
                        generated_ids(batch, rows.num_rows))
 
 
-def load_batch(conn: psycopg.Connection, monitor: Monitor, file: BatchFile, batch: Batch, rows: pa.Table,
-               model: Any | None) -> LoadedBatch:
-    """Replace the batch's rows and mark it loaded, atomically."""
-    table = batch_rows(monitor, batch, rows, model)
-    outside = file.rows - rows.num_rows
+def load_batch(conn: psycopg.Connection, monitor: Monitor, file: BatchFile, batch: Batch,
+               stored: pa.Table) -> LoadedBatch:
+    """Replace the batch's rows with `stored` (batch_rows: the file's rows of the batch as the
+    monitor's table holds them) and mark it loaded, atomically."""
+    outside = file.rows - stored.num_rows
     target = sql.Identifier("raw", monitor.rows_table)
     with conn.transaction():
         conn.execute(sql.SQL("delete from {} where batch_date = %s").format(target), (batch.start,))
-        copy_arrow(conn, target, table)
+        copy_arrow(conn, target, stored)
         conn.execute(
             """update raw.batches set status = 'loaded', rows_loaded = %s, rows_outside_period = %s
                where monitor = %s and batch_date = %s""",
-            (rows.num_rows, outside, monitor.name, batch.start),
+            (stored.num_rows, outside, monitor.name, batch.start),
         )
-    return LoadedBatch(batch=batch, rows_loaded=rows.num_rows, rows_outside_period=outside, stored=table)
+    return LoadedBatch(batch=batch, rows_loaded=stored.num_rows, rows_outside_period=outside)
 
 
 def analyze(conn: psycopg.Connection, monitor: Monitor) -> None:
