@@ -91,9 +91,12 @@
   (int_numeric_profile: one sort per column) rather than from a frequency
   table: those with many distinct values, where counting each value costs more
   than sorting (a continuous column has about as many values as rows). Read
-  off the planner's statistics of `relation`, analyzed after it is built; with
-  none (a unit test's fixture, or another engine) every column is counted by
-  value. vars.numeric_profile_from_rows, a list, decides instead (unit tests).
+  off the planner's statistics of `relation`, the monitor's rows (analyzed as
+  each run loads them: modelwatch.pipeline.load.analyze): a column is counted
+  by value where they show few distinct values, profiled from its rows where
+  they show many or say nothing (a derived column, a target whose labels came
+  later, a table not analyzed yet). On another engine every column is counted
+  by value. vars.numeric_profile_from_rows, a list, decides instead (unit tests).
 -#}
 {% macro numeric_columns_from_rows(relation, columns) -%}
     {%- set chosen = var('numeric_profile_from_rows', none) -%}
@@ -111,20 +114,17 @@
 {%- endmacro %}
 
 {#- ANALYZE stores n_distinct negative (a share of the rows) when it estimates more distinct
-    values than a tenth of the rows: such a column is profiled from its rows. -#}
+    values than a tenth of the rows, and 0 for a column it found only nulls in. -#}
 {% macro postgres__numeric_columns_from_rows(relation, columns) -%}
-    {%- if relation is string or relation.schema is none -%}
-        {{ return([]) }}
-    {%- endif -%}
     {%- set query -%}
         select attname
         from pg_stats
         where schemaname = '{{ relation.schema }}' and tablename = '{{ relation.identifier }}'
           and attname in ('{{ columns | join("', '") }}')
-          and n_distinct < 0
+          and n_distinct > 0
     {%- endset -%}
-    {%- set found = run_query(query).columns[0].values() | list -%}
-    {{ return(columns | select('in', found) | list) }}
+    {%- set counted = run_query(query).columns[0].values() | list -%}
+    {{ return(columns | reject('in', counted) | list) }}
 {%- endmacro %}
 
 {#-
@@ -146,18 +146,16 @@
 {%- endmacro %}
 
 {#-
-  ANALYZE of the batch's rows (int_batch_rows; int_reference_rows, keyed by
-  reference_version), for the marts' plans and numeric_columns_from_rows. The
-  profiled columns on a tenth of the usual sample: a column's statistics sort
-  its sample (text by collation), which on a monitor with a hundred columns of
-  each kind took longer than the models that read them, and a few thousand rows
-  tell as well how many distinct values a column has (all of them for a
-  continuous one, a few for counts and categories), which is all the models ask.
+  ANALYZE of the reference sets' rows (int_reference_rows), keyed by `key`, for
+  the reference models' plans. The profiled columns on a tenth of the usual
+  sample: a column's statistics sort its sample (text by collation), which on a
+  monitor with a hundred columns of each kind took longer than the models that
+  read them, and a few thousand rows tell as well how many distinct values a
+  column has (all of them for a continuous one, a few for counts and
+  categories), which is all the models ask. (A batch's rows are analyzed as a
+  run loads them: modelwatch.pipeline.load.analyze.)
 -#}
-{% macro analyze_numeric_columns(relation, key='batch_date', numeric=none, categorical=none) -%}
-    {%- set m = modelwatch.monitor() -%}
-    {%- set numeric = modelwatch.numeric_columns(m) if numeric is none else numeric -%}
-    {%- set categorical = modelwatch.categorical_columns(m) if categorical is none else categorical -%}
+{% macro analyze_numeric_columns(relation, key, numeric, categorical) -%}
     analyze {{ relation }} (monitor, {{ key }})
     {%- if numeric or categorical %};
     set local default_statistics_target = 10;

@@ -10,9 +10,16 @@
 {{ config(materialized='table', unlogged=true, pre_hook='{{ modelwatch.build_work_mem() }}') }}  {#- rebuilt by every build: no WAL #}
 {%- set m = modelwatch.monitor() -%}
 
-with scored as not materialized (
+{#- Read twice (scored, batch_rows): not materialized, or PostgreSQL would keep every column of
+    every row in a tuplestore first. #}
+with batch_rows_read as not materialized (
     select *
     from {{ ref('int_batch_rows') }}
+),
+
+scored as not materialized (
+    select *
+    from batch_rows_read
     {%- if m.get('performance_where') %}
     where ({{ m.performance_where }})
     {%- endif %}
@@ -29,7 +36,7 @@ metrics as (
 
 batch_rows as (
     select batch_date, count(*) as row_count, count({{ m.target }}) as labelled_rows
-    from {{ ref('int_batch_rows') }}
+    from batch_rows_read
     group by batch_date
 )
 

@@ -4,7 +4,7 @@
   per batch being built and column: what column_quality, feature_drift and the
   reference checks would otherwise read off int_value_counts, whose frequency
   table for such a column is as long as the batch.
-  One scan of int_batch_rows sorts each column's finite values into an array
+  One scan of the batch's rows (int_batch_rows) sorts each column's finite values into an array
   (one sort per column, not one per figure); every figure is then read off it:
   quantiles at percentile_cont's positions with its interpolation (the same
   float8 arithmetic, so equal to the last bit), counts at or below a bound by
@@ -14,11 +14,11 @@
 {{ config(materialized='table', unlogged=true, pre_hook='{{ modelwatch.build_work_mem() }}',
           post_hook='analyze {{ this }}') }}  {#- rebuilt by every build: no WAL #}
 {%- set m = modelwatch.monitor() -%}
-{%- set columns = modelwatch.numeric_columns_from_rows(ref('int_batch_rows'), modelwatch.numeric_columns(m)) -%}
+{%- set columns = modelwatch.numeric_columns_from_rows(modelwatch.rows_relation(m), modelwatch.numeric_columns(m)) -%}
 {%- set quantiles = [5, 25, 50, 75, 95] -%}
 {%- set float = dbt.type_float() -%}
-{#- Which columns is known only once int_batch_rows is built: the refs below are declared here. #}
--- depends_on: {{ ref('stg_batches') }}, {{ ref('int_reference_profile') }}, {{ ref('int_reference_bins') }}
+{#- Which columns is known only when the model runs (the statistics of the rows): the refs below are declared here. #}
+-- depends_on: {{ ref('int_batch_rows') }}, {{ ref('stg_batches') }}, {{ ref('int_reference_profile') }}, {{ ref('int_reference_bins') }}
 
 {%- if not columns %}
 {#- Nothing profiled from rows: no rows, with the columns' types. #}

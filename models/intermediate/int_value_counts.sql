@@ -11,7 +11,7 @@
 
 {#- Numeric columns with about as many values as rows are profiled from their rows instead
     (int_numeric_profile): their frequency table would be as long as the batch. #}
-{%- set from_rows = modelwatch.numeric_columns_from_rows(ref('int_batch_rows'), modelwatch.numeric_columns(m)) -%}
+{%- set from_rows = modelwatch.numeric_columns_from_rows(modelwatch.rows_relation(m), modelwatch.numeric_columns(m)) -%}
 
 {#- The monitor is the same in every row (a grouping key of text would cost a third of the
     time), and so is the batch when one is built. #}

@@ -611,7 +611,7 @@ def test_reader_reads_every_mart(reader: psycopg.Connection, demo_conn: psycopg.
     f"select count(*) from {TAXI_ROWS}",
     f"select count(*) from raw.{TAXI}__reference",
     "select count(*) from raw.batches",
-    "select count(*) from staging.int_batch_rows",
+    "select count(*) from staging.int_value_counts",
     "insert into marts.batch_health (monitor, batch_date, status) values ('x', '2000-01-01', 'passed')",
     "update marts.model_performance set value = 0",
     "delete from marts.column_quality",
