@@ -82,6 +82,28 @@ def _minutes(pickup: datetime, dropoff: datetime) -> float:
     return (dropoff - pickup).total_seconds() / 60
 
 
+def test_each_invocation_compiles_the_ephemeral_rows_with_its_own_vars(demo_settings: Settings,
+                                                                      demo_conn: psycopg.Connection) -> None:
+    """The process parses the project once and every invocation reuses it (transform._manifest),
+    while dbt compiles into its nodes: each invocation starts from them uncompiled, so the
+    ephemeral int_batch_rows holds the rows of that invocation's batch, not the first one's."""
+    url = db.database_url(demo_settings)
+    days = [date(2023, 2, 1), date(2023, 2, 2)]
+    shown = []
+    for day in days:
+        result = transform.invoke(
+            demo_settings, url,
+            ["show", "--inline", "select min(batch_date) as day, count(*) as n from {{ ref('int_batch_rows') }}"],
+            vars=json.dumps({"monitor": TAXI, "batch_start": str(day), "batch_end": str(day)}))
+        assert result.success
+        day_shown, rows = result.result.results[0].agate_table.rows[0]
+        shown.append((day_shown, int(rows)))
+    expected = [demo_conn.execute(f"select batch_date, count(*) from raw.{TAXI}__rows where batch_date = %s"
+                                  " group by batch_date", (day,)).fetchone() for day in days]
+    assert shown == expected
+    assert shown[0][1] != shown[1][1]
+
+
 def test_the_taxis_derived_duration_is_minutes_from_pickup_to_dropoff(demo_settings: Settings,
                                                                    demo_conn: psycopg.Connection) -> None:
     """duration_min is the taxi's `derived` SQL (dbt_project.yml), not a stored column: in the rows
