@@ -21,7 +21,7 @@ import yaml
 from click.testing import CliRunner
 from sklearn import metrics as sk
 
-from modelwatch import pipeline
+from modelwatch import pipeline, transform
 from modelwatch.cli import main
 from modelwatch.config import Settings
 from modelwatch.postgres import db
@@ -180,6 +180,25 @@ def test_a_monitor_touches_no_other_monitors_rows(examples) -> None:
     assert per_monitor == {name: len(context["outcomes"][name].batches) for name in EXAMPLES}
     assert taxi_rows == 0
     assert daily_trips is None  # the taxi's own mart: left out of the other monitors' builds
+
+
+def test_a_build_selects_no_other_monitors_own_models_or_seed_tests(examples) -> None:
+    """selectors.yml is rendered with a build's vars: a build of car_price selects none of the
+    taxi's own nodes (models/monitors/nyc_taxi, the tests of seeds/nyc_taxi); the taxi's selects them."""
+    settings, _ = examples
+
+    def selected(monitor: str) -> set[str]:
+        listed = transform.invoke(settings, db.database_url(settings),
+                                  ["ls", "--selector", "before_drift", "--resource-type", "model",
+                                   "--resource-type", "test", "--output", "name"],
+                                  vars=transform.monitor_vars(monitor))
+        return set(listed.result)
+
+    taxi_own = {"daily_trips", "not_null_taxi_zones_location_id", "unique_taxi_zones_location_id"}
+    car_price = selected("car_price")
+    assert {"int_value_counts", "batch_checks"} <= car_price
+    assert car_price & taxi_own == set()
+    assert taxi_own <= selected("nyc_taxi")
 
 
 # ---------------------------------------------------------------- a monitor with the minimum keys
