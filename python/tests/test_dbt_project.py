@@ -104,6 +104,43 @@ def test_each_invocation_compiles_the_ephemeral_rows_with_its_own_vars(demo_sett
     assert shown[0][1] != shown[1][1]
 
 
+STATEMENTS_FOR_CTES = (
+    "with a as (select 1 as x) select x from a",
+    "-- depends_on: something\n\n  WITH\na as (select 1 as x)\nselect x from a",
+    "/* a comment */ with a as (select 1 as x) select x from a",
+    "select 1 as x",
+    "\n-- a comment\nselect x from (with a as (select 1 as x) select x from a) as b",
+    "with recursive a(x) as (select 1 union all select x + 1 from a where x < 3) select x from a",
+    "with_rows as (select 1)",
+)
+
+
+def test_ephemeral_ctes_are_spliced_as_dbt_parses_them(demo_settings: Settings) -> None:
+    """compilation.spliced_ctes gives dbt's own injection of ephemeral CTEs, string for string:
+    on every model of the project that reads one (compiled for the taxi's batches) and on
+    statements it splices or leaves to dbt (no leading WITH, WITH RECURSIVE)."""
+    from dbt import compilation as dbt_compilation
+    from dbt.contracts.graph.nodes import InjectedCTE
+
+    spliced = dbt_compilation.inject_ctes_into_sql
+    assert spliced.original is not spliced  # installed by the runner (transform.dbt_runner)
+    compiled = transform.invoke(demo_settings, db.database_url(demo_settings), ["compile"],
+                                vars=transform.batch_vars(TAXI, date(2023, 2, 1), date(2023, 2, 28)))
+    assert compiled.success
+    readers = [result.node for result in compiled.result.results if result.node.extra_ctes]
+    assert {"int_value_counts", "int_numeric_profile", "int_model_performance", "batch_health",
+            "daily_trips"} <= {node.name for node in readers}
+    for node in readers:
+        pre_injected = node._pre_injected_sql  # noqa: SLF001
+        assert spliced(pre_injected, node.extra_ctes) == spliced.original(pre_injected, node.extra_ctes), node.name
+        assert spliced(pre_injected, node.extra_ctes) == node.compiled_code
+    ctes = [InjectedCTE(id="model.x.one", sql=" __dbt__cte__one as (\nselect 1 as y\n)"),
+            InjectedCTE(id="model.x.two", sql=" __dbt__cte__two as (\nselect 2 as y\n)")]
+    for statement in STATEMENTS_FOR_CTES:
+        assert spliced(statement, ctes) == spliced.original(statement, ctes), statement
+        assert spliced(statement, []) == statement
+
+
 def test_the_taxis_derived_duration_is_minutes_from_pickup_to_dropoff(demo_settings: Settings,
                                                                    demo_conn: psycopg.Connection) -> None:
     """duration_min is the taxi's `derived` SQL (dbt_project.yml), not a stored column: in the rows

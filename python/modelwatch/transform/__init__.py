@@ -24,7 +24,7 @@ from modelwatch.config import PACKAGE_PROJECT_ENV, PROJECT_DIR, Settings
 from modelwatch.errors import TransformError
 from modelwatch.postgres import db
 from modelwatch.postgres.db import dbt_env
-from modelwatch.transform import views
+from modelwatch.transform import compilation, views
 
 RUN_RESULTS_TAG = "run_results"
 GATED_TAG = "gated"
@@ -101,9 +101,11 @@ def by_hand(settings: Settings, url: str | None, args: list[str]) -> int:
 
 
 def dbt_runner() -> Any:
-    """dbt's runner class, imported on first use: the import costs about a second."""
+    """dbt's runner class, imported on first use (the import costs about a second), its CTE
+    injection a splice (compilation.splice_ctes)."""
     from dbt.cli.main import dbtRunner
 
+    compilation.splice_ctes()
     return dbtRunner
 
 
@@ -127,7 +129,7 @@ def _invoke(settings: Settings, env: dict[str, str], command: list[str], **optio
     for name, value in options.items():
         flag = "--" + name.replace("_", "-")
         args += [flag] if value is True else [flag, value]
-    result = dbt_runner()(manifest=_uncompiled(_manifest(settings, env, command[0]))).invoke(args)
+    result = dbt_runner()(manifest=compilation.uncompiled(_manifest(settings, env, command[0]))).invoke(args)
     if result.exception is not None:
         raise TransformError(f"dbt {command[0]} could not run: {_first_line(result.exception)}")
     return result
@@ -231,21 +233,6 @@ def _view_relations(manifest: Any) -> list[str]:
     """The relations of the project's view models, as dbt names them (database.schema.name)."""
     return [node.relation_name for node in manifest.nodes.values()
             if node.resource_type == "model" and node.config.materialized == "view"]
-
-
-def _uncompiled(manifest: Any) -> Any:
-    """The parsed manifest with what an earlier invocation compiled into it undone. dbt compiles
-    into the nodes themselves: an ephemeral model compiled once is injected as it is into every
-    later model (with the batch vars of its first invocation), and a model whose ephemeral CTEs
-    were injected once gets none the next time it is compiled."""
-    for node in manifest.nodes.values():
-        if getattr(node, "compiled", False) and "extra_ctes" in getattr(node, "__dataclass_fields__", {}):
-            node.compiled = False
-            node.compiled_code = None
-            node.extra_ctes_injected = False
-            node.extra_ctes = []
-            node._pre_injected_sql = None  # noqa: SLF001 - dbt's own field, set with the CTEs
-    return manifest
 
 
 def batch_vars(monitor: str, start: date, end: date) -> str:
