@@ -398,12 +398,10 @@ def build_batches(settings: Settings, conn: psycopg.Connection, url: str, monito
             if not transform.references_binned(conn, monitor.name, first, last):
                 transform.bin_references(settings, url, monitor.name)
             publish.withdraw(conn, monitor.name, days)  # readers see these batches again once rebuilt whole
-            build = transform.build(settings, url, conn, monitor.name, first, last, drift_scored, phase)
             seeds = tuple(lookup["seed"] for lookup in monitor.lookups.values())
-            phase("recording the tests' outcomes")
-            statuses = results.record_tests(conn, monitor.name, build, batches, seeds)
-            phase("dbt: test_results and batch_health")
-            transform.build_run_results(settings, url, monitor.name, first, last)
+            statuses = transform.build(
+                settings, url, conn, monitor.name, first, last, drift_scored, phase,
+                record=lambda outcomes: results.record_tests(conn, monitor.name, outcomes, batches, seeds)).verdicts
         failing = results.failing_checks(conn, monitor.name, first, last)
         with conn.transaction():
             for batch in batches:

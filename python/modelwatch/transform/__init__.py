@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,10 @@ class TestOutcome:
 @dataclass(frozen=True)
 class BuildResult:
     tests: tuple[TestOutcome, ...]
+    verdicts: dict[date, str] = field(default_factory=dict)  # per batch: passed, warned or failed
+
+
+VERDICTS = ("passed", "warned", "failed")  # from best to worst
 
 
 # The profile's target modelwatch builds with: its schemas are raw, staging, marts and audit
@@ -247,22 +251,26 @@ def monitor_vars(monitor: str) -> str:
 # selectors.yml: what a build runs while the drift step runs, and what reads its results.
 BEFORE_DRIFT_SELECTOR = "before_drift"
 BEFORE_DRIFT_KEEPING_VIEWS_SELECTOR = "before_drift_keeping_views"
-READS_DRIFT_SELECTOR = "reads_drift"
+AFTER_DRIFT_SELECTOR = "after_drift"  # reads_drift and the run results
 
 
 def build(settings: Settings, url: str, conn: psycopg.Connection, monitor: str, start: date, end: date,
           drift_scored: Callable[[], None] = lambda: None,
-          phase: Callable[[str], None] = lambda _: None) -> BuildResult:
+          phase: Callable[[str], None] = lambda _: None,
+          record: Callable[[BuildResult], dict[date, str]] = lambda _: {}) -> BuildResult:
     """`dbt build` for the monitor's batches start..end, then the gated marts for the batches
-    that passed.
+    that passed, with the batches' run results (test_results, batch_health).
 
     Two invocations: first every model and test that does not read the drift step's
-    results, while that step runs in its own process; then, once `drift_scored` returns
-    (it waits for the step and raises its error), the drift marts and their tests.
-    A failing contract test makes dbt skip the gated marts downstream of it; their SQL
-    admits passing batches only, so running the skipped ones once more lets the gate
-    decide batch by batch. The views are left out when the database (`conn`, the
-    pipeline's session) holds this project's already (modelwatch.transform.views).
+    results, while that step runs in its own process, whose tests' outcomes `record` then
+    stores (returning each batch's verdict); once `drift_scored` returns (it waits for the
+    step and raises its error), the drift marts, their tests and the run results, which read
+    the recorded outcomes. Tests in the second invocation (of a drift mart) are recorded
+    after it, and the run results built again. A failing contract test makes dbt skip the
+    gated marts downstream of it; their SQL admits passing batches only, so running the
+    skipped ones once more lets the gate decide batch by batch. The views are left out when
+    the database (`conn`, the pipeline's session) holds this project's already
+    (modelwatch.transform.views).
     """
     batch = batch_vars(monitor, start, end)
     # Unit tests check the SQL, not the batch: the test suite runs them, not every build. The
@@ -273,37 +281,49 @@ def build(settings: Settings, url: str, conn: psycopg.Connection, monitor: str, 
     keep_views = views.current(conn, digest, _view_relations(_manifest(settings, env, "build")))
     selector = BEFORE_DRIFT_KEEPING_VIEWS_SELECTOR if keep_views else BEFORE_DRIFT_SELECTOR
     phase("dbt build: quality, performance, the contract (drift scored alongside)")
-    phases = [(_invoke(settings, env, ["build"], selector=selector, **common), _invocation_id())]
-    _raise_errors(phases[0][0])
-    if not keep_views and _all_views_built(phases[0][0]):
+    first = _invoke(settings, env, ["build"], selector=selector, **common)
+    _raise_errors(first)
+    if not keep_views and _all_views_built(first):
         views.record(conn, digest)
+    tests, skipped = _outcomes(first, _invocation_id())
+    phase("recording the tests' outcomes")
+    verdicts = record(BuildResult(tests=tests))
     phase("drift: waiting for Evidently's scores")
     drift_scored()
-    phase("dbt build: the drift marts and their tests")
-    phases.append((_invoke(settings, env, ["build"], selector=READS_DRIFT_SELECTOR, **common), _invocation_id()))
-    _raise_errors(phases[1][0])
+    phase("dbt build: the drift marts, their tests, test_results and batch_health")
+    second = _invoke(settings, env, ["build"], selector=AFTER_DRIFT_SELECTOR, **common)
+    _raise_errors(second)
+    drift_tests, drift_skipped = _outcomes(second, _invocation_id())
+    if drift_tests:  # their outcomes reach test_results and batch_health once recorded
+        for day, verdict in record(BuildResult(tests=drift_tests)).items():
+            verdicts[day] = max(verdicts.get(day, VERDICTS[0]), verdict, key=VERDICTS.index)
+        build_run_results(settings, url, monitor, start, end)
+    if skipped + drift_skipped:
+        _run_models(settings, env, " ".join(skipped + drift_skipped), vars=batch)
+    return BuildResult(tests=tests + drift_tests, verdicts=verdicts)
+
+
+def _outcomes(result: Any, invocation_id: str) -> tuple[tuple[TestOutcome, ...], list[str]]:
+    """An invocation's tests' outcomes, and the gated models it skipped."""
     tests: list[TestOutcome] = []
     skipped: list[str] = []
-    for phase, invocation_id in phases:
-        for node_result in phase.result.results:
-            node = node_result.node
-            status = str(node_result.status)
-            if node.resource_type == "test":
-                tests.append(TestOutcome(
-                    name=node.name,
-                    column=getattr(node, "column_name", None),
-                    status=status,
-                    failures=int(node_result.failures or 0),
-                    message=node_result.message,
-                    relation=node.relation_name if node.config.get("store_failures") else None,
-                    invocation_id=invocation_id,
-                    seeds=tuple(parent.split(".")[-1] for parent in node.depends_on.nodes if parent.startswith("seed.")),
-                ))
-            elif status == "skipped" and GATED_TAG in node.tags:
-                skipped.append(node.name)
-    if skipped:
-        _run_models(settings, env, " ".join(skipped), vars=batch)
-    return BuildResult(tests=tuple(tests))
+    for node_result in result.result.results:
+        node = node_result.node
+        status = str(node_result.status)
+        if node.resource_type == "test":
+            tests.append(TestOutcome(
+                name=node.name,
+                column=getattr(node, "column_name", None),
+                status=status,
+                failures=int(node_result.failures or 0),
+                message=node_result.message,
+                relation=node.relation_name if node.config.get("store_failures") else None,
+                invocation_id=invocation_id,
+                seeds=tuple(parent.split(".")[-1] for parent in node.depends_on.nodes if parent.startswith("seed.")),
+            ))
+        elif status == "skipped" and GATED_TAG in node.tags:
+            skipped.append(node.name)
+    return tuple(tests), skipped
 
 
 def _all_views_built(result: Any) -> bool:
