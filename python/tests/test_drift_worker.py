@@ -193,6 +193,16 @@ def test_the_worker_runs_blas_on_one_thread() -> None:
     assert after.strip() == str([1] * int(count))
 
 
+def test_the_worker_runs_below_the_runs_priority(one_batch: Settings) -> None:
+    """The worker lowers its own priority (WORKER_NICENESS) as it starts: the run and its
+    database are the critical path it competes with for the cores."""
+    with drift_worker.started(one_batch) as worker:
+        worker.score(one_batch.database_url, TAXI, [DAY])
+        worker.wait()  # answered: it is past its start-up
+        niceness = os.getpriority(os.PRIO_PROCESS, worker.pid)
+    assert niceness == min(os.getpriority(os.PRIO_PROCESS, 0) + drift_worker.WORKER_NICENESS, 19) > 0
+
+
 def test_the_run_itself_never_imports_evidently(one_batch: Settings) -> None:
     """Evidently's 2.5 s import happens in the worker, beside the run, not in it."""
     code = (

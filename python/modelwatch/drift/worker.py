@@ -48,6 +48,10 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 STOP_TIMEOUT_S = 30
+# The worker runs at a lower priority than the run: its scores are needed only once dbt's first
+# invocation ends, while the run's own process and PostgreSQL are the build's critical path and
+# compete with it for the cores (docs/performance.md).
+WORKER_NICENESS = 10
 # Workers are started from this one thread, which lives as long as the process: on Linux a worker dies
 # with the thread that started it (PR_SET_PDEATHSIG), and a run's thread may end before the worker it
 # keeps for the next runs.
@@ -268,6 +272,7 @@ def one_blas_thread() -> None:
 
 def main() -> None:
     _die_with_parent()
+    os.nice(WORKER_NICENESS)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the run, which stops the worker
     replies = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # whatever a library prints goes to stderr, not into the replies
