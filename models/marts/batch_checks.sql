@@ -93,15 +93,37 @@ row_shares as (
     group by batch_rows.batch_date
 ),
 
-{#- One row per batch: column_quality's shares, a column each. -#}
+{#- Per batch and profiled column, its missing and non-finite shares as column_quality has them,
+    read off the same counts (int_value_counts, int_numeric_profile) rather than off
+    column_quality, so that the contract is measured beside it, not after it. -#}
+profiled_counts as (
+    select
+        batch_date,
+        column_name,
+        cast(coalesce(sum(row_count) filter (where value is null and category is null), 0) as {{ dbt.type_float() }})
+            / nullif(sum(row_count), 0) as missing_share,
+        cast(coalesce(sum(row_count) filter (where {{ modelwatch.is_non_finite('value') }}), 0) as {{ dbt.type_float() }})
+            / nullif(sum(row_count), 0) as non_finite_share
+    from {{ ref('int_value_counts') }}
+    group by batch_date, column_name
+
+    union all
+    select
+        batch_date,
+        column_name,
+        cast(missing_count as {{ dbt.type_float() }}) / nullif(row_count, 0),
+        cast(non_finite_count as {{ dbt.type_float() }}) / nullif(row_count, 0)
+    from {{ ref('int_numeric_profile') }}
+),
+
+{#- One row per batch: those shares, a column each. -#}
 profiled_shares as (
     select
         batch_date
         {%- for name, (column, metric) in profiled_shares.items() %},
         max({{ metric }}) filter (where column_name = '{{ column }}') as {{ name }}
         {%- endfor %}
-    from {{ ref('column_quality') }}
-    where monitor = '{{ m.name }}' and {{ modelwatch.in_batch_range('batch_date') }}
+    from profiled_counts
     group by batch_date
 ),
 
