@@ -17,7 +17,7 @@ from modelwatch import pipeline
 from modelwatch.cli import main
 from modelwatch.config import Settings
 
-from .conftest import FEBRUARY, TAXI
+from .conftest import FEBRUARY, TAXI, copy_project
 
 DAY = date(2023, 2, 14)
 MARTS = ("column_quality", "daily_trips", "batch_checks", "model_performance", "test_results", "batch_health")
@@ -167,3 +167,30 @@ def test_backfill_gate_decides_batch_by_batch(trained_settings: Settings, tmp_pa
         ).fetchall()
     assert kept == [(day, "bias,mae,r2,rmse") for day in
                     (date(2023, 2, 1), date(2023, 2, 2), date(2023, 2, 4), date(2023, 2, 5))]
+
+
+def test_a_drift_marts_test_counts_in_the_batchs_health_with_the_contract(trained_settings: Settings,
+                                                                          tmp_path: Path) -> None:
+    """A test of a drift mart runs in the build's second invocation, after the contract's outcomes
+    are recorded: its outcome is recorded after it, at the same time as theirs, so batch_health
+    reads them as one run (the contract's checks passed, this test failed) and the batch fails."""
+    project = copy_project(tmp_path / "project")
+    (project / "tests").mkdir(exist_ok=True)
+    (project / "tests" / "feature_drift_has_no_rows.sql").write_text(
+        "select * from {{ ref('feature_drift') }} where monitor = '{{ var(\"monitor\", \"\") }}'\n")
+    settings = Settings(home=trained_settings.home, database_url=trained_settings.database_url,
+                        project_dir=project, environ={})
+    outcome = pipeline.run_batch(settings, date(2023, 2, 14), FEBRUARY)
+    assert outcome.status == "failed"
+    with psycopg.connect(trained_settings.database_url) as conn:
+        status, failing, failed, passed, warned = conn.execute(
+            "select status, failing_tests, tests_failed, tests_passed, tests_warned from marts.batch_health"
+            " where monitor = %s and batch_date = %s", (TAXI, date(2023, 2, 14))).fetchone()
+        contract_checks = conn.execute(
+            "select count(*) from marts.batch_checks where monitor = %s and batch_date = %s",
+            (TAXI, date(2023, 2, 14))).fetchone()[0]
+        times = conn.execute("select count(distinct executed_at) from raw.dbt_test_runs"
+                             " where monitor = %s and batch_date = %s", (TAXI, date(2023, 2, 14))).fetchone()[0]
+    assert (status, failing, failed) == ("failed", "feature_drift_has_no_rows", 1)
+    assert passed + warned >= contract_checks > 0  # the contract's checks are in the same run
+    assert times == 1

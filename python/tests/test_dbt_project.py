@@ -112,6 +112,10 @@ STATEMENTS_FOR_CTES = (
     "\n-- a comment\nselect x from (with a as (select 1 as x) select x from a) as b",
     "with recursive a(x) as (select 1 union all select x + 1 from a where x < 3) select x from a",
     "with_rows as (select 1)",
+    "/* a */ select x from (/* b */ with a as (select 1 as x) select x from a) as b",
+    "\n" * 40 + "select 1 as x",
+    "with a as (select 1 as x) select x from a;\n",
+    "-- a comment\r\nwith a as (select 1 as x) select x from a",
 )
 
 

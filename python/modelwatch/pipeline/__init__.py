@@ -357,9 +357,8 @@ def run_range(
                 loaded[batch.start] = done
                 started[batch.start] = time.perf_counter() - clock
                 progress.loaded(batch.start)
-            progress.phase("statistics, then dbt reads the project")
+            progress.phase("dbt reads the project")
             clock = time.perf_counter()
-            load.analyze(conn, monitor)  # fresh statistics for the new batch dates
             warming.join()
         except (ModelwatchError, psycopg.Error) as exc:
             # the batches whose rows were replaced, or that had no log before, take the error;
@@ -395,13 +394,18 @@ def build_batches(settings: Settings, conn: psycopg.Connection, url: str, monito
     first, last = min(days), max(days)
     try:
         with _recording_errors(conn, monitor, batches, "building"), db.build_lock(conn):
+            # Fresh statistics for the new batch dates and the profiling's choice of columns, taken
+            # under the lock: no other run's ANALYZE changes them while this build reads them.
+            load.analyze(conn, monitor)
             if not transform.references_binned(conn, monitor.name, first, last):
                 transform.bin_references(settings, url, monitor.name)
             publish.withdraw(conn, monitor.name, days)  # readers see these batches again once rebuilt whole
             seeds = tuple(lookup["seed"] for lookup in monitor.lookups.values())
+            tested_at = conn.execute("select now()").fetchone()[0]  # one time for all of a build's outcomes
             statuses = transform.build(
                 settings, url, conn, monitor.name, first, last, drift_scored, phase,
-                record=lambda outcomes: results.record_tests(conn, monitor.name, outcomes, batches, seeds)).verdicts
+                record=lambda outcomes: results.record_tests(conn, monitor.name, outcomes, batches, seeds,
+                                                             tested_at)).verdicts
         failing = results.failing_checks(conn, monitor.name, first, last)
         with conn.transaction():
             for batch in batches:

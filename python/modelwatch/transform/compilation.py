@@ -14,8 +14,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 # Blank lines and SQL comments, then WITH (not WITH RECURSIVE) as a word of its own and the
-# blanks after it: dbt's parse inserts the CTEs before the token that follows them.
-_LEADING_WITH = re.compile(r"(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?\*/)*with(?=\s)(?!\s+recursive\b)\s*",
+# blanks after it: dbt's parse inserts the CTEs before the token that follows them. Possessive,
+# so that a statement that does not start so fails at once (no backtracking into the comments,
+# and no comment read past its end).
+_LEADING_WITH = re.compile(r"(?:\s++|--[^\n\r]*+(?:\n|\Z)|/\*(?:(?!\*/).)*+\*/)*+with(?=\s)(?!\s+recursive\b)\s*",
                            re.IGNORECASE | re.DOTALL)
 
 
@@ -25,7 +27,7 @@ def uncompiled(manifest: Any) -> Any:
     later model (with the batch vars of its first invocation), and a model whose ephemeral CTEs
     were injected once gets none the next time it is compiled."""
     for node in manifest.nodes.values():
-        if getattr(node, "compiled", False) and "extra_ctes" in getattr(node, "__dataclass_fields__", {}):
+        if "extra_ctes" in getattr(node, "__dataclass_fields__", {}):
             node.compiled = False
             node.compiled_code = None
             node.extra_ctes_injected = False
@@ -41,7 +43,8 @@ def spliced_ctes(original: Callable[[str, Sequence[Any]], str]) -> Callable[[str
     gives. Any other statement goes to dbt's own function."""
 
     def inject(sql: str, ctes: Sequence[Any]) -> str:
-        leading_with = _LEADING_WITH.match(sql) if ctes else None
+        # dbt keeps the first statement only, and sqlparse ends a comment at a bare \r
+        leading_with = _LEADING_WITH.match(sql) if ctes and ";" not in sql and "\r" not in sql else None
         if leading_with is None:
             return original(sql, ctes)
         end = leading_with.end()

@@ -9,7 +9,7 @@ not only that the contract did.
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 
 import psycopg
 from psycopg import sql
@@ -21,9 +21,11 @@ CONTRACT_TESTS = ("contract_errors", "contract_warnings")
 
 
 def record_tests(conn: psycopg.Connection, monitor: str, build: BuildResult, batches: list[Batch],
-                 lookups: tuple[str, ...] = ()) -> dict[date, str]:
+                 lookups: tuple[str, ...] = (), executed_at: datetime | None = None) -> dict[date, str]:
     """Store each test's outcome per batch in raw.dbt_test_runs; return each batch's verdict. A test
-    of a seed counts only for a monitor whose lookups (`lookups`: seed names) include it."""
+    of a seed counts only for a monitor whose lookups (`lookups`: seed names) include it.
+    `executed_at` (default: now): one time for the outcomes of a build recorded in two calls,
+    which batch_health reads as one run (the latest executed_at of each batch)."""
     days = [batch.start for batch in batches]
     rows: list[tuple] = []
     verdict = {day: "passed" for day in days}
@@ -59,8 +61,8 @@ def record_tests(conn: psycopg.Connection, monitor: str, build: BuildResult, bat
         cursor.executemany(
             """insert into raw.dbt_test_runs
                (monitor, invocation_id, executed_at, batch_date, test_name, column_name, status, failures, message)
-               values (%s, %s, now(), %s, %s, %s, %s, %s, %s)""",
-            rows,
+               values (%s, %s, coalesce(%s, now()), %s, %s, %s, %s, %s, %s)""",
+            [(row[0], row[1], executed_at, *row[2:]) for row in rows],
         )
     return verdict
 
