@@ -203,6 +203,25 @@ def test_the_worker_runs_below_the_runs_priority(one_batch: Settings) -> None:
     assert niceness == min(os.getpriority(os.PRIO_PROCESS, 0) + drift_worker.WORKER_NICENESS, 19) > 0
 
 
+def test_a_hand_over_file_not_written_is_read_from_the_database(one_batch: Settings) -> None:
+    """A hand-over file that could not be written (a full disk) is no request without its answer:
+    the worker is asked all the same and reads the batch's rows from the database."""
+    import concurrent.futures
+
+    not_written: concurrent.futures.Future[Path] = concurrent.futures.Future()
+    not_written.set_exception(OSError(28, "No space left on device"))
+    with psycopg.connect(one_batch.database_url, autocommit=True) as conn:
+        before = _stored(conn, DAY)
+        conn.execute("delete from raw.drift_scores where monitor = %s and batch_date = %s", (TAXI, DAY))
+        with drift_worker.started(one_batch) as worker:
+            worker.score(one_batch.database_url, TAXI, [DAY], rows=not_written)
+            worker.wait()
+        after = _stored(conn, DAY)
+    assert len(before) == 7
+    # equal up to float summation order (Jensen-Shannon's sum follows the process's string hash seed)
+    assert {name: (*row[:2], pytest.approx(row[2], rel=1e-12), *row[3:]) for name, row in after.items()} == before
+
+
 def test_the_run_itself_never_imports_evidently(one_batch: Settings) -> None:
     """Evidently's 2.5 s import happens in the worker, beside the run, not in it."""
     code = (

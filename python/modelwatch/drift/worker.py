@@ -100,13 +100,16 @@ class DriftWorker:
         URL goes by the pipe, not argv or the environment, which others may read); `wait` for
         them all. `rows`: the one batch's drift columns as just stored (rows_to_hand_over),
         being written by `hand_over`, which the worker then reads instead of the database."""
+        request = {"url": url, "monitor": monitor, "days": [day.isoformat() for day in days]}
+        if rows is not None:
+            if len(days) != 1:
+                raise ValueError("rows are handed over for one batch at a time")
+            try:
+                request["rows"] = str(rows.result())
+            except OSError:  # not written (a full disk): the worker reads the rows from the database
+                pass
         self.pending += 1
         try:
-            request = {"url": url, "monitor": monitor, "days": [day.isoformat() for day in days]}
-            if rows is not None:
-                if len(days) != 1:
-                    raise ValueError("rows are handed over for one batch at a time")
-                request["rows"] = str(rows.result())
             self._process.stdin.write(json.dumps(request) + "\n")
             self._process.stdin.flush()
         except OSError:  # the worker is gone: wait() says why
