@@ -92,7 +92,7 @@
   table: those with many distinct values, where counting each value costs more
   than sorting (a continuous column has about as many values as rows). Read
   off the planner's statistics of `relation`, the monitor's rows (analyzed as
-  each run loads them: modelwatch.pipeline.load.analyze): a column is counted
+  each build starts: modelwatch.pipeline.load.analyze): a column is counted
   by value where they show few distinct values, profiled from its rows where
   they show many or say nothing (a derived column, a target whose labels came
   later, a table not analyzed yet). On another engine every column is counted
@@ -153,7 +153,7 @@
   read them, and a few thousand rows tell as well how many distinct values a
   column has (all of them for a continuous one, a few for counts and
   categories), which is all the models ask. (A batch's rows are analyzed as a
-  run loads them: modelwatch.pipeline.load.analyze.)
+  build starts: modelwatch.pipeline.load.analyze.)
 -#}
 {% macro analyze_numeric_columns(relation, key, numeric, categorical) -%}
     analyze {{ relation }} (monitor, {{ key }})

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -47,10 +47,6 @@ class TestOutcome:
 @dataclass(frozen=True)
 class BuildResult:
     tests: tuple[TestOutcome, ...]
-    verdicts: dict[date, str] = field(default_factory=dict)  # per batch: passed, warned or failed
-
-
-VERDICTS = ("passed", "warned", "failed")  # from best to worst
 
 
 # The profile's target modelwatch builds with: its schemas are raw, staging, marts and audit
@@ -257,13 +253,13 @@ AFTER_DRIFT_SELECTOR = "after_drift"  # reads_drift and the run results
 def build(settings: Settings, url: str, conn: psycopg.Connection, monitor: str, start: date, end: date,
           drift_scored: Callable[[], None] = lambda: None,
           phase: Callable[[str], None] = lambda _: None,
-          record: Callable[[BuildResult], dict[date, str]] = lambda _: {}) -> BuildResult:
+          record: Callable[[BuildResult], Any] = lambda _: None) -> BuildResult:
     """`dbt build` for the monitor's batches start..end, then the gated marts for the batches
     that passed, with the batches' run results (test_results, batch_health).
 
     Two invocations: first every model and test that does not read the drift step's
     results, while that step runs in its own process, whose tests' outcomes `record` then
-    stores (returning each batch's verdict); once `drift_scored` returns (it waits for the
+    stores (modelwatch.transform.results); once `drift_scored` returns (it waits for the
     step and raises its error), the drift marts, their tests and the run results, which read
     the recorded outcomes. Tests in the second invocation (of a drift mart) are recorded
     after it, and the run results built again. A failing contract test makes dbt skip the
@@ -287,7 +283,7 @@ def build(settings: Settings, url: str, conn: psycopg.Connection, monitor: str, 
         views.record(conn, digest)
     tests, skipped = _outcomes(first, _invocation_id())
     phase("recording the tests' outcomes")
-    verdicts = record(BuildResult(tests=tests))
+    record(BuildResult(tests=tests))
     phase("drift: waiting for Evidently's scores")
     drift_scored()
     phase("dbt build: the drift marts, their tests, test_results and batch_health")
@@ -295,12 +291,11 @@ def build(settings: Settings, url: str, conn: psycopg.Connection, monitor: str, 
     _raise_errors(second)
     drift_tests, drift_skipped = _outcomes(second, _invocation_id())
     if drift_tests:  # their outcomes reach test_results and batch_health once recorded
-        for day, verdict in record(BuildResult(tests=drift_tests)).items():
-            verdicts[day] = max(verdicts.get(day, VERDICTS[0]), verdict, key=VERDICTS.index)
+        record(BuildResult(tests=drift_tests))
         build_run_results(settings, url, monitor, start, end)
     if skipped + drift_skipped:
         _run_models(settings, env, " ".join(skipped + drift_skipped), vars=batch)
-    return BuildResult(tests=tests + drift_tests, verdicts=verdicts)
+    return BuildResult(tests=tests + drift_tests)
 
 
 def _outcomes(result: Any, invocation_id: str) -> tuple[tuple[TestOutcome, ...], list[str]]:

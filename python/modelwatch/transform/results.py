@@ -21,14 +21,16 @@ CONTRACT_TESTS = ("contract_errors", "contract_warnings")
 
 
 def record_tests(conn: psycopg.Connection, monitor: str, build: BuildResult, batches: list[Batch],
-                 lookups: tuple[str, ...] = (), executed_at: datetime | None = None) -> dict[date, str]:
+                 lookups: tuple[str, ...] = (), executed_at: datetime | None = None,
+                 verdict: dict[date, str] | None = None) -> dict[date, str]:
     """Store each test's outcome per batch in raw.dbt_test_runs; return each batch's verdict. A test
     of a seed counts only for a monitor whose lookups (`lookups`: seed names) include it.
-    `executed_at` (default: now): one time for the outcomes of a build recorded in two calls,
-    which batch_health reads as one run (the latest executed_at of each batch)."""
+    A build recorded in two calls (transform.build) passes both the same `executed_at` (default:
+    now), which batch_health reads as one run (the latest executed_at of each batch), and the
+    same `verdict`, which the second call makes worse where its tests are."""
     days = [batch.start for batch in batches]
     rows: list[tuple] = []
-    verdict = {day: "passed" for day in days}
+    verdict = {day: "passed" for day in days} if verdict is None else verdict
 
     def add(invocation_id: str, day: date, name: str, column: str | None, status: str, failures: int,
             message: str | None) -> None:
